@@ -1,0 +1,273 @@
+//! Event streams on the table port.
+//!
+//! A stream is one partition: an item per event (`event#000000000001`, …) and a `head` item that
+//! holds the stream's version and the state those events fold to. Appending puts the new events
+//! (each only if absent) and moves the head on only if it is still at the version the command
+//! read, all in one transaction with whatever else the command writes. Versions are therefore
+//! gapless, and a lost race fails whole instead of overwriting. The head spares every command a
+//! full replay; [`rebuild`] replays to prove the head agrees with history.
+
+use commerce_domain::Aggregate;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::keys::{EVENT_PREFIX, HEAD, event_sk};
+use crate::table::{Condition, Item, Query, StoreError, Table, Write};
+
+/// An event as stored and as it later leaves through the change stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Recorded<E> {
+    pub stream: String,
+    pub version: u64,
+    /// Unix milliseconds.
+    pub recorded_at: i64,
+    pub event: E,
+}
+
+/// A stream as loaded: its version and current state. Version 0 means no events yet.
+#[derive(Debug, Clone)]
+pub struct Stream<A> {
+    pub pk: String,
+    pub version: u64,
+    pub state: A,
+    loaded_version: u64,
+}
+
+impl<A> Stream<A> {
+    pub fn exists(&self) -> bool {
+        self.version > 0
+    }
+}
+
+pub async fn load<A, T>(table: &T, pk: String) -> Result<Stream<A>, StoreError>
+where
+    A: Aggregate + DeserializeOwned,
+    T: Table,
+{
+    match table.get(&pk, HEAD).await? {
+        Some(head) => {
+            let state = serde_json::from_slice(&head.data)
+                .map_err(|e| StoreError::Failure(format!("corrupt head of {pk}: {e}")))?;
+            Ok(Stream {
+                pk,
+                version: head.version,
+                state,
+                loaded_version: head.version,
+            })
+        }
+        None => Ok(Stream {
+            pk,
+            version: 0,
+            state: A::default(),
+            loaded_version: 0,
+        }),
+    }
+}
+
+/// Every event of a stream, oldest first, read page by page.
+pub async fn read_events<E, T>(table: &T, pk: &str) -> Result<Vec<Recorded<E>>, StoreError>
+where
+    E: DeserializeOwned,
+    T: Table,
+{
+    let mut events = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = table
+            .query(Query {
+                pk,
+                prefix: EVENT_PREFIX,
+                after: after.as_deref(),
+                limit: 500,
+                descending: false,
+            })
+            .await?;
+        for item in &page.items {
+            events.push(
+                serde_json::from_slice(&item.data)
+                    .map_err(|e| StoreError::Failure(format!("corrupt event in {pk}: {e}")))?,
+            );
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(events),
+        }
+    }
+}
+
+/// The state folded from the stream's events alone, ignoring the head.
+pub async fn rebuild<A, T>(table: &T, pk: &str) -> Result<(u64, A), StoreError>
+where
+    A: Aggregate,
+    A::Event: DeserializeOwned,
+    T: Table,
+{
+    let events: Vec<Recorded<A::Event>> = read_events(table, pk).await?;
+    let version = events.last().map_or(0, |e| e.version);
+    Ok((version, A::rebuild(events.iter().map(|e| &e.event))))
+}
+
+/// What a write in a [`Changes`] is for, so a failed condition can be told apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// A stream's head: failing means another command changed the stream first.
+    StreamHead,
+    Event,
+    /// The idempotency key's record: failing means the key was used already.
+    IdempotencyKey,
+    ReadModel,
+}
+
+/// The writes of one command, committed together or not at all.
+#[derive(Debug, Default)]
+pub struct Changes {
+    writes: Vec<Write>,
+    purposes: Vec<Purpose>,
+}
+
+/// Why a commit did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("a stream changed since it was read")]
+    StreamConflict,
+    #[error("the idempotency key is already taken")]
+    KeyTaken,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Changes {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    /// Applies `events` to the stream's state and queues them with the new head.
+    pub fn append<A>(
+        &mut self,
+        stream: &mut Stream<A>,
+        events: Vec<A::Event>,
+        now_ms: i64,
+    ) -> Result<(), StoreError>
+    where
+        A: Aggregate + Serialize,
+        A::Event: Serialize,
+    {
+        if events.is_empty() {
+            return Ok(());
+        }
+        for event in stream.state.apply_all(events) {
+            stream.version += 1;
+            let recorded = Recorded {
+                stream: stream.pk.clone(),
+                version: stream.version,
+                recorded_at: now_ms,
+                event,
+            };
+            self.push(
+                Purpose::Event,
+                Write::Put {
+                    item: Item {
+                        pk: stream.pk.clone(),
+                        sk: event_sk(stream.version),
+                        version: stream.version,
+                        data: to_json(&recorded)?,
+                        expires_at: None,
+                    },
+                    condition: Condition::Absent,
+                },
+            );
+        }
+        let expected = match stream.loaded_version {
+            0 => Condition::Absent,
+            v => Condition::VersionIs(v),
+        };
+        // One head write per stream per commit: replace an earlier one if the stream was appended twice.
+        let head = Item {
+            pk: stream.pk.clone(),
+            sk: HEAD.to_owned(),
+            version: stream.version,
+            data: to_json(&stream.state)?,
+            expires_at: None,
+        };
+        if let Some(at) = self
+            .writes
+            .iter()
+            .position(|w| w.key() == (stream.pk.as_str(), HEAD))
+        {
+            if let Some(slot) = self.writes.get_mut(at) {
+                *slot = Write::Put {
+                    item: head,
+                    condition: expected,
+                };
+            }
+        } else {
+            self.push(
+                Purpose::StreamHead,
+                Write::Put {
+                    item: head,
+                    condition: expected,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    pub fn put_read_model(
+        &mut self,
+        pk: String,
+        sk: String,
+        data: &impl Serialize,
+    ) -> Result<(), StoreError> {
+        let item = Item {
+            pk,
+            sk,
+            version: 0,
+            data: to_json(data)?,
+            expires_at: None,
+        };
+        self.push(
+            Purpose::ReadModel,
+            Write::Put {
+                item,
+                condition: Condition::None,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn delete_read_model(&mut self, pk: String, sk: String) {
+        self.push(
+            Purpose::ReadModel,
+            Write::Delete {
+                pk,
+                sk,
+                condition: Condition::None,
+            },
+        );
+    }
+
+    pub fn push(&mut self, purpose: Purpose, write: Write) {
+        self.writes.push(write);
+        self.purposes.push(purpose);
+    }
+
+    pub async fn commit<T: Table>(self, table: &T) -> Result<(), CommitError> {
+        let purposes = self.purposes;
+        match table.transact(self.writes).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::ConditionFailed { index }) => match purposes.get(index) {
+                Some(Purpose::IdempotencyKey) => Err(CommitError::KeyTaken),
+                Some(Purpose::StreamHead | Purpose::Event) => Err(CommitError::StreamConflict),
+                _ => Err(CommitError::Store(StoreError::ConditionFailed { index })),
+            },
+            Err(other) => Err(CommitError::Store(other)),
+        }
+    }
+}
+
+pub(crate) fn to_json(value: &impl Serialize) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Failure(format!("cannot encode: {e}")))
+}

@@ -1,0 +1,74 @@
+//! Every key the shop writes, in one place. Each starts with the tenant, so no query can cross
+//! shops. `#` separates parts; no identifier may contain it.
+
+use commerce_domain::{CustomerId, OrderId, ReservationId, Sku, TenantId};
+
+pub const HEAD: &str = "head";
+pub const EVENT_PREFIX: &str = "event#";
+
+pub fn event_sk(version: u64) -> String {
+    format!("{EVENT_PREFIX}{version:012}")
+}
+
+pub fn product(tenant: &TenantId, sku: &Sku) -> String {
+    format!("{tenant}#product#{sku}")
+}
+
+pub fn inventory(tenant: &TenantId, sku: &Sku) -> String {
+    format!("{tenant}#inventory#{sku}")
+}
+
+pub fn reservation(tenant: &TenantId, id: &ReservationId) -> String {
+    format!("{tenant}#reservation#{id}")
+}
+
+pub fn order(tenant: &TenantId, id: &OrderId) -> String {
+    format!("{tenant}#order#{id}")
+}
+
+/// Catalog listing: one item per product, sort key = SKU.
+pub fn catalog(tenant: &TenantId) -> String {
+    format!("{tenant}#catalog")
+}
+
+/// SKUs whose available stock is below their threshold, sort key = SKU.
+pub fn low_stock(tenant: &TenantId) -> String {
+    format!("{tenant}#low-stock")
+}
+
+/// One customer's orders, sort key = order id (time-ordered).
+pub fn customer_orders(tenant: &TenantId, customer: &CustomerId) -> String {
+    format!("{tenant}#customer#{customer}#orders")
+}
+
+/// All orders of a shop, for operators.
+pub fn tenant_orders(tenant: &TenantId) -> String {
+    format!("{tenant}#orders")
+}
+
+/// Contact details kept apart from events, so they can be erased without rewriting history.
+pub fn order_contact(tenant: &TenantId, id: &OrderId) -> String {
+    format!("{tenant}#contact#order#{id}")
+}
+
+pub fn idempotency(tenant: &TenantId, customer: &CustomerId, key: &str) -> String {
+    format!("{tenant}#idempotency#{customer}#{key}")
+}
+
+/// Holds waiting to expire, spread over a few partitions; sort key = expiry then tenant and id.
+pub const HOLD_SHARDS: u32 = 8;
+
+pub fn holds(shard: u32) -> String {
+    format!("holds#{shard}")
+}
+
+pub fn hold_shard(id: &ReservationId) -> u32 {
+    id.as_str()
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+        % HOLD_SHARDS
+}
+
+pub fn hold_sk(expires_at_ms: i64, tenant: &TenantId, id: &ReservationId) -> String {
+    format!("{expires_at_ms:015}#{tenant}#{id}")
+}

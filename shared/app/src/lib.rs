@@ -1,0 +1,25 @@
+//! Use cases of the shop over small ports.
+//!
+//! The one storage port is [`Table`]: DynamoDB's item model cut down to what the shop needs (get,
+//! query one partition, transactional conditional writes). The event store, idempotency and read
+//! models are built on it here, once, so the SQLite and DynamoDB adapters only translate items and
+//! conditions, and one [`contract`] suite proves both behave the same.
+
+pub mod clock;
+#[cfg(any(test, feature = "contract"))]
+pub mod contract;
+mod error;
+pub mod event_store;
+pub mod idempotency;
+pub mod keys;
+pub mod payments;
+mod shop;
+pub mod table;
+pub mod views;
+
+pub use clock::{Clock, SystemClock};
+pub use error::AppError;
+pub use idempotency::IdempotencyKey;
+pub use payments::{PaymentError, PaymentGateway, SandboxPayments};
+pub use shop::{Caller, PlaceOrder, Role, Shop, ShopConfig};
+pub use table::{Condition, Item, Page, Query, StoreError, Table, Write};

@@ -1,0 +1,93 @@
+use commerce_domain::{Money, Product, ProductName, Sku};
+use serde::Deserialize;
+
+use super::{Caller, Reply, Role, Shop, page_limit};
+use crate::event_store::{Changes, load};
+use crate::keys;
+use crate::table::{Query, StoreError};
+use crate::views::{ListPage, ProductView};
+use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProduct {
+    pub sku: Sku,
+    pub name: ProductName,
+    pub price: Money,
+}
+
+impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
+    pub async fn create_product(
+        &self,
+        caller: &Caller,
+        key: Option<&IdempotencyKey>,
+        new: NewProduct,
+    ) -> Result<Reply, AppError> {
+        caller.require(&[Role::Admin], "change the catalog")?;
+        if let Some(reply) = self.replay(key).await? {
+            return Ok(reply);
+        }
+        let pk = keys::product(&caller.tenant, &new.sku);
+        for _ in 0..self.config.commit_attempts {
+            let mut product = load::<Product, _>(&self.table, pk.clone()).await?;
+            let events = product
+                .state
+                .create(new.sku.clone(), new.name.clone(), new.price)?;
+            let mut changes = Changes::new();
+            changes.append(&mut product, events, self.now_ms())?;
+            let view = product
+                .state
+                .details
+                .as_ref()
+                .map(ProductView::from)
+                .ok_or(AppError::NotFound("product"))?;
+            changes.put_read_model(keys::catalog(&caller.tenant), new.sku.to_string(), &view)?;
+            if let Some(reply) = self.commit_with_reply(changes, key, 201, &view).await? {
+                return Ok(reply);
+            }
+        }
+        Err(AppError::Contention)
+    }
+
+    pub async fn product(&self, caller: &Caller, sku: &Sku) -> Result<ProductView, AppError> {
+        let product = load::<Product, _>(&self.table, keys::product(&caller.tenant, sku)).await?;
+        product
+            .state
+            .details
+            .as_ref()
+            .map(ProductView::from)
+            .ok_or(AppError::NotFound("product"))
+    }
+
+    /// Catalog in SKU order.
+    pub async fn products(
+        &self,
+        caller: &Caller,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<ListPage<ProductView>, AppError> {
+        let pk = keys::catalog(&caller.tenant);
+        let page = self
+            .table
+            .query(Query {
+                pk: &pk,
+                prefix: "",
+                after: cursor,
+                limit: page_limit(limit),
+                descending: false,
+            })
+            .await?;
+        let items = page
+            .items
+            .iter()
+            .map(|item| {
+                serde_json::from_slice(&item.data)
+                    .map_err(|e| StoreError::Failure(format!("corrupt catalog item: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ListPage {
+            items,
+            next_cursor: page.next,
+        })
+    }
+}

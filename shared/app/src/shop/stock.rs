@@ -1,0 +1,181 @@
+use commerce_domain::{Inventory, InventoryEvent, Line, Quantity, ReservationId, Sku, TenantId};
+use serde::Deserialize;
+
+use super::{Caller, Reply, Role, Shop, page_limit};
+use crate::event_store::{Changes, Stream, load};
+use crate::keys;
+use crate::table::{Query, StoreError};
+use crate::views::{InventoryView, ListPage};
+use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StockLevel {
+    pub on_hand: u64,
+    #[serde(default)]
+    pub low_stock_threshold: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StockReceipt {
+    pub quantity: Quantity,
+}
+
+impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
+    /// Sets the counted stock and the alert threshold (a PUT: the same body twice changes nothing).
+    pub async fn set_stock(
+        &self,
+        caller: &Caller,
+        sku: &Sku,
+        level: StockLevel,
+    ) -> Result<InventoryView, AppError> {
+        caller.require(&[Role::Admin], "change stock")?;
+        self.product(caller, sku).await?;
+        for _ in 0..self.config.commit_attempts {
+            let mut stock = self.load_stock(&caller.tenant, sku).await?;
+            let events = stock
+                .state
+                .set_level(level.on_hand, level.low_stock_threshold)?;
+            let mut changes = Changes::new();
+            self.append_stock(&mut changes, &caller.tenant, sku, &mut stock, events)?;
+            let view = InventoryView::new(sku.clone(), &stock.state, stock.version);
+            if self
+                .commit_with_reply(changes, None, 200, &view)
+                .await?
+                .is_some()
+            {
+                return Ok(view);
+            }
+        }
+        Err(AppError::Contention)
+    }
+
+    pub async fn receive_stock(
+        &self,
+        caller: &Caller,
+        key: Option<&IdempotencyKey>,
+        sku: &Sku,
+        receipt: StockReceipt,
+    ) -> Result<Reply, AppError> {
+        caller.require(&[Role::Admin], "change stock")?;
+        if let Some(reply) = self.replay(key).await? {
+            return Ok(reply);
+        }
+        self.product(caller, sku).await?;
+        for _ in 0..self.config.commit_attempts {
+            let mut stock = self.load_stock(&caller.tenant, sku).await?;
+            let events = stock.state.receive(receipt.quantity)?;
+            let mut changes = Changes::new();
+            self.append_stock(&mut changes, &caller.tenant, sku, &mut stock, events)?;
+            let view = InventoryView::new(sku.clone(), &stock.state, stock.version);
+            if let Some(reply) = self.commit_with_reply(changes, key, 200, &view).await? {
+                return Ok(reply);
+            }
+        }
+        Err(AppError::Contention)
+    }
+
+    pub async fn inventory(&self, caller: &Caller, sku: &Sku) -> Result<InventoryView, AppError> {
+        caller.require(&[Role::Admin, Role::Ops], "read stock")?;
+        self.product(caller, sku).await?;
+        let stock = self.load_stock(&caller.tenant, sku).await?;
+        Ok(InventoryView::new(sku.clone(), &stock.state, stock.version))
+    }
+
+    /// SKUs whose available stock is below their threshold, in SKU order.
+    pub async fn low_stock(
+        &self,
+        caller: &Caller,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<ListPage<InventoryView>, AppError> {
+        caller.require(&[Role::Admin, Role::Ops], "read stock")?;
+        let pk = keys::low_stock(&caller.tenant);
+        let page = self
+            .table
+            .query(Query {
+                pk: &pk,
+                prefix: "",
+                after: cursor,
+                limit: page_limit(limit),
+                descending: false,
+            })
+            .await?;
+        let items = page
+            .items
+            .iter()
+            .map(|item| {
+                serde_json::from_slice(&item.data)
+                    .map_err(|e| StoreError::Failure(format!("corrupt low-stock item: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ListPage {
+            items,
+            next_cursor: page.next,
+        })
+    }
+
+    pub(super) async fn load_stock(
+        &self,
+        tenant: &TenantId,
+        sku: &Sku,
+    ) -> Result<Stream<Inventory>, AppError> {
+        Ok(load(&self.table, keys::inventory(tenant, sku)).await?)
+    }
+
+    /// Appends stock events and keeps the low-stock list in step, in the same transaction.
+    pub(super) fn append_stock(
+        &self,
+        changes: &mut Changes,
+        tenant: &TenantId,
+        sku: &Sku,
+        stock: &mut Stream<Inventory>,
+        events: Vec<InventoryEvent>,
+    ) -> Result<(), AppError> {
+        let cleared = events
+            .iter()
+            .any(|e| matches!(e, InventoryEvent::LowStockCleared { .. }));
+        let touched = !events.is_empty();
+        changes.append(stock, events, self.now_ms())?;
+        if stock.state.low_stock_flagged && touched {
+            let view = InventoryView::new(sku.clone(), &stock.state, stock.version);
+            changes.put_read_model(keys::low_stock(tenant), sku.to_string(), &view)?;
+        } else if cleared {
+            changes.delete_read_model(keys::low_stock(tenant), sku.to_string());
+        }
+        Ok(())
+    }
+
+    /// Takes every line's stock for `reservation`, or fails with the first line that is short.
+    pub(super) async fn reserve_lines(
+        &self,
+        changes: &mut Changes,
+        tenant: &TenantId,
+        reservation: &ReservationId,
+        lines: &[Line],
+    ) -> Result<(), AppError> {
+        for line in lines {
+            let mut stock = self.load_stock(tenant, &line.sku).await?;
+            let events = stock.state.reserve(&line.sku, reservation, line.quantity)?;
+            self.append_stock(changes, tenant, &line.sku, &mut stock, events)?;
+        }
+        Ok(())
+    }
+
+    /// Puts every line's reserved stock back.
+    pub(super) async fn release_lines(
+        &self,
+        changes: &mut Changes,
+        tenant: &TenantId,
+        reservation: &ReservationId,
+        lines: &[Line],
+    ) -> Result<(), AppError> {
+        for line in lines {
+            let mut stock = self.load_stock(tenant, &line.sku).await?;
+            let events = stock.state.release(reservation, line.quantity)?;
+            self.append_stock(changes, tenant, &line.sku, &mut stock, events)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! The storage port: one table of items keyed by partition and sort key, as in DynamoDB.
+//!
+//! Writes are conditional and grouped in all-or-nothing transactions; a failed condition is
+//! reported with the index of the write that failed, so callers tell a lost race on a stream from
+//! a duplicate idempotency key. Items past `expires_at` are invisible and count as absent, as
+//! DynamoDB TTL deletes them lazily.
+
+use std::future::Future;
+
+/// One stored item. `data` is JSON; `version` is what optimistic conditions compare.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub pk: String,
+    pub sk: String,
+    pub version: u64,
+    pub data: Vec<u8>,
+    /// Unix seconds after which the item no longer exists.
+    pub expires_at: Option<i64>,
+}
+
+impl Item {
+    pub fn is_live(&self, now_seconds: i64) -> bool {
+        self.expires_at.is_none_or(|at| at > now_seconds)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// Write whatever is there.
+    None,
+    /// The item does not exist, or has expired.
+    Absent,
+    /// The item exists with exactly this version.
+    VersionIs(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put {
+        item: Item,
+        condition: Condition,
+    },
+    Delete {
+        pk: String,
+        sk: String,
+        condition: Condition,
+    },
+    /// Only checks a condition; writes nothing.
+    Check {
+        pk: String,
+        sk: String,
+        condition: Condition,
+    },
+}
+
+impl Write {
+    pub fn key(&self) -> (&str, &str) {
+        match self {
+            Write::Put { item, .. } => (&item.pk, &item.sk),
+            Write::Delete { pk, sk, .. } | Write::Check { pk, sk, .. } => (pk, sk),
+        }
+    }
+}
+
+/// Items of one partition in sort-key order, one page at a time.
+#[derive(Debug, Clone, Copy)]
+pub struct Query<'a> {
+    pub pk: &'a str,
+    /// Only sort keys starting with this.
+    pub prefix: &'a str,
+    /// Resume after this sort key (the previous page's `next`).
+    pub after: Option<&'a str>,
+    pub limit: usize,
+    pub descending: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Page {
+    pub items: Vec<Item>,
+    /// Where the next page starts; `None` when there is nothing more.
+    pub next: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The condition of write number `index` did not hold; nothing was written.
+    #[error("condition failed on write {index}")]
+    ConditionFailed { index: usize },
+    /// The store refused for now (throttling, contention); the same call may succeed later.
+    #[error("store busy: {0}")]
+    Busy(String),
+    #[error("storage failure: {0}")]
+    Failure(String),
+}
+
+/// Most writes in one transaction (DynamoDB's TransactWriteItems limit).
+pub const MAX_TRANSACTION_WRITES: usize = 100;
+
+pub trait Table: Send + Sync + 'static {
+    fn get(
+        &self,
+        pk: &str,
+        sk: &str,
+    ) -> impl Future<Output = Result<Option<Item>, StoreError>> + Send;
+
+    fn query(&self, query: Query<'_>) -> impl Future<Output = Result<Page, StoreError>> + Send;
+
+    /// Applies every write or none. Two writes to one key in a transaction are refused, as in DynamoDB.
+    fn transact(&self, writes: Vec<Write>) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Cheap round trip for health checks.
+    fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// Refuses transactions the store could not take, before they reach an adapter.
+pub fn check_transaction(writes: &[Write]) -> Result<(), StoreError> {
+    if writes.is_empty() || writes.len() > MAX_TRANSACTION_WRITES {
+        return Err(StoreError::Failure(format!(
+            "a transaction holds 1 to {MAX_TRANSACTION_WRITES} writes, not {}",
+            writes.len()
+        )));
+    }
+    let mut keys = std::collections::HashSet::with_capacity(writes.len());
+    for write in writes {
+        if !keys.insert(write.key()) {
+            let (pk, sk) = write.key();
+            return Err(StoreError::Failure(format!(
+                "two writes to {pk}/{sk} in one transaction"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The smallest string above every string starting with `prefix`, for range scans.
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        if let Some(next) = char::from_u32(u32::from(last) + 1) {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}

@@ -1,0 +1,216 @@
+//! What the API answers: plain serializable views of the aggregates and read models.
+
+use commerce_domain::{
+    Held, Inventory, Line, Money, OrderLine, OrderStatus, PlacedOrder, ProductDetails,
+    ReservationStatus, Sku,
+};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Unix milliseconds as an RFC 3339 timestamp (UTC).
+pub fn timestamp(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProductView {
+    pub sku: Sku,
+    pub name: String,
+    pub price: Money,
+}
+
+impl From<&ProductDetails> for ProductView {
+    fn from(p: &ProductDetails) -> Self {
+        Self {
+            sku: p.sku.clone(),
+            name: p.name.as_str().to_owned(),
+            price: p.price,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InventoryView {
+    pub sku: Sku,
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub available: u64,
+    pub low_stock_threshold: u64,
+    pub low_stock: bool,
+    /// The stock stream's version: how many changes it has seen.
+    pub version: u64,
+}
+
+impl InventoryView {
+    pub fn new(sku: Sku, stock: &Inventory, version: u64) -> Self {
+        Self {
+            sku,
+            on_hand: stock.on_hand,
+            reserved: stock.reserved,
+            available: stock.available(),
+            low_stock_threshold: stock.low_stock_threshold,
+            low_stock: stock.low_stock_flagged,
+            version,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReservationView {
+    pub id: String,
+    pub status: ReservationStatus,
+    pub lines: Vec<Line>,
+    pub expires_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub order_id: Option<String>,
+}
+
+impl From<&Held> for ReservationView {
+    fn from(h: &Held) -> Self {
+        Self {
+            id: h.id.to_string(),
+            status: h.status,
+            lines: h.lines.clone(),
+            expires_at: timestamp(h.expires_at),
+            order_id: h.order.as_ref().map(ToString::to_string),
+        }
+    }
+}
+
+/// How to reach the customer about one order. Kept out of events so it can be erased.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Contact {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipping_address: Option<Vec<String>>,
+}
+
+impl Contact {
+    pub fn check(&self) -> Result<(), commerce_domain::DomainError> {
+        let fields = [
+            ("contact.name", &self.name),
+            ("contact.email", &self.email),
+            ("contact.phone", &self.phone),
+        ];
+        for (field, value) in fields {
+            if value.as_ref().is_some_and(|v| {
+                v.is_empty() || v.chars().count() > 200 || v.chars().any(char::is_control)
+            }) {
+                return Err(commerce_domain::DomainError::Invalid {
+                    field,
+                    reason: "must be 1 to 200 characters, no control characters".into(),
+                });
+            }
+        }
+        if self.email.as_ref().is_some_and(|e| !e.contains('@')) {
+            return Err(commerce_domain::DomainError::Invalid {
+                field: "contact.email",
+                reason: "must be an e-mail address".into(),
+            });
+        }
+        if self.shipping_address.as_ref().is_some_and(|lines| {
+            lines.is_empty()
+                || lines.len() > 6
+                || lines
+                    .iter()
+                    .any(|l| l.is_empty() || l.chars().count() > 200)
+        }) {
+            return Err(commerce_domain::DomainError::Invalid {
+                field: "contact.shipping_address",
+                reason: "must be 1 to 6 lines of 1 to 200 characters".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderView {
+    pub id: String,
+    pub status: OrderStatus,
+    pub customer: String,
+    pub lines: Vec<OrderLine>,
+    pub total: Money,
+    pub reservation_id: String,
+    pub payment_authorization: String,
+    pub placed_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contact: Option<Contact>,
+}
+
+impl OrderView {
+    pub fn new(o: &PlacedOrder, contact: Option<Contact>) -> Self {
+        Self {
+            id: o.id.to_string(),
+            status: o.status,
+            customer: o.customer.to_string(),
+            lines: o.lines.clone(),
+            total: o.total,
+            reservation_id: o.reservation.to_string(),
+            payment_authorization: o.payment.id.clone(),
+            placed_at: timestamp(o.placed_at),
+            contact,
+        }
+    }
+}
+
+/// The summary kept in list partitions, so a page is one query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OrderSummary {
+    pub id: String,
+    pub status: OrderStatus,
+    pub customer: String,
+    pub total: Money,
+    pub placed_at: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ListPage<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// An RFC 9457 problem: every error the API answers has this shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Problem {
+    /// `/problems/<name>`, documented in `docs/problems.md`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(status: u16, name: &str, title: &str, detail: &str) -> Self {
+        Self {
+            kind: format!("/problems/{name}"),
+            title: title.to_owned(),
+            status,
+            detail: detail.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(
+            super::timestamp(1_700_000_000_123),
+            "2023-11-14T22:13:20.123Z"
+        );
+    }
+}

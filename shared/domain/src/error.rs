@@ -1,0 +1,46 @@
+use crate::{OrderStatus, ReservationStatus, Sku};
+
+/// Why a value or a command was refused. Each variant is the caller's to fix; none is a fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("{field} is invalid: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("currency mismatch: expected {expected}, got {got}")]
+    CurrencyMismatch { expected: String, got: String },
+    #[error("amount out of range")]
+    AmountOverflow,
+    #[error("quantity out of range")]
+    QuantityOverflow,
+    #[error("{sku} is out of stock: requested {requested}, available {available}")]
+    OutOfStock {
+        sku: Sku,
+        requested: u64,
+        available: u64,
+    },
+    #[error("on hand ({on_hand}) cannot be below what is reserved ({reserved})")]
+    BelowReserved { on_hand: u64, reserved: u64 },
+    #[error("cannot release {requested} reserved units, only {reserved} are reserved")]
+    ReleaseExceedsReserved { requested: u64, reserved: u64 },
+    #[error("reservation is {status:?}, not held")]
+    ReservationNotHeld { status: ReservationStatus },
+    #[error("reservation has expired")]
+    ReservationExpired,
+    #[error("reservation has not expired yet")]
+    ReservationNotExpired,
+    #[error("cannot {action} an order that is {status:?}")]
+    OrderTransition {
+        action: &'static str,
+        status: OrderStatus,
+    },
+    #[error("{what} already exists")]
+    AlreadyExists { what: &'static str },
+}
+
+impl DomainError {
+    pub(crate) fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::Invalid {
+            field,
+            reason: reason.into(),
+        }
+    }
+}

@@ -1,0 +1,302 @@
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+use crate::{Aggregate, CustomerId, DomainError, OrderId, ReservationId, Sku};
+
+/// Most lines one reservation or order may hold. It keeps every reservation inside one store
+/// transaction: DynamoDB allows 100 items, and a reservation writes up to four per line (stock
+/// head, reserved event, low-stock event and index) plus a few of its own.
+pub const MAX_LINES: usize = 20;
+/// Longest hold a cart may ask for.
+pub const MAX_TTL_SECONDS: u32 = 24 * 60 * 60;
+
+/// A positive number of units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u32", into = "u32")]
+pub struct Quantity(u32);
+
+impl Quantity {
+    /// Caps a single line at a million units: larger figures are typos, not orders.
+    pub fn new(value: u32) -> Result<Self, DomainError> {
+        if value == 0 || value > 1_000_000 {
+            return Err(DomainError::invalid(
+                "quantity",
+                "must be between 1 and 1000000",
+            ));
+        }
+        Ok(Self(value))
+    }
+
+    pub fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl TryFrom<u32> for Quantity {
+    type Error = DomainError;
+    fn try_from(value: u32) -> Result<Self, Self::Error> {
+        Self::new(value)
+    }
+}
+
+impl From<Quantity> for u32 {
+    fn from(value: Quantity) -> Self {
+        value.0
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Line {
+    pub sku: Sku,
+    pub quantity: Quantity,
+}
+
+impl Line {
+    /// Checks a basket: 1 to [`MAX_LINES`] lines, each SKU once.
+    pub fn check_all(lines: &[Line]) -> Result<(), DomainError> {
+        if lines.is_empty() || lines.len() > MAX_LINES {
+            return Err(DomainError::invalid(
+                "lines",
+                format!("must hold 1 to {MAX_LINES} lines"),
+            ));
+        }
+        let mut seen = HashSet::with_capacity(lines.len());
+        if let Some(dup) = lines.iter().find(|line| !seen.insert(&line.sku)) {
+            return Err(DomainError::invalid(
+                "lines",
+                format!("{} appears more than once", dup.sku),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReservationStatus {
+    Held,
+    Confirmed,
+    Released,
+    Expired,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum ReservationEvent {
+    ReservationHeld {
+        id: ReservationId,
+        owner: CustomerId,
+        lines: Vec<Line>,
+        /// Unix milliseconds.
+        expires_at: i64,
+    },
+    ReservationConfirmed {
+        order: OrderId,
+    },
+    ReservationReleased,
+    ReservationExpired,
+}
+
+/// A hold on stock for a cart, until it is confirmed by an order, released, or expires.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub held: Option<Held>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    pub id: ReservationId,
+    pub owner: CustomerId,
+    pub lines: Vec<Line>,
+    pub expires_at: i64,
+    pub status: ReservationStatus,
+    pub order: Option<OrderId>,
+}
+
+impl Reservation {
+    /// Opens the hold. The stock itself is taken by each SKU's inventory in the same transaction.
+    pub fn hold(
+        &self,
+        id: ReservationId,
+        owner: CustomerId,
+        lines: Vec<Line>,
+        now_ms: i64,
+        ttl_seconds: u32,
+    ) -> Result<Vec<ReservationEvent>, DomainError> {
+        if self.held.is_some() {
+            return Err(DomainError::AlreadyExists {
+                what: "reservation",
+            });
+        }
+        Line::check_all(&lines)?;
+        if ttl_seconds == 0 || ttl_seconds > MAX_TTL_SECONDS {
+            return Err(DomainError::invalid(
+                "ttl_seconds",
+                format!("must be between 1 and {MAX_TTL_SECONDS}"),
+            ));
+        }
+        let expires_at = now_ms.saturating_add(i64::from(ttl_seconds) * 1000);
+        Ok(vec![ReservationEvent::ReservationHeld {
+            id,
+            owner,
+            lines,
+            expires_at,
+        }])
+    }
+
+    /// An order takes the held stock. A hold past its expiry can no longer be confirmed, even
+    /// before the sweeper has released it.
+    pub fn confirm(
+        &self,
+        order: OrderId,
+        now_ms: i64,
+    ) -> Result<Vec<ReservationEvent>, DomainError> {
+        let held = self.held_now()?;
+        if now_ms >= held.expires_at {
+            return Err(DomainError::ReservationExpired);
+        }
+        Ok(vec![ReservationEvent::ReservationConfirmed { order }])
+    }
+
+    pub fn release(&self) -> Result<Vec<ReservationEvent>, DomainError> {
+        self.held_now()?;
+        Ok(vec![ReservationEvent::ReservationReleased])
+    }
+
+    pub fn expire(&self, now_ms: i64) -> Result<Vec<ReservationEvent>, DomainError> {
+        let held = self.held_now()?;
+        if now_ms < held.expires_at {
+            return Err(DomainError::ReservationNotExpired);
+        }
+        Ok(vec![ReservationEvent::ReservationExpired])
+    }
+
+    /// The lines whose stock goes back to the shelf when this hold ends without an order.
+    pub fn lines(&self) -> &[Line] {
+        self.held.as_ref().map_or(&[], |held| held.lines.as_slice())
+    }
+
+    fn held_now(&self) -> Result<&Held, DomainError> {
+        match &self.held {
+            Some(held) if held.status == ReservationStatus::Held => Ok(held),
+            Some(held) => Err(DomainError::ReservationNotHeld {
+                status: held.status,
+            }),
+            None => Err(DomainError::invalid("reservation", "does not exist")),
+        }
+    }
+}
+
+impl Aggregate for Reservation {
+    type Event = ReservationEvent;
+
+    fn apply(&mut self, event: &ReservationEvent) {
+        match (event, self.held.as_mut()) {
+            (
+                ReservationEvent::ReservationHeld {
+                    id,
+                    owner,
+                    lines,
+                    expires_at,
+                },
+                _,
+            ) => {
+                self.held = Some(Held {
+                    id: id.clone(),
+                    owner: owner.clone(),
+                    lines: lines.clone(),
+                    expires_at: *expires_at,
+                    status: ReservationStatus::Held,
+                    order: None,
+                });
+            }
+            (ReservationEvent::ReservationConfirmed { order }, Some(held)) => {
+                held.status = ReservationStatus::Confirmed;
+                held.order = Some(order.clone());
+            }
+            (ReservationEvent::ReservationReleased, Some(held)) => {
+                held.status = ReservationStatus::Released
+            }
+            (ReservationEvent::ReservationExpired, Some(held)) => {
+                held.status = ReservationStatus::Expired
+            }
+            (_, None) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(sku: &str, q: u32) -> Line {
+        Line {
+            sku: Sku::parse(sku).unwrap(),
+            quantity: Quantity::new(q).unwrap(),
+        }
+    }
+
+    fn held(ttl: u32) -> Reservation {
+        let mut r = Reservation::default();
+        let events = r
+            .hold(
+                ReservationId::parse("r1").unwrap(),
+                CustomerId::parse("alice").unwrap(),
+                vec![line("MUG", 2)],
+                1_000,
+                ttl,
+            )
+            .unwrap();
+        r.apply_all(events);
+        r
+    }
+
+    #[test]
+    fn quantity_must_be_positive() {
+        assert!(Quantity::new(0).is_err());
+        assert!(serde_json::from_str::<Quantity>("-1").is_err());
+        assert!(serde_json::from_str::<Quantity>("0").is_err());
+        assert_eq!(serde_json::from_str::<Quantity>("3").unwrap().get(), 3);
+    }
+
+    #[test]
+    fn baskets_are_checked() {
+        assert!(Line::check_all(&[]).is_err());
+        assert!(Line::check_all(&[line("A", 1), line("A", 2)]).is_err());
+        assert!(Line::check_all(&vec![line("A", 1); 1]).is_ok());
+    }
+
+    #[test]
+    fn a_hold_expires_at_its_ttl() {
+        let r = held(60);
+        assert_eq!(r.held.as_ref().unwrap().expires_at, 61_000);
+        assert_eq!(r.expire(60_999), Err(DomainError::ReservationNotExpired));
+        assert_eq!(
+            r.expire(61_000),
+            Ok(vec![ReservationEvent::ReservationExpired])
+        );
+    }
+
+    #[test]
+    fn an_expired_hold_cannot_be_confirmed() {
+        let r = held(1);
+        assert_eq!(
+            r.confirm(OrderId::parse("o1").unwrap(), 2_000),
+            Err(DomainError::ReservationExpired)
+        );
+    }
+
+    #[test]
+    fn a_hold_ends_once() {
+        let mut r = held(60);
+        r.apply_all(r.release().unwrap());
+        assert_eq!(
+            r.release(),
+            Err(DomainError::ReservationNotHeld {
+                status: ReservationStatus::Released
+            })
+        );
+        assert!(r.confirm(OrderId::parse("o1").unwrap(), 1_500).is_err());
+        assert!(r.expire(100_000).is_err());
+    }
+}

@@ -1,0 +1,11 @@
+//! The table contract on the SQLite adapter, one fresh database file per case.
+
+use commerce_sqlite::SqliteTable;
+
+async fn fresh() -> (SqliteTable, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let table = SqliteTable::open(dir.path().join("shop.db")).expect("open");
+    (table, dir)
+}
+
+commerce_app::table_contract!(fresh());
