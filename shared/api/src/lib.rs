@@ -1,1 +1,12 @@
+//! The one HTTP router. The local server serves it on a socket; every Lambda serves it through
+//! `lambda_http`. Routes, auth, error mapping and the OpenAPI document live here, once.
 
+mod auth;
+mod extract;
+mod openapi;
+mod problem;
+mod routes;
+
+pub use auth::{Auth, DevClaims, VerifiedClaims, parse_roles};
+pub use problem::ApiError;
+pub use routes::{BODY_LIMIT, router};

@@ -13,7 +13,7 @@ pub mod event_store;
 pub mod idempotency;
 pub mod keys;
 pub mod payments;
-mod shop;
+pub mod shop;
 pub mod table;
 pub mod views;
 

@@ -1,1 +1,206 @@
-fn main() {}
+//! `commerce`: the whole service in one process on the embedded default.
+//!
+//! `commerce` (or `commerce serve`) starts the API on 127.0.0.1:3000 with its data in `./data`;
+//! `commerce token` prints a token the server accepts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use clap::{Args, Parser, Subcommand};
+use commerce_api::{Auth, router};
+use commerce_app::{SandboxPayments, Shop, ShopConfig, SystemClock};
+use commerce_sqlite::SqliteTable;
+
+#[derive(Parser)]
+#[command(
+    name = "commerce",
+    version,
+    about = "Commerce back end, running locally on SQLite"
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    /// With no subcommand, serve.
+    #[command(flatten)]
+    serve: Serve,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API (the default).
+    Serve(Serve),
+    /// Print a bearer token the local server accepts.
+    Token(Token),
+}
+
+#[derive(Args, Clone)]
+struct Serve {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, env = "COMMERCE_ADDR", default_value = "127.0.0.1:3000")]
+    addr: SocketAddr,
+    #[command(flatten)]
+    data: DataDir,
+    /// How often expired reservations are released.
+    #[arg(long, env = "COMMERCE_SWEEP_INTERVAL_MS", default_value_t = 1000)]
+    sweep_interval_ms: u64,
+}
+
+#[derive(Args, Clone)]
+struct DataDir {
+    /// Where the database and the local signing secret live; created on first run.
+    #[arg(long, env = "COMMERCE_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Args)]
+struct Token {
+    #[command(flatten)]
+    data: DataDir,
+    #[arg(long, default_value = "demo")]
+    tenant: String,
+    #[arg(long, default_value = "dev")]
+    sub: String,
+    /// Comma-separated: customer, admin, ops.
+    #[arg(long, default_value = "customer")]
+    roles: String,
+    #[arg(long, default_value_t = 86_400)]
+    ttl_seconds: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token(token)) => {
+            let auth = Auth::local(&secret(&token.data.data_dir)?);
+            let roles: Vec<&str> = token.roles.split(',').map(str::trim).collect();
+            println!(
+                "{}",
+                auth.mint(&token.tenant, &token.sub, &roles, token.ttl_seconds)
+                    .map_err(|e| anyhow::anyhow!("{}", e.0.detail))?
+            );
+            Ok(())
+        }
+        Some(Command::Serve(serve)) => run(serve).await,
+        None => run(cli.serve).await,
+    }
+}
+
+async fn run(serve: Serve) -> anyhow::Result<()> {
+    let dir = &serve.data.data_dir;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let table = SqliteTable::open(dir.join("commerce.db")).context("cannot open the database")?;
+    let auth = Auth::local(&secret(dir)?);
+    let shop = Arc::new(Shop::new(
+        table.clone(),
+        SandboxPayments::default(),
+        SystemClock,
+        ShopConfig::default(),
+    ));
+    tokio::spawn(sweep(
+        shop.clone(),
+        table,
+        Duration::from_millis(serve.sweep_interval_ms.max(10)),
+    ));
+
+    let listener = tokio::net::TcpListener::bind(serve.addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", serve.addr))?;
+    let addr = listener.local_addr()?;
+    println!(
+        "commerce listening on http://{addr} (data in {})",
+        dir.display()
+    );
+    for role in ["admin", "customer", "ops"] {
+        let token = auth
+            .mint("demo", &format!("{role}-1"), &[role], 86_400)
+            .map_err(|e| anyhow::anyhow!("{}", e.0.detail))?;
+        println!("dev token, tenant demo, role {role}: {token}");
+    }
+    let app = router(shop, auth);
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::warn!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Releases expired reservations and drops expired items, forever.
+async fn sweep(
+    shop: Arc<Shop<SqliteTable, SandboxPayments, SystemClock>>,
+    table: SqliteTable,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match shop.expire_reservations(100).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "released expired reservations"),
+            Err(e) => tracing::error!(error = %e, "sweeping reservations failed"),
+        }
+        if let Err(e) = table.purge_expired().await {
+            tracing::error!(error = %e, "purging expired items failed");
+        }
+    }
+}
+
+/// The local signing secret: `COMMERCE_JWT_SECRET`, or one made on first run and kept in the data dir.
+fn secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
+    if let Ok(secret) = std::env::var("COMMERCE_JWT_SECRET") {
+        return Ok(secret.into_bytes());
+    }
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join("jwt-secret");
+    match std::fs::read(&path) {
+        Ok(secret) if secret.len() >= 32 => Ok(secret),
+        _ => {
+            let secret = format!(
+                "{}{}",
+                uuid::Uuid::new_v4().simple(),
+                uuid::Uuid::new_v4().simple()
+            );
+            std::fs::write(&path, &secret)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(secret.into_bytes())
+        }
+    }
+}
+
+async fn shutdown() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

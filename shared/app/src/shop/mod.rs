@@ -17,7 +17,10 @@ use crate::idempotency::{self, IdempotencyKey, Prior, StoredResponse};
 use crate::payments::PaymentGateway;
 use crate::table::{StoreError, Table};
 
+pub use catalog::NewProduct;
 pub use orders::PlaceOrder;
+pub use reservations::NewReservation;
+pub use stock::{StockLevel, StockReceipt};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -1,0 +1,158 @@
+//! Request parsing at the edge: bodies into checked types, with a problem for every way they
+//! can be wrong, and the idempotency key every state-changing POST must carry.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::{HeaderMap, header};
+use commerce_app::{Caller, IdempotencyKey};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::auth::Authenticated;
+use crate::problem::ApiError;
+use crate::routes::BODY_LIMIT;
+
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// A state-changing request: who sent it, its idempotency key, and its parsed body.
+#[derive(Debug)]
+pub struct Command<T> {
+    pub caller: Caller,
+    pub key: IdempotencyKey,
+    pub body: T,
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Command<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let Authenticated(caller) = Authenticated::from_request_parts(&mut parts, state).await?;
+        let key = parts
+            .headers
+            .get(IDEMPOTENCY_KEY)
+            .ok_or_else(|| ApiError::bad_request("this request needs an Idempotency-Key header"))?
+            .to_str()
+            .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?
+            .to_owned();
+        let bytes = read_body(&parts.headers, body).await?;
+        let parsed = parse_json(&parts.headers, &bytes)?;
+        let key = IdempotencyKey::new(
+            &caller.tenant,
+            &caller.subject,
+            &key,
+            parts.method.as_str(),
+            parts.uri.path(),
+            &bytes,
+        )?;
+        Ok(Self {
+            caller,
+            key,
+            body: parsed,
+        })
+    }
+}
+
+/// A JSON body for requests that are idempotent by nature (PUT).
+#[derive(Debug)]
+pub struct JsonBody<T>(pub Caller, pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let Authenticated(caller) = Authenticated::from_request_parts(&mut parts, state).await?;
+        let bytes = read_body(&parts.headers, body).await?;
+        Ok(Self(caller, parse_json(&parts.headers, &bytes)?))
+    }
+}
+
+async fn read_body(headers: &HeaderMap, body: axum::body::Body) -> Result<Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            413,
+            "body-too-large",
+            "Body too large",
+            format!("bodies are limited to {BODY_LIMIT} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > BODY_LIMIT) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(body, BODY_LIMIT)
+        .await
+        .map_err(|_| too_large())
+}
+
+/// Malformed JSON is 400; well-formed JSON with wrong or missing fields is 422. An empty body
+/// reads as `{}`, so commands without parameters need none.
+fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.is_empty() {
+        return serde_json::from_slice(b"{}")
+            .map_err(|e| ApiError::new(422, "invalid-request", "Invalid request", e.to_string()));
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|mime| mime.trim().eq_ignore_ascii_case("application/json"))
+        });
+    if !is_json {
+        return Err(ApiError::new(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "send Content-Type: application/json",
+        ));
+    }
+    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::new(422, "invalid-request", "Invalid request", e.to_string())
+        }
+        _ => ApiError::new(400, "malformed-json", "Malformed JSON", e.to_string()),
+    })
+}
+
+/// `?cursor=…&limit=…` on list endpoints.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listing {
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Listing {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Query(listing) = Query::<Listing>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        if listing.limit.is_some_and(|l| l == 0 || l > 100) {
+            return Err(ApiError::bad_request("limit must be between 1 and 100"));
+        }
+        if listing
+            .cursor
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c.len() > 200)
+        {
+            return Err(ApiError::bad_request("cursor is not one this API gave out"));
+        }
+        Ok(listing)
+    }
+}
+
+/// Releases take no parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParameters {}
