@@ -5,6 +5,9 @@
 //! DynamoDB's semantics as the shop relies on them: conditions, all-or-nothing transactions,
 //! TTL, paging, and the event store's gapless versions under racing writers.
 
+// Test support: a case that does not hold must panic, as assertions do.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 

@@ -3,6 +3,7 @@
 //! `commerce` (or `commerce serve`) starts the API on 127.0.0.1:3000 with its data in `./data`;
 //! `commerce token` prints a token the server accepts.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -118,7 +119,10 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", serve.addr))?;
     let addr = listener.local_addr()?;
-    println!(
+    // Whoever reads stdout may have gone away; the server keeps serving either way.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
         "commerce listening on http://{addr} (data in {})",
         dir.display()
     );
@@ -126,8 +130,10 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
         let token = auth
             .mint("demo", &format!("{role}-1"), &[role], 86_400)
             .map_err(|e| anyhow::anyhow!("{}", e.0.detail))?;
-        println!("dev token, tenant demo, role {role}: {token}");
+        let _ = writeln!(out, "dev token, tenant demo, role {role}: {token}");
     }
+    let _ = out.flush();
+    drop(out);
     let app = router(shop, auth);
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {

@@ -119,10 +119,10 @@ impl SqliteTable {
             }
         };
         let result = f(&conn).map_err(failure);
-        if let Ok(mut idle) = self.inner.readers.lock() {
-            if idle.len() < MAX_IDLE_READERS {
-                idle.push(conn);
-            }
+        if let Ok(mut idle) = self.inner.readers.lock()
+            && idle.len() < MAX_IDLE_READERS
+        {
+            idle.push(conn);
         }
         result
     }

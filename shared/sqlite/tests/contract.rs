@@ -1,5 +1,7 @@
 //! The table contract on the SQLite adapter, one fresh database file per case.
 
+#![allow(clippy::expect_used)]
+
 use commerce_sqlite::SqliteTable;
 
 async fn fresh() -> (SqliteTable, tempfile::TempDir) {

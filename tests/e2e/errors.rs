@@ -1,0 +1,156 @@
+//! Bad input gets a clear 4xx problem and changes nothing.
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::{order_body, shop};
+use commerce_tests::key;
+
+#[tokio::test]
+async fn malformed_product_requests_are_refused_and_change_nothing() {
+    let shop = shop();
+    let json_header = [
+        ("content-type", "application/json"),
+        ("idempotency-key", "k1"),
+    ];
+    let cases: Vec<(Vec<u8>, StatusCode, &str)> = vec![
+        (b"{not json".to_vec(), StatusCode::BAD_REQUEST, "malformed-json"),
+        (br#"{"sku": "MUG", "name": "Mug", "price": {"amount_minor": "12", "currency": "EUR"}}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+        (br#"{"sku": "MUG", "name": "Mug", "price": {"amount_minor": -1, "currency": "EUR"}}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+        (br#"{"sku": "MUG", "name": "Mug", "price": {"amount_minor": 1, "currency": "euro"}}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+        (br#"{"sku": "bad sku", "name": "Mug", "price": {"amount_minor": 1, "currency": "EUR"}}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+        (br#"{"sku": "MUG", "name": "", "price": {"amount_minor": 1, "currency": "EUR"}}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+        (br#"{"sku": "MUG", "name": "Mug"}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+        (br#"{"sku": "MUG", "name": "Mug", "price": {"amount_minor": 1, "currency": "EUR"}, "extra": 1}"#.to_vec(), StatusCode::UNPROCESSABLE_ENTITY, "invalid-request"),
+        (vec![b' '; 70 * 1024], StatusCode::PAYLOAD_TOO_LARGE, "body-too-large"),
+    ];
+    for (body, status, problem) in cases {
+        let answer = shop
+            .admin
+            .post_raw("/v1/products", &json_header, body)
+            .await;
+        assert_eq!(answer.status, status, "{answer:?}");
+        assert_eq!(answer.problem(), problem);
+        assert!(
+            answer.body["detail"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "says what is wrong: {answer:?}"
+        );
+    }
+    let untyped = shop
+        .admin
+        .post_raw(
+            "/v1/products",
+            &[("idempotency-key", "k2")],
+            br#"{"sku":"MUG"}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(untyped.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let keyless = shop
+        .admin
+        .post_raw(
+            "/v1/products",
+            &[("content-type", "application/json")],
+            br#"{}"#.to_vec(),
+        )
+        .await;
+    assert_eq!(keyless.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        shop.admin.get("/v1/products").await.body["items"],
+        json!([]),
+        "nothing was created"
+    );
+}
+
+#[tokio::test]
+async fn bad_order_lines_are_refused_and_change_nothing() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 10).await;
+    shop.product("HAT", 700, "USD").await;
+    shop.admin
+        .put("/v1/inventory/HAT", &json!({"on_hand": 10}))
+        .await;
+    let cases = [
+        (
+            json!({"lines": [{"sku": "MUG", "quantity": 0}], "payment_token": "tok_visa"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+        ),
+        (
+            json!({"lines": [{"sku": "MUG", "quantity": -2}], "payment_token": "tok_visa"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+        ),
+        (
+            json!({"lines": [{"sku": "MUG", "quantity": 1.5}], "payment_token": "tok_visa"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+        ),
+        (
+            json!({"lines": [], "payment_token": "tok_visa"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+        ),
+        (
+            json!({"lines": [{"sku": "MUG", "quantity": 1}, {"sku": "MUG", "quantity": 1}], "payment_token": "tok_visa"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+        ),
+        (
+            order_body(&[("GHOST", 1)], "tok_visa"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "unknown-sku",
+        ),
+        (
+            order_body(&[("MUG", 1), ("HAT", 1)], "tok_visa"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "currency-mismatch",
+        ),
+        (
+            json!({"lines": [{"sku": "MUG", "quantity": 1}], "reservation_id": "r1", "payment_token": "tok_visa"}),
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+        ),
+        (
+            json!({"lines": [{"sku": "MUG", "quantity": 1}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-request",
+        ),
+        (
+            order_body(&[("MUG", 11)], "tok_visa"),
+            StatusCode::CONFLICT,
+            "out-of-stock",
+        ),
+    ];
+    for (body, status, problem) in cases {
+        let answer = shop.alice.post("/v1/orders", &key(), &body).await;
+        assert_eq!(answer.status, status, "{body} -> {answer:?}");
+        assert_eq!(answer.problem(), problem, "{body}");
+    }
+    assert_eq!(shop.levels("MUG").await, (10, 0, 10));
+    assert_eq!(shop.levels("HAT").await, (10, 0, 10));
+    assert_eq!(shop.alice.get("/v1/orders").await.body["items"], json!([]));
+}
+
+#[tokio::test]
+async fn unknown_paths_and_methods_answer_problems() {
+    let shop = shop();
+    let missing = shop.alice.get("/v2/nothing").await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+    assert_eq!(missing.problem(), "not-found");
+    let wrong = shop.alice.put("/v1/orders", &json!({})).await;
+    assert_eq!(wrong.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(wrong.problem(), "method-not-allowed");
+}
+
+#[tokio::test]
+async fn health_checks_the_store_and_openapi_is_served() {
+    let shop = shop();
+    let health = shop.server.anonymous().get("/health").await;
+    assert_eq!(health.status, StatusCode::OK);
+    assert_eq!(health.body["status"], "ok");
+    let doc = shop.server.anonymous().get("/openapi.json").await;
+    assert_eq!(doc.status, StatusCode::OK);
+    assert_eq!(doc.body["openapi"], "3.1.0");
+}

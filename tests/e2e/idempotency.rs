@@ -1,0 +1,143 @@
+use std::collections::HashSet;
+
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::{order_body, shop};
+use commerce_tests::key;
+
+#[tokio::test]
+async fn the_same_key_and_body_replays_and_acts_once() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 10).await;
+    let k = key();
+    let first = shop
+        .alice
+        .post("/v1/orders", &k, &order_body(&[("MUG", 2)], "tok_visa"))
+        .await;
+    let second = shop
+        .alice
+        .post("/v1/orders", &k, &order_body(&[("MUG", 2)], "tok_visa"))
+        .await;
+    assert_eq!(first.status, StatusCode::CREATED);
+    assert_eq!(
+        (second.status, &second.body),
+        (first.status, &first.body),
+        "the replay is the first answer"
+    );
+    assert_eq!(shop.levels("MUG").await, (10, 2, 8), "stock taken once");
+    assert_eq!(
+        shop.alice.get("/v1/orders").await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let declined_key = key();
+    let declined = shop
+        .alice
+        .post(
+            "/v1/orders",
+            &declined_key,
+            &order_body(&[("MUG", 1)], "tok_decline"),
+        )
+        .await;
+    let replayed = shop
+        .alice
+        .post(
+            "/v1/orders",
+            &declined_key,
+            &order_body(&[("MUG", 1)], "tok_decline"),
+        )
+        .await;
+    assert_eq!(declined.status, StatusCode::PAYMENT_REQUIRED);
+    assert_eq!(
+        (replayed.status, replayed.body),
+        (declined.status, declined.body),
+        "a decline replays too"
+    );
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_body_is_refused() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 10).await;
+    let k = key();
+    assert_eq!(
+        shop.alice
+            .post("/v1/orders", &k, &order_body(&[("MUG", 2)], "tok_visa"))
+            .await
+            .status,
+        StatusCode::CREATED
+    );
+    let other = shop
+        .alice
+        .post("/v1/orders", &k, &order_body(&[("MUG", 3)], "tok_visa"))
+        .await;
+    assert_eq!(other.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.problem(), "idempotency-key-reused");
+    let elsewhere = shop
+        .alice
+        .post(
+            "/v1/reservations",
+            &k,
+            &json!({"lines": [{"sku": "MUG", "quantity": 2}]}),
+        )
+        .await;
+    assert_eq!(
+        elsewhere.problem(),
+        "idempotency-key-reused",
+        "a key belongs to one request, path included"
+    );
+    assert_eq!(shop.levels("MUG").await, (10, 2, 8));
+
+    let bobs = shop
+        .bob
+        .post("/v1/orders", &k, &order_body(&[("MUG", 3)], "tok_visa"))
+        .await;
+    assert_eq!(bobs.status, StatusCode::CREATED, "keys are per caller");
+}
+
+#[tokio::test]
+async fn concurrent_duplicates_act_once() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 100).await;
+    let k = key();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let (client, k) = (shop.alice.clone(), k.clone());
+        tasks.push(tokio::spawn(async move {
+            client
+                .post("/v1/orders", &k, &order_body(&[("MUG", 1)], "tok_flaky"))
+                .await
+        }));
+    }
+    let mut created = HashSet::new();
+    let mut in_flight = 0;
+    for task in tasks {
+        let answer = task.await.unwrap();
+        match answer.status {
+            StatusCode::CREATED => {
+                created.insert(answer.body["id"].as_str().unwrap().to_owned());
+            }
+            StatusCode::CONFLICT => {
+                assert_eq!(answer.problem(), "idempotency-key-in-flight");
+                in_flight += 1;
+            }
+            other => panic!("unexpected {other}: {answer:?}"),
+        }
+    }
+    assert_eq!(created.len(), 1, "every success is the same order");
+    assert!(
+        in_flight > 0,
+        "duplicates that arrive while the first is paying are told it is in flight"
+    );
+    assert_eq!(shop.levels("MUG").await, (100, 1, 99), "one unit taken");
+    let replay = shop
+        .alice
+        .post("/v1/orders", &k, &order_body(&[("MUG", 1)], "tok_flaky"))
+        .await;
+    assert_eq!(replay.status, StatusCode::CREATED);
+    assert!(created.contains(replay.body["id"].as_str().unwrap()));
+}

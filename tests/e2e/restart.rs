@@ -1,0 +1,50 @@
+use reqwest::StatusCode;
+
+use crate::{order_body, shop};
+use commerce_tests::{Server, key};
+
+#[tokio::test]
+async fn everything_survives_a_crash_and_restart() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 10).await;
+    let placed = shop
+        .alice
+        .post("/v1/orders", &key(), &order_body(&[("MUG", 3)], "tok_visa"))
+        .await;
+    assert_eq!(placed.status, StatusCode::CREATED);
+    let order = placed.body["id"].as_str().unwrap().to_owned();
+    let data_dir = shop.server.data_dir.clone();
+    let keep = shop.server.kill();
+
+    let server = Server::start_in(&data_dir);
+    let admin = server.client("acme", "admin-1", &["admin"]);
+    let alice = server.client("acme", "alice", &["customer"]);
+    assert_eq!(
+        admin.get("/v1/products/MUG").await.body["price"]["amount_minor"],
+        500
+    );
+    let stock = admin.get("/v1/inventory/MUG").await.body;
+    assert_eq!(
+        (stock["on_hand"].as_u64(), stock["reserved"].as_u64()),
+        (Some(10), Some(3))
+    );
+    let read = alice.get(&format!("/v1/orders/{order}")).await;
+    assert_eq!(read.body, placed.body);
+    let more = alice
+        .post("/v1/orders", &key(), &order_body(&[("MUG", 7)], "tok_visa"))
+        .await;
+    assert_eq!(
+        more.status,
+        StatusCode::CREATED,
+        "the restarted server keeps selling from the same stock"
+    );
+    assert_eq!(
+        alice
+            .post("/v1/orders", &key(), &order_body(&[("MUG", 1)], "tok_visa"))
+            .await
+            .problem(),
+        "out-of-stock"
+    );
+    drop(server);
+    drop(keep);
+}

@@ -1,0 +1,249 @@
+//! Test harness: the real `commerce` binary on a random port, and a small HTTP client for it.
+//!
+//! The binary is built (or found up to date) through cargo once per test process, so the tests
+//! always run the code in the tree, never a stale build.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use commerce_api::Auth;
+use reqwest::StatusCode;
+use serde_json::Value;
+
+pub const SECRET: &str = "e2e-test-secret-e2e-test-secret-0123456789";
+
+/// Path to the freshly built `commerce` binary.
+pub fn server_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let output = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "commerce-server",
+                "--bin",
+                "commerce",
+                "--message-format=json",
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("cargo must be runnable to build the server under test");
+        assert!(
+            output.status.success(),
+            "building the commerce server failed"
+        );
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find_map(|msg| {
+                msg["executable"]
+                    .as_str()
+                    .filter(|p| p.ends_with("/commerce"))
+                    .map(PathBuf::from)
+            })
+            .expect("cargo did not report the commerce executable")
+    })
+}
+
+/// A running local server with its own data directory.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// A server on a fresh, empty data directory.
+    pub fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_path_buf();
+        let mut server = Server::start_in(&path);
+        server._dir = Some(dir);
+        server
+    }
+
+    /// A server on `data_dir`, which may hold an earlier server's data.
+    pub fn start_in(data_dir: &Path) -> Server {
+        let mut child = Command::new(server_binary())
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("COMMERCE_JWT_SECRET", SECRET)
+            .env("COMMERCE_SWEEP_INTERVAL_MS", "100")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("cannot start the commerce server");
+        let stdout = child.stdout.take().unwrap();
+        let mut stdout = BufReader::new(stdout);
+        let mut first = String::new();
+        stdout.read_line(&mut first).unwrap();
+        // Keep draining what the server prints, so it never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        let base = first
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("the server did not say where it listens: {first:?}"))
+            .to_owned();
+        Server {
+            child,
+            base,
+            data_dir: data_dir.to_path_buf(),
+            _dir: None,
+        }
+    }
+
+    /// Kills the process outright (no graceful shutdown), keeping the data directory.
+    pub fn kill(mut self) -> Option<tempfile::TempDir> {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+        self._dir.take()
+    }
+
+    pub fn client(&self, tenant: &str, sub: &str, roles: &[&str]) -> Client {
+        Client::new(&self.base, Some(token(tenant, sub, roles)))
+    }
+
+    pub fn anonymous(&self) -> Client {
+        Client::new(&self.base, None)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn token(tenant: &str, sub: &str, roles: &[&str]) -> String {
+    Auth::local(SECRET.as_bytes())
+        .mint(tenant, sub, roles, 3600)
+        .unwrap()
+}
+
+/// A response as a test reads it.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The `type` of a problem body, without the `/problems/` prefix.
+    pub fn problem(&self) -> &str {
+        assert_eq!(
+            self.content_type, "application/problem+json",
+            "errors are problem+json: {self:?}"
+        );
+        self.body["type"]
+            .as_str()
+            .unwrap_or("")
+            .trim_start_matches("/problems/")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> Client {
+        Client {
+            http: reqwest::Client::new(),
+            base: base.to_owned(),
+            token,
+        }
+    }
+
+    pub fn with_token(&self, token: &str) -> Client {
+        Client {
+            token: Some(token.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
+    }
+
+    pub async fn put(&self, path: &str, body: &Value) -> Answer {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    /// A POST with an idempotency key.
+    pub async fn post(&self, path: &str, key: &str, body: &Value) -> Answer {
+        self.send(
+            self.http
+                .post(format!("{}{path}", self.base))
+                .header("idempotency-key", key)
+                .json(body),
+        )
+        .await
+    }
+
+    /// A POST exactly as given, for malformed requests.
+    pub async fn post_raw(&self, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> Answer {
+        let mut request = self.http.post(format!("{}{path}", self.base)).body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request).await
+    }
+
+    async fn send(&self, mut request: reqwest::RequestBuilder) -> Answer {
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.expect("the server must answer");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let bytes = response.bytes().await.unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        Answer {
+            status,
+            content_type,
+            body,
+        }
+    }
+}
+
+/// A unique idempotency key.
+pub fn key() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "k-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    )
+}
