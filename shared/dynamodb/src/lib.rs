@@ -1,1 +1,316 @@
+//! The table port on one DynamoDB table.
+//!
+//! Items keep the port's shape: `pk` and `sk` (the key), `v` (version), `d` (JSON data) and
+//! `ttl` (epoch seconds; the table's TTL attribute). A transaction of one write is a plain
+//! conditional `PutItem`/`DeleteItem`; more writes go in one `TransactWriteItems`, whose
+//! cancellation reasons say which write's condition failed. Expired items that TTL has not yet
+//! deleted are filtered out and count as absent, as in the SQLite adapter.
 
+use std::collections::HashMap;
+
+use aws_sdk_dynamodb::Client;
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::types::{
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement, KeyType, Put, ScalarAttributeType,
+    StreamSpecification, StreamViewType, TimeToLiveSpecification, TransactWriteItem,
+};
+use commerce_app::clock::now_seconds;
+use commerce_app::table::{Condition, Item, Page, Query, StoreError, Table, Write, check_transaction};
+
+const PK: &str = "pk";
+const SK: &str = "sk";
+const VERSION: &str = "v";
+const DATA: &str = "d";
+const TTL: &str = "ttl";
+
+/// The shop's table in DynamoDB.
+#[derive(Debug, Clone)]
+pub struct DynamoTable {
+    client: Client,
+    table: String,
+}
+
+impl DynamoTable {
+    pub fn new(client: Client, table: impl Into<String>) -> Self {
+        Self { client, table: table.into() }
+    }
+
+    pub fn table_name(&self) -> &str {
+        &self.table
+    }
+
+    /// Creates the table as `template.yaml` declares it (key, on-demand billing, stream, TTL).
+    /// For tests and local emulators; deployments create it from the template.
+    pub async fn create(&self) -> Result<(), StoreError> {
+        let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build().map_err(build_failure);
+        let attribute = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().map_err(build_failure);
+        self.client
+            .create_table()
+            .table_name(&self.table)
+            .key_schema(key(PK, KeyType::Hash)?)
+            .key_schema(key(SK, KeyType::Range)?)
+            .attribute_definitions(attribute(PK)?)
+            .attribute_definitions(attribute(SK)?)
+            .billing_mode(BillingMode::PayPerRequest)
+            .stream_specification(StreamSpecification::builder().stream_enabled(true).stream_view_type(StreamViewType::NewImage).build().map_err(build_failure)?)
+            .send()
+            .await
+            .map_err(sdk_failure)?;
+        self.client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(TimeToLiveSpecification::builder().enabled(true).attribute_name(TTL).build().map_err(build_failure)?)
+            .send()
+            .await
+            .map_err(sdk_failure)?;
+        Ok(())
+    }
+}
+
+impl Table for DynamoTable {
+    async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
+        let output = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key(PK, AttributeValue::S(pk.into()))
+            .key(SK, AttributeValue::S(sk.into()))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(sdk_failure)?;
+        let now = now_seconds();
+        Ok(output.item.map(from_attributes).transpose()?.filter(|item| item.is_live(now)))
+    }
+
+    async fn query(&self, q: Query<'_>) -> Result<Page, StoreError> {
+        let mut request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .scan_index_forward(!q.descending)
+            .limit(i32::try_from(q.limit).unwrap_or(i32::MAX))
+            .expression_attribute_values(":pk", AttributeValue::S(q.pk.into()));
+        request = if q.prefix.is_empty() {
+            request.key_condition_expression("pk = :pk")
+        } else {
+            request.key_condition_expression("pk = :pk AND begins_with(sk, :prefix)").expression_attribute_values(":prefix", AttributeValue::S(q.prefix.into()))
+        };
+        if let Some(after) = q.after {
+            request = request.exclusive_start_key(PK, AttributeValue::S(q.pk.into())).exclusive_start_key(SK, AttributeValue::S(after.into()));
+        }
+        let output = request.send().await.map_err(sdk_failure)?;
+        let now = now_seconds();
+        let items = output
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(from_attributes)
+            .filter(|item| item.as_ref().map_or(true, |item| item.is_live(now)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = output.last_evaluated_key.and_then(|key| match key.get(SK) {
+            Some(AttributeValue::S(sk)) => Some(sk.clone()),
+            _ => None,
+        });
+        Ok(Page { items, next })
+    }
+
+    async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        check_transaction(&writes)?;
+        let now = now_seconds();
+        if let [single] = writes.as_slice() {
+            return self.write_one(single, now).await;
+        }
+        let items = writes.iter().map(|w| transact_item(&self.table, w, now)).collect::<Result<Vec<_>, _>>()?;
+        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+            Ok(_) => Ok(()),
+            Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => {
+                let reasons = match e.into_err() {
+                    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => c.cancellation_reasons.unwrap_or_default(),
+                    _ => Vec::new(),
+                };
+                // A condition that failed, or another transaction holding an item, is a lost race on that write.
+                for (index, reason) in reasons.iter().enumerate() {
+                    if matches!(reason.code(), Some("ConditionalCheckFailed" | "TransactionConflict")) {
+                        return Err(StoreError::ConditionFailed { index });
+                    }
+                }
+                let codes: Vec<_> = reasons.iter().filter_map(|r| r.code()).collect();
+                Err(StoreError::Busy(format!("transaction cancelled: {codes:?}")))
+            }
+            Err(e) => Err(sdk_failure(e)),
+        }
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.client.describe_table().table_name(&self.table).send().await.map_err(sdk_failure)?;
+        Ok(())
+    }
+}
+
+impl DynamoTable {
+    async fn write_one(&self, write: &Write, now: i64) -> Result<(), StoreError> {
+        match write {
+            Write::Put { item, condition } => {
+                let (expression, names, values) = condition_parts(*condition, now);
+                self.client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(to_attributes(item)?))
+                    .set_condition_expression(expression)
+                    .set_expression_attribute_names(names)
+                    .set_expression_attribute_values(values)
+                    .send()
+                    .await
+                    .map_err(single_write_failure)?;
+            }
+            Write::Delete { pk, sk, condition } => {
+                let (expression, names, values) = condition_parts(*condition, now);
+                self.client
+                    .delete_item()
+                    .table_name(&self.table)
+                    .set_key(Some(key(pk, sk)))
+                    .set_condition_expression(expression)
+                    .set_expression_attribute_names(names)
+                    .set_expression_attribute_values(values)
+                    .send()
+                    .await
+                    .map_err(single_write_failure)?;
+            }
+            Write::Check { .. } => {
+                let item = transact_item(&self.table, write, now)?;
+                return match self.client.transact_write_items().transact_items(item).send().await {
+                    Ok(_) => Ok(()),
+                    Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => Err(StoreError::ConditionFailed { index: 0 }),
+                    Err(e) => Err(sdk_failure(e)),
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A single write's failed condition is the transaction's write 0.
+fn single_write_failure<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> StoreError {
+    match &e {
+        SdkError::ServiceError(service) if service.err().code() == Some("ConditionalCheckFailedException") => StoreError::ConditionFailed { index: 0 },
+        _ => sdk_failure(e),
+    }
+}
+
+type Names = Option<HashMap<String, String>>;
+type Values = Option<HashMap<String, AttributeValue>>;
+
+/// The port's condition as a DynamoDB condition expression. An expired item counts as absent.
+fn condition_parts(condition: Condition, now: i64) -> (Option<String>, Names, Values) {
+    let now = AttributeValue::N(now.to_string());
+    match condition {
+        Condition::None => (None, None, None),
+        Condition::Absent => (
+            Some("attribute_not_exists(#pk) OR #ttl <= :now".into()),
+            Some(HashMap::from([("#pk".into(), PK.into()), ("#ttl".into(), TTL.into())])),
+            Some(HashMap::from([(":now".into(), now)])),
+        ),
+        Condition::VersionIs(version) => (
+            Some("#v = :v AND (attribute_not_exists(#ttl) OR #ttl > :now)".into()),
+            Some(HashMap::from([("#v".into(), VERSION.into()), ("#ttl".into(), TTL.into())])),
+            Some(HashMap::from([(":v".into(), AttributeValue::N(version.to_string())), (":now".into(), now)])),
+        ),
+    }
+}
+
+fn transact_item(table: &str, write: &Write, now: i64) -> Result<TransactWriteItem, StoreError> {
+    Ok(match write {
+        Write::Put { item, condition } => {
+            let (expression, names, values) = condition_parts(*condition, now);
+            let put = Put::builder()
+                .table_name(table)
+                .set_item(Some(to_attributes(item)?))
+                .set_condition_expression(expression)
+                .set_expression_attribute_names(names)
+                .set_expression_attribute_values(values)
+                .build()
+                .map_err(build_failure)?;
+            TransactWriteItem::builder().put(put).build()
+        }
+        Write::Delete { pk, sk, condition } => {
+            let (expression, names, values) = condition_parts(*condition, now);
+            let delete = Delete::builder()
+                .table_name(table)
+                .set_key(Some(key(pk, sk)))
+                .set_condition_expression(expression)
+                .set_expression_attribute_names(names)
+                .set_expression_attribute_values(values)
+                .build()
+                .map_err(build_failure)?;
+            TransactWriteItem::builder().delete(delete).build()
+        }
+        Write::Check { pk, sk, condition } => {
+            let (expression, names, values) = condition_parts(*condition, now);
+            // DynamoDB needs an expression; "no condition" checks nothing, so any item passes.
+            let expression = expression.unwrap_or_else(|| "attribute_exists(#pk) OR attribute_not_exists(#pk)".into());
+            let names = names.or_else(|| Some(HashMap::from([("#pk".into(), PK.into())])));
+            let check = ConditionCheck::builder()
+                .table_name(table)
+                .set_key(Some(key(pk, sk)))
+                .condition_expression(expression)
+                .set_expression_attribute_names(names)
+                .set_expression_attribute_values(values)
+                .build()
+                .map_err(build_failure)?;
+            TransactWriteItem::builder().condition_check(check).build()
+        }
+    })
+}
+
+fn key(pk: &str, sk: &str) -> HashMap<String, AttributeValue> {
+    HashMap::from([(PK.into(), AttributeValue::S(pk.into())), (SK.into(), AttributeValue::S(sk.into()))])
+}
+
+fn to_attributes(item: &Item) -> Result<HashMap<String, AttributeValue>, StoreError> {
+    let data = String::from_utf8(item.data.clone()).map_err(|_| StoreError::Failure("item data must be UTF-8 JSON".into()))?;
+    let mut attributes = key(&item.pk, &item.sk);
+    attributes.insert(VERSION.into(), AttributeValue::N(item.version.to_string()));
+    attributes.insert(DATA.into(), AttributeValue::S(data));
+    if let Some(at) = item.expires_at {
+        attributes.insert(TTL.into(), AttributeValue::N(at.to_string()));
+    }
+    Ok(attributes)
+}
+
+fn from_attributes(mut attributes: HashMap<String, AttributeValue>) -> Result<Item, StoreError> {
+    let mut text = |name: &str| match attributes.remove(name) {
+        Some(AttributeValue::S(s)) => Ok(s),
+        _ => Err(StoreError::Failure(format!("item without string attribute {name}"))),
+    };
+    let (pk, sk, data) = (text(PK)?, text(SK)?, text(DATA)?);
+    let number = |value: Option<AttributeValue>| -> Result<Option<i64>, StoreError> {
+        match value {
+            Some(AttributeValue::N(n)) => n.parse().map(Some).map_err(|_| StoreError::Failure(format!("bad number {n}"))),
+            None => Ok(None),
+            Some(_) => Err(StoreError::Failure("number attribute of another type".into())),
+        }
+    };
+    let version = number(attributes.remove(VERSION))?.unwrap_or(0);
+    Ok(Item {
+        pk,
+        sk,
+        version: u64::try_from(version).unwrap_or(0),
+        data: data.into_bytes(),
+        expires_at: number(attributes.remove(TTL))?,
+    })
+}
+
+fn build_failure(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::Failure(format!("cannot build request: {e}"))
+}
+
+/// Throttling and capacity errors are worth retrying later; the rest are failures.
+fn sdk_failure<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> StoreError {
+    let code = e.code().unwrap_or("").to_owned();
+    match code.as_str() {
+        "ThrottlingException" | "ProvisionedThroughputExceededException" | "RequestLimitExceeded" | "InternalServerError" => StoreError::Busy(format!("{code}: {}", e.message().unwrap_or(""))),
+        _ => StoreError::Failure(format!("dynamodb: {}", aws_sdk_dynamodb::error::DisplayErrorContext(&e))),
+    }
+}
