@@ -22,14 +22,29 @@ pub fn endpoint() -> &'static str {
         if let Ok(endpoint) = std::env::var("MOTO_ENDPOINT") {
             return endpoint;
         }
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let binary = moto_binary();
-        let script = format!("{} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid", binary.display());
-        let child = Command::new("sh").args(["-c", &script]).stdin(Stdio::piped()).spawn().expect("cannot start moto_server");
+        let script = format!(
+            "{} -H 127.0.0.1 -p {port} >/dev/null 2>&1 & pid=$!; cat >/dev/null; kill $pid",
+            binary.display()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("cannot start moto_server");
         *OWN_SERVER.lock().unwrap() = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server ({}) did not start on port {port}", binary.display());
+            assert!(
+                Instant::now() < deadline,
+                "moto_server ({}) did not start on port {port}",
+                binary.display()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         format!("http://127.0.0.1:{port}")
@@ -44,10 +59,16 @@ fn moto_binary() -> PathBuf {
     if venv.exists() {
         return venv;
     }
-    let on_path = Command::new("sh").args(["-c", "command -v moto_server"]).output().ok().filter(|o| o.status.success());
+    let on_path = Command::new("sh")
+        .args(["-c", "command -v moto_server"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success());
     match on_path {
         Some(output) => PathBuf::from(String::from_utf8_lossy(&output.stdout).trim()),
-        None => panic!("moto_server not found: run scripts/test (it installs moto into .tools/), or set MOTO_SERVER or MOTO_ENDPOINT"),
+        None => panic!(
+            "moto_server not found: run scripts/test (it installs moto into .tools/), or set MOTO_SERVER or MOTO_ENDPOINT"
+        ),
     }
 }
 
@@ -65,7 +86,11 @@ pub async fn client() -> aws_sdk_dynamodb::Client {
 /// A new, empty table with a unique name.
 pub async fn fresh_table() -> DynamoTable {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let name = format!("commerce-{}-{}", std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst));
+    let name = format!(
+        "commerce-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    );
     let table = DynamoTable::new(client().await, name);
     table.create().await.expect("cannot create a table in moto");
     table

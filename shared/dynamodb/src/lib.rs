@@ -11,11 +11,14 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement, KeyType, Put, ScalarAttributeType,
-    StreamSpecification, StreamViewType, TimeToLiveSpecification, TransactWriteItem,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement,
+    KeyType, Put, ScalarAttributeType, StreamSpecification, StreamViewType,
+    TimeToLiveSpecification, TransactWriteItem,
 };
 use commerce_app::clock::now_seconds;
-use commerce_app::table::{Condition, Item, Page, Query, StoreError, Table, Write, check_transaction};
+use commerce_app::table::{
+    Condition, Item, Page, Query, StoreError, Table, Write, check_transaction,
+};
 
 const PK: &str = "pk";
 const SK: &str = "sk";
@@ -32,7 +35,10 @@ pub struct DynamoTable {
 
 impl DynamoTable {
     pub fn new(client: Client, table: impl Into<String>) -> Self {
-        Self { client, table: table.into() }
+        Self {
+            client,
+            table: table.into(),
+        }
     }
 
     pub fn table_name(&self) -> &str {
@@ -42,8 +48,20 @@ impl DynamoTable {
     /// Creates the table as `template.yaml` declares it (key, on-demand billing, stream, TTL).
     /// For tests and local emulators; deployments create it from the template.
     pub async fn create(&self) -> Result<(), StoreError> {
-        let key = |name: &str, kind: KeyType| KeySchemaElement::builder().attribute_name(name).key_type(kind).build().map_err(build_failure);
-        let attribute = |name: &str| AttributeDefinition::builder().attribute_name(name).attribute_type(ScalarAttributeType::S).build().map_err(build_failure);
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(build_failure)
+        };
+        let attribute = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(build_failure)
+        };
         self.client
             .create_table()
             .table_name(&self.table)
@@ -52,14 +70,26 @@ impl DynamoTable {
             .attribute_definitions(attribute(PK)?)
             .attribute_definitions(attribute(SK)?)
             .billing_mode(BillingMode::PayPerRequest)
-            .stream_specification(StreamSpecification::builder().stream_enabled(true).stream_view_type(StreamViewType::NewImage).build().map_err(build_failure)?)
+            .stream_specification(
+                StreamSpecification::builder()
+                    .stream_enabled(true)
+                    .stream_view_type(StreamViewType::NewImage)
+                    .build()
+                    .map_err(build_failure)?,
+            )
             .send()
             .await
             .map_err(sdk_failure)?;
         self.client
             .update_time_to_live()
             .table_name(&self.table)
-            .time_to_live_specification(TimeToLiveSpecification::builder().enabled(true).attribute_name(TTL).build().map_err(build_failure)?)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .enabled(true)
+                    .attribute_name(TTL)
+                    .build()
+                    .map_err(build_failure)?,
+            )
             .send()
             .await
             .map_err(sdk_failure)?;
@@ -80,7 +110,11 @@ impl Table for DynamoTable {
             .await
             .map_err(sdk_failure)?;
         let now = now_seconds();
-        Ok(output.item.map(from_attributes).transpose()?.filter(|item| item.is_live(now)))
+        Ok(output
+            .item
+            .map(from_attributes)
+            .transpose()?
+            .filter(|item| item.is_live(now)))
     }
 
     async fn query(&self, q: Query<'_>) -> Result<Page, StoreError> {
@@ -95,10 +129,14 @@ impl Table for DynamoTable {
         request = if q.prefix.is_empty() {
             request.key_condition_expression("pk = :pk")
         } else {
-            request.key_condition_expression("pk = :pk AND begins_with(sk, :prefix)").expression_attribute_values(":prefix", AttributeValue::S(q.prefix.into()))
+            request
+                .key_condition_expression("pk = :pk AND begins_with(sk, :prefix)")
+                .expression_attribute_values(":prefix", AttributeValue::S(q.prefix.into()))
         };
         if let Some(after) = q.after {
-            request = request.exclusive_start_key(PK, AttributeValue::S(q.pk.into())).exclusive_start_key(SK, AttributeValue::S(after.into()));
+            request = request
+                .exclusive_start_key(PK, AttributeValue::S(q.pk.into()))
+                .exclusive_start_key(SK, AttributeValue::S(after.into()));
         }
         let output = request.send().await.map_err(sdk_failure)?;
         let now = now_seconds();
@@ -122,8 +160,17 @@ impl Table for DynamoTable {
         if let [single] = writes.as_slice() {
             return self.write_one(single, now).await;
         }
-        let items = writes.iter().map(|w| transact_item(&self.table, w, now)).collect::<Result<Vec<_>, _>>()?;
-        match self.client.transact_write_items().set_transact_items(Some(items)).send().await {
+        let items = writes
+            .iter()
+            .map(|w| transact_item(&self.table, w, now))
+            .collect::<Result<Vec<_>, _>>()?;
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => {
                 let reasons = match e.into_err() {
@@ -132,19 +179,29 @@ impl Table for DynamoTable {
                 };
                 // A condition that failed, or another transaction holding an item, is a lost race on that write.
                 for (index, reason) in reasons.iter().enumerate() {
-                    if matches!(reason.code(), Some("ConditionalCheckFailed" | "TransactionConflict")) {
+                    if matches!(
+                        reason.code(),
+                        Some("ConditionalCheckFailed" | "TransactionConflict")
+                    ) {
                         return Err(StoreError::ConditionFailed { index });
                     }
                 }
                 let codes: Vec<_> = reasons.iter().filter_map(|r| r.code()).collect();
-                Err(StoreError::Busy(format!("transaction cancelled: {codes:?}")))
+                Err(StoreError::Busy(format!(
+                    "transaction cancelled: {codes:?}"
+                )))
             }
             Err(e) => Err(sdk_failure(e)),
         }
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.client.describe_table().table_name(&self.table).send().await.map_err(sdk_failure)?;
+        self.client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(sdk_failure)?;
         Ok(())
     }
 }
@@ -180,9 +237,19 @@ impl DynamoTable {
             }
             Write::Check { .. } => {
                 let item = transact_item(&self.table, write, now)?;
-                return match self.client.transact_write_items().transact_items(item).send().await {
+                return match self
+                    .client
+                    .transact_write_items()
+                    .transact_items(item)
+                    .send()
+                    .await
+                {
                     Ok(_) => Ok(()),
-                    Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => Err(StoreError::ConditionFailed { index: 0 }),
+                    Err(SdkError::ServiceError(e))
+                        if e.err().is_transaction_canceled_exception() =>
+                    {
+                        Err(StoreError::ConditionFailed { index: 0 })
+                    }
                     Err(e) => Err(sdk_failure(e)),
                 };
             }
@@ -192,9 +259,18 @@ impl DynamoTable {
 }
 
 /// A single write's failed condition is the transaction's write 0.
-fn single_write_failure<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> StoreError {
+fn single_write_failure<
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+>(
+    e: SdkError<E, R>,
+) -> StoreError {
     match &e {
-        SdkError::ServiceError(service) if service.err().code() == Some("ConditionalCheckFailedException") => StoreError::ConditionFailed { index: 0 },
+        SdkError::ServiceError(service)
+            if service.err().code() == Some("ConditionalCheckFailedException") =>
+        {
+            StoreError::ConditionFailed { index: 0 }
+        }
         _ => sdk_failure(e),
     }
 }
@@ -209,13 +285,22 @@ fn condition_parts(condition: Condition, now: i64) -> (Option<String>, Names, Va
         Condition::None => (None, None, None),
         Condition::Absent => (
             Some("attribute_not_exists(#pk) OR #ttl <= :now".into()),
-            Some(HashMap::from([("#pk".into(), PK.into()), ("#ttl".into(), TTL.into())])),
+            Some(HashMap::from([
+                ("#pk".into(), PK.into()),
+                ("#ttl".into(), TTL.into()),
+            ])),
             Some(HashMap::from([(":now".into(), now)])),
         ),
         Condition::VersionIs(version) => (
             Some("#v = :v AND (attribute_not_exists(#ttl) OR #ttl > :now)".into()),
-            Some(HashMap::from([("#v".into(), VERSION.into()), ("#ttl".into(), TTL.into())])),
-            Some(HashMap::from([(":v".into(), AttributeValue::N(version.to_string())), (":now".into(), now)])),
+            Some(HashMap::from([
+                ("#v".into(), VERSION.into()),
+                ("#ttl".into(), TTL.into()),
+            ])),
+            Some(HashMap::from([
+                (":v".into(), AttributeValue::N(version.to_string())),
+                (":now".into(), now),
+            ])),
         ),
     }
 }
@@ -249,7 +334,8 @@ fn transact_item(table: &str, write: &Write, now: i64) -> Result<TransactWriteIt
         Write::Check { pk, sk, condition } => {
             let (expression, names, values) = condition_parts(*condition, now);
             // DynamoDB needs an expression; "no condition" checks nothing, so any item passes.
-            let expression = expression.unwrap_or_else(|| "attribute_exists(#pk) OR attribute_not_exists(#pk)".into());
+            let expression = expression
+                .unwrap_or_else(|| "attribute_exists(#pk) OR attribute_not_exists(#pk)".into());
             let names = names.or_else(|| Some(HashMap::from([("#pk".into(), PK.into())])));
             let check = ConditionCheck::builder()
                 .table_name(table)
@@ -265,11 +351,15 @@ fn transact_item(table: &str, write: &Write, now: i64) -> Result<TransactWriteIt
 }
 
 fn key(pk: &str, sk: &str) -> HashMap<String, AttributeValue> {
-    HashMap::from([(PK.into(), AttributeValue::S(pk.into())), (SK.into(), AttributeValue::S(sk.into()))])
+    HashMap::from([
+        (PK.into(), AttributeValue::S(pk.into())),
+        (SK.into(), AttributeValue::S(sk.into())),
+    ])
 }
 
 fn to_attributes(item: &Item) -> Result<HashMap<String, AttributeValue>, StoreError> {
-    let data = String::from_utf8(item.data.clone()).map_err(|_| StoreError::Failure("item data must be UTF-8 JSON".into()))?;
+    let data = String::from_utf8(item.data.clone())
+        .map_err(|_| StoreError::Failure("item data must be UTF-8 JSON".into()))?;
     let mut attributes = key(&item.pk, &item.sk);
     attributes.insert(VERSION.into(), AttributeValue::N(item.version.to_string()));
     attributes.insert(DATA.into(), AttributeValue::S(data));
@@ -282,14 +372,21 @@ fn to_attributes(item: &Item) -> Result<HashMap<String, AttributeValue>, StoreEr
 fn from_attributes(mut attributes: HashMap<String, AttributeValue>) -> Result<Item, StoreError> {
     let mut text = |name: &str| match attributes.remove(name) {
         Some(AttributeValue::S(s)) => Ok(s),
-        _ => Err(StoreError::Failure(format!("item without string attribute {name}"))),
+        _ => Err(StoreError::Failure(format!(
+            "item without string attribute {name}"
+        ))),
     };
     let (pk, sk, data) = (text(PK)?, text(SK)?, text(DATA)?);
     let number = |value: Option<AttributeValue>| -> Result<Option<i64>, StoreError> {
         match value {
-            Some(AttributeValue::N(n)) => n.parse().map(Some).map_err(|_| StoreError::Failure(format!("bad number {n}"))),
+            Some(AttributeValue::N(n)) => n
+                .parse()
+                .map(Some)
+                .map_err(|_| StoreError::Failure(format!("bad number {n}"))),
             None => Ok(None),
-            Some(_) => Err(StoreError::Failure("number attribute of another type".into())),
+            Some(_) => Err(StoreError::Failure(
+                "number attribute of another type".into(),
+            )),
         }
     };
     let version = number(attributes.remove(VERSION))?.unwrap_or(0);
@@ -307,10 +404,20 @@ fn build_failure(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
 }
 
 /// Throttling and capacity errors are worth retrying later; the rest are failures.
-fn sdk_failure<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> StoreError {
+fn sdk_failure<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
+    e: SdkError<E, R>,
+) -> StoreError {
     let code = e.code().unwrap_or("").to_owned();
     match code.as_str() {
-        "ThrottlingException" | "ProvisionedThroughputExceededException" | "RequestLimitExceeded" | "InternalServerError" => StoreError::Busy(format!("{code}: {}", e.message().unwrap_or(""))),
-        _ => StoreError::Failure(format!("dynamodb: {}", aws_sdk_dynamodb::error::DisplayErrorContext(&e))),
+        "ThrottlingException"
+        | "ProvisionedThroughputExceededException"
+        | "RequestLimitExceeded"
+        | "InternalServerError" => {
+            StoreError::Busy(format!("{code}: {}", e.message().unwrap_or("")))
+        }
+        _ => StoreError::Failure(format!(
+            "dynamodb: {}",
+            aws_sdk_dynamodb::error::DisplayErrorContext(&e)
+        )),
     }
 }
