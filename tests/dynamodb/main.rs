@@ -111,3 +111,87 @@ async fn racing_orders_never_oversell() {
         1
     );
 }
+
+/// An API Gateway HTTP API event, as the Lambda runtime hands it over.
+fn gateway_event(
+    method: &str,
+    path: &str,
+    claims: Option<serde_json::Value>,
+    body: &serde_json::Value,
+) -> String {
+    let mut context = serde_json::json!({
+        "accountId": "123456789012", "apiId": "api", "domainName": "api.example.test", "domainPrefix": "api",
+        "http": {"method": method, "path": path, "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1", "userAgent": "test"},
+        "requestId": "r1", "routeKey": format!("{method} {path}"), "stage": "$default", "time": "25/Nov/2026:08:00:00 +0000", "timeEpoch": 0
+    });
+    if let Some(claims) = claims {
+        context["authorizer"] = serde_json::json!({"jwt": {"claims": claims, "scopes": null}});
+    }
+    serde_json::json!({
+        "version": "2.0", "routeKey": format!("{method} {path}"), "rawPath": path, "rawQueryString": "",
+        "headers": {"content-type": "application/json", "idempotency-key": "lambda-1"},
+        "requestContext": context, "body": body.to_string(), "isBase64Encoded": false
+    })
+    .to_string()
+}
+
+/// The Lambda path end to end: an API Gateway event, the claims its authorizer verified, the
+/// shared router, and the DynamoDB table.
+#[tokio::test]
+async fn lambda_requests_use_the_authorizers_claims() {
+    use tower::ServiceExt;
+    let shop = Arc::new(Shop::new(
+        fresh_table().await,
+        SandboxPayments::default(),
+        SystemClock,
+        ShopConfig::default(),
+    ));
+    let names = commerce_lambda::ClaimNames {
+        tenant: "custom:tenant".into(),
+        roles: "cognito:groups".into(),
+    };
+    let app = commerce_api::router(shop.clone(), commerce_api::Auth::upstream()).layer(
+        axum::middleware::from_fn(move |request, next| {
+            let names = names.clone();
+            async move { names.bridge(request, next).await }
+        }),
+    );
+    let product = serde_json::json!({"sku": "MUG", "name": "Mug", "price": {"amount_minor": 500, "currency": "EUR"}});
+    let claims =
+        serde_json::json!({"sub": "admin-1", "custom:tenant": "acme", "cognito:groups": "[admin]"});
+
+    let request = lambda_http::request::from_str(&gateway_event(
+        "POST",
+        "/v1/products",
+        Some(claims),
+        &product,
+    ))
+    .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(
+        shop.product(
+            &caller("anyone", Role::Customer),
+            &Sku::parse("MUG").unwrap()
+        )
+        .await
+        .unwrap()
+        .price
+        .amount_minor,
+        500
+    );
+
+    let unverified =
+        lambda_http::request::from_str(&gateway_event("POST", "/v1/products", None, &product))
+            .unwrap();
+    let mut forged = unverified;
+    forged
+        .headers_mut()
+        .insert("authorization", "Bearer forged".parse().unwrap());
+    let response = app.oneshot(forged).await.unwrap();
+    assert_eq!(
+        response.status(),
+        401,
+        "without the authorizer's claims nothing is trusted, bearer header or not"
+    );
+}

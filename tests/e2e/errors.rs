@@ -154,3 +154,40 @@ async fn health_checks_the_store_and_openapi_is_served() {
     assert_eq!(doc.status, StatusCode::OK);
     assert_eq!(doc.body["openapi"], "3.1.0");
 }
+
+/// Every operation the document lists is one the server routes.
+#[tokio::test]
+async fn every_documented_operation_is_served() {
+    let shop = shop();
+    let doc = shop.server.anonymous().get("/openapi.json").await.body;
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 12, "{paths:?}");
+    let http = reqwest::Client::new();
+    for (path, operations) in paths {
+        let concrete = path.replace("{sku}", "MUG").replace("{id}", "nope");
+        for method in operations.as_object().unwrap().keys() {
+            let response = http
+                .request(
+                    method.to_uppercase().parse().unwrap(),
+                    format!("{}{concrete}", shop.server.base),
+                )
+                .bearer_auth(commerce_tests::token(
+                    "acme",
+                    "ops-1",
+                    &["ops", "admin", "customer"],
+                ))
+                .header("idempotency-key", key())
+                .json(&json!({}))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: serde_json::Value = response.json().await.unwrap_or_default();
+            assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            assert_ne!(
+                body["detail"], "no such resource",
+                "{method} {path} is documented but not routed"
+            );
+        }
+    }
+}

@@ -8,5 +8,6 @@ mod problem;
 mod routes;
 
 pub use auth::{Auth, DevClaims, VerifiedClaims, parse_roles};
+pub use openapi::ApiDoc;
 pub use problem::ApiError;
 pub use routes::{BODY_LIMIT, router};

@@ -1,5 +1,84 @@
-use axum::response::IntoResponse;
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the types they take
+//! and return, and served at `/openapi.json`.
 
-pub async fn document() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"openapi": "3.1.0"}))
+use std::sync::OnceLock;
+
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes;
+
+/// The `Idempotency-Key` header every state-changing POST requires.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyKeyHeader {
+    /// Unique per intended action; the same key and body replay the first answer (kept 24 hours).
+    #[param(rename = "Idempotency-Key", required = true, max_length = 255)]
+    #[allow(dead_code)]
+    idempotency_key: String,
+}
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Commerce API", description = "Orders, inventory and reservations. Errors are RFC 9457 problems (application/problem+json)."),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    paths(
+        document,
+        routes::health,
+        routes::create_product,
+        routes::list_products,
+        routes::get_product,
+        routes::get_inventory,
+        routes::set_stock,
+        routes::receive_stock,
+        routes::low_stock,
+        routes::create_reservation,
+        routes::get_reservation,
+        routes::release_reservation,
+        routes::place_order,
+        routes::list_orders,
+        routes::get_order,
+    ),
+    tags(
+        (name = "catalog", description = "Products and prices (admins write)"),
+        (name = "inventory", description = "Stock levels and low-stock alerts (admins write, operators read)"),
+        (name = "reservations", description = "Holds on stock for a cart"),
+        (name = "orders", description = "Placing and reading orders"),
+        (name = "operations", description = "Health and this document"),
+    )
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+/// Serves the document, rendered once.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()), responses((status = 200, description = "This document")))]
+pub async fn document() -> Response {
+    static DOCUMENT: OnceLock<Vec<u8>> = OnceLock::new();
+    let body = DOCUMENT.get_or_init(|| {
+        ApiDoc::openapi()
+            .to_json()
+            .map(String::into_bytes)
+            .unwrap_or_default()
+    });
+    ([(header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
 }

@@ -12,7 +12,11 @@ use commerce_domain::{OrderId, ReservationId, Sku};
 use crate::auth::{Auth, Authenticated};
 use crate::extract::{Command, JsonBody, Listing, NoParameters};
 use crate::openapi;
+use crate::openapi::IdempotencyKeyHeader;
 use crate::problem::{ApiError, json_response};
+use commerce_app::views::{
+    InventoryView, ListPage, OrderSummary, OrderView, Problem, ProductView, ReservationView,
+};
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -81,6 +85,7 @@ fn sku(raw: &str) -> Result<Sku, ApiError> {
     Sku::parse(raw).map_err(|_| ApiError::not_found())
 }
 
+#[utoipa::path(get, path = "/health", tag = "operations", security(()), responses((status = 200, description = "The store answers"), (status = 503, description = "The store does not answer", body = Problem, content_type = "application/problem+json")))]
 async fn health<T: Table, P: PaymentGateway, C: Clock>(State(shop): Shared<T, P, C>) -> Answer {
     match shop.health().await {
         Ok(()) => Ok(Json(serde_json::json!({"status": "ok"})).into_response()),
@@ -96,6 +101,7 @@ async fn health<T: Table, P: PaymentGateway, C: Clock>(State(shop): Shared<T, P,
     }
 }
 
+#[utoipa::path(post, path = "/v1/products", tag = "catalog", params(IdempotencyKeyHeader), request_body = NewProduct, responses((status = 201, description = "Created", body = ProductView), (status = 400, description = "Malformed request or missing Idempotency-Key", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller's role may not do this", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The SKU exists", body = Problem, content_type = "application/problem+json")))]
 async fn create_product<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     command: Command<NewProduct>,
@@ -106,6 +112,7 @@ async fn create_product<T: Table, P: PaymentGateway, C: Clock>(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/products", tag = "catalog", params(Listing), responses((status = 200, description = "A page of the catalog in SKU order", body = ListPage<ProductView>), (status = 400, description = "Bad paging parameters", body = Problem, content_type = "application/problem+json")))]
 async fn list_products<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Authenticated(caller): Authenticated,
@@ -116,6 +123,7 @@ async fn list_products<T: Table, P: PaymentGateway, C: Clock>(
         .await?))
 }
 
+#[utoipa::path(get, path = "/v1/products/{sku}", tag = "catalog", params(("sku" = String, Path)), responses((status = 200, description = "The product", body = ProductView), (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json")))]
 async fn get_product<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Authenticated(caller): Authenticated,
@@ -124,6 +132,7 @@ async fn get_product<T: Table, P: PaymentGateway, C: Clock>(
     Ok(ok(&shop.product(&caller, &sku(&raw)?).await?))
 }
 
+#[utoipa::path(get, path = "/v1/inventory/{sku}", tag = "inventory", params(("sku" = String, Path)), responses((status = 200, description = "Stock of the SKU", body = InventoryView), (status = 403, description = "Customers do not read stock", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json")))]
 async fn get_inventory<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Authenticated(caller): Authenticated,
@@ -132,6 +141,7 @@ async fn get_inventory<T: Table, P: PaymentGateway, C: Clock>(
     Ok(ok(&shop.inventory(&caller, &sku(&raw)?).await?))
 }
 
+#[utoipa::path(put, path = "/v1/inventory/{sku}", tag = "inventory", params(("sku" = String, Path)), request_body = StockLevel, responses((status = 200, description = "Stock after the count", body = InventoryView), (status = 400, description = "Malformed request or missing Idempotency-Key", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller's role may not do this", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"), (status = 409, description = "On hand would be below reserved", body = Problem, content_type = "application/problem+json")))]
 async fn set_stock<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Path(raw): Path<String>,
@@ -140,6 +150,7 @@ async fn set_stock<T: Table, P: PaymentGateway, C: Clock>(
     Ok(ok(&shop.set_stock(&caller, &sku(&raw)?, level).await?))
 }
 
+#[utoipa::path(post, path = "/v1/inventory/{sku}/receipts", tag = "inventory", params(("sku" = String, Path), IdempotencyKeyHeader), request_body = StockReceipt, responses((status = 200, description = "Stock after the receipt", body = InventoryView), (status = 400, description = "Malformed request or missing Idempotency-Key", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller's role may not do this", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json")))]
 async fn receive_stock<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Path(raw): Path<String>,
@@ -156,6 +167,7 @@ async fn receive_stock<T: Table, P: PaymentGateway, C: Clock>(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/inventory/low-stock", tag = "inventory", params(Listing), responses((status = 200, description = "SKUs whose available stock is below their threshold", body = ListPage<InventoryView>), (status = 403, description = "Customers do not read stock", body = Problem, content_type = "application/problem+json")))]
 async fn low_stock<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Authenticated(caller): Authenticated,
@@ -166,6 +178,7 @@ async fn low_stock<T: Table, P: PaymentGateway, C: Clock>(
         .await?))
 }
 
+#[utoipa::path(post, path = "/v1/reservations", tag = "reservations", params(IdempotencyKeyHeader), request_body = NewReservation, responses((status = 201, description = "Stock held", body = ReservationView), (status = 400, description = "Malformed request or missing Idempotency-Key", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller's role may not do this", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Out of stock, or the key is in use", body = Problem, content_type = "application/problem+json")))]
 async fn create_reservation<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     command: Command<NewReservation>,
@@ -180,6 +193,7 @@ fn reservation_id(raw: &str) -> Result<ReservationId, ApiError> {
     ReservationId::parse(raw).map_err(|_| ApiError::not_found())
 }
 
+#[utoipa::path(get, path = "/v1/reservations/{id}", tag = "reservations", params(("id" = String, Path)), responses((status = 200, description = "The reservation", body = ReservationView), (status = 404, description = "No such reservation for this caller", body = Problem, content_type = "application/problem+json")))]
 async fn get_reservation<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Authenticated(caller): Authenticated,
@@ -190,6 +204,7 @@ async fn get_reservation<T: Table, P: PaymentGateway, C: Clock>(
         .await?))
 }
 
+#[utoipa::path(post, path = "/v1/reservations/{id}/release", tag = "reservations", params(("id" = String, Path), IdempotencyKeyHeader), responses((status = 200, description = "Released; the stock is available again", body = ReservationView), (status = 404, description = "No such reservation for this caller", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Not held any more", body = Problem, content_type = "application/problem+json")))]
 async fn release_reservation<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Path(raw): Path<String>,
@@ -201,6 +216,7 @@ async fn release_reservation<T: Table, P: PaymentGateway, C: Clock>(
     ))
 }
 
+#[utoipa::path(post, path = "/v1/orders", tag = "orders", params(IdempotencyKeyHeader), request_body = PlaceOrder, responses((status = 201, description = "Placed: stock held and payment authorized", body = OrderView), (status = 402, description = "Payment declined; the stock was released", body = Problem, content_type = "application/problem+json"), (status = 400, description = "Malformed request or missing Idempotency-Key", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller's role may not do this", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Out of stock, or the key is in use", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Payment provider unavailable; retry with the same key", body = Problem, content_type = "application/problem+json")))]
 async fn place_order<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     command: Command<PlaceOrder>,
@@ -211,6 +227,7 @@ async fn place_order<T: Table, P: PaymentGateway, C: Clock>(
     ))
 }
 
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(Listing), responses((status = 200, description = "The caller's orders, newest first (operators: the shop's)", body = ListPage<OrderSummary>), (status = 403, description = "Admins do not read orders", body = Problem, content_type = "application/problem+json")))]
 async fn list_orders<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Authenticated(caller): Authenticated,
@@ -221,6 +238,7 @@ async fn list_orders<T: Table, P: PaymentGateway, C: Clock>(
         .await?))
 }
 
+#[utoipa::path(get, path = "/v1/orders/{id}", tag = "orders", params(("id" = String, Path)), responses((status = 200, description = "The order", body = OrderView), (status = 404, description = "No such order for this caller", body = Problem, content_type = "application/problem+json")))]
 async fn get_order<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Authenticated(caller): Authenticated,

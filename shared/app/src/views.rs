@@ -17,6 +17,7 @@ pub fn timestamp(ms: i64) -> String {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProductView {
     pub sku: Sku,
     pub name: String,
@@ -34,6 +35,7 @@ impl From<&ProductDetails> for ProductView {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InventoryView {
     pub sku: Sku,
     pub on_hand: u64,
@@ -60,6 +62,7 @@ impl InventoryView {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReservationView {
     pub id: String,
     pub status: ReservationStatus,
@@ -84,6 +87,7 @@ impl From<&Held> for ReservationView {
 /// How to reach the customer about one order. Kept out of events so it can be erased.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Contact {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
@@ -135,6 +139,7 @@ impl Contact {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderView {
     pub id: String,
     pub status: OrderStatus,
@@ -166,6 +171,7 @@ impl OrderView {
 
 /// The summary kept in list partitions, so a page is one query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OrderSummary {
     pub id: String,
     pub status: OrderStatus,
@@ -175,6 +181,7 @@ pub struct OrderSummary {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ListPage<T> {
     pub items: Vec<T>,
     /// Pass as `cursor` for the next page; absent on the last page.
@@ -184,6 +191,7 @@ pub struct ListPage<T> {
 
 /// An RFC 9457 problem: every error the API answers has this shape.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// `/problems/<name>`, documented in `docs/problems.md`.
     #[serde(rename = "type")]

@@ -9,6 +9,8 @@ use crate::DomainError;
 /// An ISO 4217 alphabetic code (three upper-case ASCII letters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(value_type = String, example = "EUR"))]
 pub struct Currency([u8; 3]);
 
 impl Currency {
@@ -50,6 +52,7 @@ impl fmt::Display for Currency {
 /// A non-negative amount in the currency's minor unit (cents for EUR).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "MoneyParts")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Money {
     pub amount_minor: i64,
     pub currency: Currency,

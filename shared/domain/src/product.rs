@@ -5,6 +5,8 @@ use crate::{Aggregate, DomainError, Money, Sku};
 /// A product's display name: trimmed, 1 to 200 characters, no control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(value_type = String, min_length = 1, max_length = 200))]
 pub struct ProductName(String);
 
 impl ProductName {

@@ -13,6 +13,8 @@ pub const MAX_TTL_SECONDS: u32 = 24 * 60 * 60;
 /// A positive number of units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "u32", into = "u32")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(value_type = u32, minimum = 1, maximum = 1000000))]
 pub struct Quantity(u32);
 
 impl Quantity {
@@ -46,6 +48,7 @@ impl From<Quantity> for u32 {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Line {
     pub sku: Sku,
     pub quantity: Quantity,
@@ -73,6 +76,7 @@ impl Line {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ReservationStatus {
     Held,
     Confirmed,

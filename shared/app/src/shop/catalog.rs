@@ -10,6 +10,7 @@ use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewProduct {
     pub sku: Sku,
     pub name: ProductName,

@@ -18,6 +18,7 @@ use crate::{AppError, Clock, PaymentGateway, Table};
 /// An order from a basket (`lines`) or from the caller's own reservation (`reservation_id`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlaceOrder {
     #[serde(default)]
     pub lines: Option<Vec<Line>>,

@@ -12,6 +12,7 @@ use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewReservation {
     pub lines: Vec<Line>,
     #[serde(default = "default_ttl")]

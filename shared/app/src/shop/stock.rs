@@ -10,6 +10,7 @@ use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StockLevel {
     pub on_hand: u64,
     #[serde(default)]
@@ -18,6 +19,7 @@ pub struct StockLevel {
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StockReceipt {
     pub quantity: Quantity,
 }

@@ -1,0 +1,120 @@
+//! What every Lambda shares. A function's `main` calls [`serve_api`] or [`run_sweeper`]; all
+//! set-up (tracing, SDK clients, the shop) happens once per cold start, before the first event.
+//!
+//! Environment: `TABLE_NAME` (required); `TENANT_CLAIM` (default `tenant`) and `ROLES_CLAIM`
+//! (default `roles`) name the JWT claims API Gateway's authorizer passes on.
+
+use std::sync::Arc;
+
+use axum::extract::Request;
+use axum::middleware::Next;
+use axum::response::Response;
+use commerce_api::{Auth, VerifiedClaims, parse_roles, router};
+use commerce_app::{SandboxPayments, Shop, ShopConfig, SystemClock};
+use commerce_dynamodb::DynamoTable;
+use lambda_http::request::RequestContext;
+use lambda_http::{Error, LambdaEvent, service_fn};
+
+pub type LambdaShop = Shop<DynamoTable, SandboxPayments, SystemClock>;
+
+/// JSON logs, as CloudWatch Logs Insights reads them.
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_current_span(false)
+        .without_time()
+        .init();
+}
+
+/// The shop on the table named by `TABLE_NAME`.
+pub async fn shop() -> Result<Arc<LambdaShop>, Error> {
+    let table = std::env::var("TABLE_NAME").map_err(|_| "TABLE_NAME is not set")?;
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let client = aws_sdk_dynamodb::Client::new(&config);
+    Ok(Arc::new(Shop::new(
+        DynamoTable::new(client, table),
+        SandboxPayments::default(),
+        SystemClock,
+        ShopConfig::default(),
+    )))
+}
+
+/// Serves the API router behind API Gateway (HTTP API, JWT authorizer).
+pub async fn serve_api() -> Result<(), Error> {
+    init_tracing();
+    let claims = ClaimNames::from_env();
+    let app = router(shop().await?, Auth::upstream()).layer(axum::middleware::from_fn(
+        move |request: Request, next: Next| {
+            let claims = claims.clone();
+            async move { claims.bridge(request, next).await }
+        },
+    ));
+    lambda_http::run(app).await
+}
+
+/// Which authorizer claims carry the tenant and the roles.
+#[derive(Debug, Clone)]
+pub struct ClaimNames {
+    pub tenant: String,
+    pub roles: String,
+}
+
+impl ClaimNames {
+    pub fn from_env() -> Self {
+        Self {
+            tenant: std::env::var("TENANT_CLAIM").unwrap_or_else(|_| "tenant".into()),
+            roles: std::env::var("ROLES_CLAIM").unwrap_or_else(|_| "roles".into()),
+        }
+    }
+
+    /// Copies the claims API Gateway verified into the request as [`VerifiedClaims`]. Requests
+    /// without them reach the router unauthenticated and get 401 on protected routes.
+    pub async fn bridge(&self, mut request: Request, next: Next) -> Response {
+        let verified = match request.extensions().get::<RequestContext>() {
+            Some(RequestContext::ApiGatewayV2(context)) => context
+                .authorizer
+                .as_ref()
+                .and_then(|a| a.jwt.as_ref())
+                .map(|jwt| VerifiedClaims {
+                    sub: jwt.claims.get("sub").cloned().unwrap_or_default(),
+                    tenant: jwt.claims.get(&self.tenant).cloned().unwrap_or_default(),
+                    roles: jwt
+                        .claims
+                        .get(&self.roles)
+                        .map(|r| parse_roles(r))
+                        .unwrap_or_default(),
+                }),
+            _ => None,
+        };
+        if let Some(verified) = verified {
+            request.extensions_mut().insert(verified);
+        }
+        next.run(request).await
+    }
+}
+
+/// The scheduled sweeper: releases expired reservations on each tick.
+pub async fn run_sweeper() -> Result<(), Error> {
+    init_tracing();
+    let shop = shop().await?;
+    lambda_http::lambda_runtime::run(service_fn(move |_tick: LambdaEvent<serde_json::Value>| {
+        let shop = shop.clone();
+        async move {
+            let mut total = 0;
+            // Keep going while full batches come back, within one invocation.
+            loop {
+                let expired = shop.expire_reservations(100).await?;
+                total += expired;
+                if expired == 0 {
+                    break;
+                }
+            }
+            tracing::info!(expired = total, "sweep done");
+            Ok::<_, Error>(serde_json::json!({ "expired": total }))
+        }
+    }))
+    .await
+}
