@@ -23,40 +23,47 @@ use serde_json::Value;
 
 pub const SECRET: &str = "e2e-test-secret-e2e-test-secret-0123456789";
 
-/// Path to the freshly built `commerce` binary.
+/// Path to the freshly built `commerce` binary (debug build).
 pub fn server_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let output = Command::new(cargo)
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "commerce-server",
-                "--bin",
-                "commerce",
-                "--message-format=json",
-            ])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("cargo must be runnable to build the server under test");
-        assert!(
-            output.status.success(),
-            "building the commerce server failed"
-        );
-        String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .find_map(|msg| {
-                msg["executable"]
-                    .as_str()
-                    .filter(|p| p.ends_with("/commerce"))
-                    .map(PathBuf::from)
-            })
-            .expect("cargo did not report the commerce executable")
-    })
+    BINARY.get_or_init(|| build_server(false))
+}
+
+/// Builds the server through cargo (a no-op when it is up to date) and returns its path.
+pub fn build_server(release: bool) -> PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut args = vec![
+        "build",
+        "--quiet",
+        "-p",
+        "commerce-server",
+        "--bin",
+        "commerce",
+        "--message-format=json",
+    ];
+    if release {
+        args.push("--release");
+    }
+    let output = Command::new(cargo)
+        .args(&args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo must be runnable to build the server under test");
+    assert!(
+        output.status.success(),
+        "building the commerce server failed"
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find_map(|msg| {
+            msg["executable"]
+                .as_str()
+                .filter(|p| p.ends_with("/commerce"))
+                .map(PathBuf::from)
+        })
+        .expect("cargo did not report the commerce executable")
 }
 
 /// A running local server with its own data directory.
@@ -80,7 +87,12 @@ impl Server {
 
     /// A server on `data_dir`, which may hold an earlier server's data.
     pub fn start_in(data_dir: &Path) -> Server {
-        let mut child = Command::new(server_binary())
+        Server::start_binary(server_binary(), data_dir)
+    }
+
+    /// A given build of the server on `data_dir`.
+    pub fn start_binary(binary: &Path, data_dir: &Path) -> Server {
+        let mut child = Command::new(binary)
             .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("COMMERCE_JWT_SECRET", SECRET)

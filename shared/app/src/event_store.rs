@@ -122,6 +122,8 @@ pub enum Purpose {
 pub struct Changes {
     writes: Vec<Write>,
     purposes: Vec<Purpose>,
+    /// In-process locks this command holds until its commit is done.
+    locks: Vec<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 /// Why a commit did not happen.
@@ -252,6 +254,15 @@ impl Changes {
     pub fn push(&mut self, purpose: Purpose, write: Write) {
         self.writes.push(write);
         self.purposes.push(purpose);
+    }
+
+    /// Keeps `lock` until this command's commit is done (or the changes are dropped).
+    pub fn keep_lock(&mut self, lock: tokio::sync::OwnedMutexGuard<()>) {
+        self.locks.push(lock);
+    }
+
+    pub fn holds_locks(&self) -> bool {
+        !self.locks.is_empty()
     }
 
     pub async fn commit<T: Table>(self, table: &T) -> Result<(), CommitError> {

@@ -29,7 +29,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             return Ok(reply);
         }
         let pk = keys::product(&caller.tenant, &new.sku);
-        for _ in 0..self.config.commit_attempts {
+        let mut attempts = self.attempts();
+        while attempts.next().await {
             let mut product = load::<Product, _>(&self.table, pk.clone()).await?;
             let events = product
                 .state

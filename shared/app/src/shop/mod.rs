@@ -98,6 +98,7 @@ pub struct Shop<T, P, C> {
     payments: P,
     clock: C,
     config: ShopConfig,
+    stock_queue: stock::StockQueue,
 }
 
 impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
@@ -107,6 +108,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             payments,
             clock,
             config,
+            stock_queue: stock::StockQueue::new(),
         }
     }
 
@@ -117,6 +119,13 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     /// Store reachable: the health check.
     pub async fn health(&self) -> Result<(), AppError> {
         Ok(self.table.ping().await?)
+    }
+
+    fn attempts(&self) -> Attempts {
+        Attempts {
+            made: 0,
+            limit: self.config.commit_attempts,
+        }
     }
 
     fn now_ms(&self) -> i64 {
@@ -163,6 +172,29 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             },
             Err(CommitError::Store(e)) => Err(e.into()),
         }
+    }
+}
+
+/// Tries at a commit that may lose a race. After a loss it waits a little, a random share of a
+/// window that grows with each loss, so racing commands spread out instead of colliding again.
+#[derive(Debug)]
+struct Attempts {
+    made: usize,
+    limit: usize,
+}
+
+impl Attempts {
+    async fn next(&mut self) -> bool {
+        if self.made >= self.limit {
+            return false;
+        }
+        if self.made > 0 {
+            let window_us = 100 * (self.made.min(16) as u64);
+            let jitter = (uuid::Uuid::new_v4().as_u128() as u64) % window_us.max(1);
+            tokio::time::sleep(std::time::Duration::from_micros(jitter)).await;
+        }
+        self.made += 1;
+        true
     }
 }
 

@@ -146,7 +146,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         id: &ReservationId,
         lines: &[Line],
     ) -> Result<(), AppError> {
-        for _ in 0..self.config.commit_attempts {
+        let mut attempts = self.attempts();
+        while attempts.next().await {
             let (mut changes, _) = self
                 .hold(caller, id, lines.to_vec(), self.config.order_hold_seconds)
                 .await?;
@@ -155,7 +156,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             }
             match changes.commit(&self.table).await {
                 Ok(()) => return Ok(()),
-                Err(CommitError::StreamConflict) => tokio::task::yield_now().await,
+                Err(CommitError::StreamConflict) => {}
                 Err(CommitError::KeyTaken) => return Err(self.key_taken(key).await),
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
@@ -228,7 +229,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         id: &ReservationId,
         reply: Option<Reply>,
     ) -> Result<(), AppError> {
-        for _ in 0..self.config.commit_attempts {
+        let mut attempts = self.attempts();
+        while attempts.next().await {
             let mut reservation =
                 load::<Reservation, _>(&self.table, keys::reservation(&caller.tenant, id)).await?;
             let held = reservation
@@ -260,7 +262,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             }
             match changes.commit(&self.table).await {
                 Ok(()) => return Ok(()),
-                Err(CommitError::StreamConflict) => tokio::task::yield_now().await,
+                Err(CommitError::StreamConflict) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -278,7 +280,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         authorization: PaymentAuthorization,
         contact: Option<Contact>,
     ) -> Result<Reply, AppError> {
-        for _ in 0..self.config.commit_attempts {
+        let mut attempts = self.attempts();
+        while attempts.next().await {
             let mut reservation = load::<Reservation, _>(
                 &self.table,
                 keys::reservation(&caller.tenant, &reservation_id),
@@ -352,7 +355,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             }
             match changes.commit(&self.table).await {
                 Ok(()) => return Ok(reply),
-                Err(CommitError::StreamConflict) => tokio::task::yield_now().await,
+                Err(CommitError::StreamConflict) => {}
                 Err(CommitError::KeyTaken) => {
                     self.void(&authorization).await;
                     return Err(AppError::IdempotencyInFlight);

@@ -41,7 +41,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 .map_err(|_| AppError::UnknownSku(line.sku.to_string()))?;
         }
         let id = ReservationId::parse(uuid::Uuid::now_v7().to_string())?;
-        for _ in 0..self.config.commit_attempts {
+        let mut attempts = self.attempts();
+        while attempts.next().await {
             let (changes, reservation) = self
                 .hold(caller, &id, new.lines.clone(), new.ttl_seconds)
                 .await?;
@@ -113,7 +114,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         if let Some(reply) = self.replay(key).await? {
             return Ok(reply);
         }
-        for _ in 0..self.config.commit_attempts {
+        let mut attempts = self.attempts();
+        while attempts.next().await {
             let mut reservation = self.visible_reservation(caller, id).await?;
             let events = reservation.state.release()?;
             let changes = self
@@ -210,7 +212,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         hold_pk: &str,
         hold_sk: &str,
     ) -> Result<bool, AppError> {
-        for _ in 0..self.config.commit_attempts {
+        let mut attempts = self.attempts();
+        while attempts.next().await {
             let mut reservation =
                 load::<Reservation, _>(&self.table, keys::reservation(tenant, id)).await?;
             let still_held = reservation

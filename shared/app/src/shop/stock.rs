@@ -34,12 +34,16 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     ) -> Result<InventoryView, AppError> {
         caller.require(&[Role::Admin], "change stock")?;
         self.product(caller, sku).await?;
-        for _ in 0..self.config.commit_attempts {
+        let mut attempts = self.attempts();
+        while attempts.next().await {
+            let mut changes = Changes::new();
+            self.stock_queue
+                .enter(&mut changes, &caller.tenant, std::iter::once(sku))
+                .await;
             let mut stock = self.load_stock(&caller.tenant, sku).await?;
             let events = stock
                 .state
                 .set_level(level.on_hand, level.low_stock_threshold)?;
-            let mut changes = Changes::new();
             self.append_stock(&mut changes, &caller.tenant, sku, &mut stock, events)?;
             let view = InventoryView::new(sku.clone(), &stock.state, stock.version);
             if self
@@ -65,10 +69,14 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             return Ok(reply);
         }
         self.product(caller, sku).await?;
-        for _ in 0..self.config.commit_attempts {
+        let mut attempts = self.attempts();
+        while attempts.next().await {
+            let mut changes = Changes::new();
+            self.stock_queue
+                .enter(&mut changes, &caller.tenant, std::iter::once(sku))
+                .await;
             let mut stock = self.load_stock(&caller.tenant, sku).await?;
             let events = stock.state.receive(receipt.quantity)?;
-            let mut changes = Changes::new();
             self.append_stock(&mut changes, &caller.tenant, sku, &mut stock, events)?;
             let view = InventoryView::new(sku.clone(), &stock.state, stock.version);
             if let Some(reply) = self.commit_with_reply(changes, key, 200, &view).await? {
@@ -157,6 +165,9 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         reservation: &ReservationId,
         lines: &[Line],
     ) -> Result<(), AppError> {
+        self.stock_queue
+            .enter(changes, tenant, lines.iter().map(|l| &l.sku))
+            .await;
         for line in lines {
             let mut stock = self.load_stock(tenant, &line.sku).await?;
             let events = stock.state.reserve(&line.sku, reservation, line.quantity)?;
@@ -173,11 +184,64 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         reservation: &ReservationId,
         lines: &[Line],
     ) -> Result<(), AppError> {
+        self.stock_queue
+            .enter(changes, tenant, lines.iter().map(|l| &l.sku))
+            .await;
         for line in lines {
             let mut stock = self.load_stock(tenant, &line.sku).await?;
             let events = stock.state.release(reservation, line.quantity)?;
             self.append_stock(changes, tenant, &line.sku, &mut stock, events)?;
         }
         Ok(())
+    }
+}
+
+/// Commands that change the same SKU's stock in this process take turns, in arrival order,
+/// from reading the stock to committing. Optimistic concurrency alone stays correct, but on a
+/// hot SKU it makes racing commands re-read and retry, and an unlucky one can lose every race;
+/// a queue makes a flash sale fair and its latency bounded. Across processes (Lambdas) the
+/// conditional commit remains the guard.
+#[derive(Debug)]
+pub(super) struct StockQueue {
+    lanes: Vec<std::sync::Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl StockQueue {
+    const LANES: usize = 1024;
+
+    pub(super) fn new() -> Self {
+        Self {
+            lanes: (0..Self::LANES)
+                .map(|_| std::sync::Arc::new(tokio::sync::Mutex::new(())))
+                .collect(),
+        }
+    }
+
+    /// Waits for the turn of every given SKU; the turn is kept by `changes` until they commit.
+    /// Lanes are taken in one global order, so two commands never wait on each other.
+    pub(super) async fn enter<'a>(
+        &self,
+        changes: &mut Changes,
+        tenant: &TenantId,
+        skus: impl Iterator<Item = &'a Sku>,
+    ) {
+        if changes.holds_locks() {
+            return;
+        }
+        let mut lanes: Vec<usize> = skus
+            .map(|sku| {
+                use std::hash::{Hash, Hasher};
+                let mut hasher = std::hash::DefaultHasher::new();
+                (tenant, sku).hash(&mut hasher);
+                (hasher.finish() % Self::LANES as u64) as usize
+            })
+            .collect();
+        lanes.sort_unstable();
+        lanes.dedup();
+        for lane in lanes {
+            if let Some(lock) = self.lanes.get(lane) {
+                changes.keep_lock(lock.clone().lock_owned().await);
+            }
+        }
     }
 }

@@ -1,0 +1,265 @@
+//! Load benchmark: starts the release server on a fresh data directory and drives it over
+//! HTTP with concurrent clients placing orders.
+//!
+//! * `--mode spread` (default): orders across many SKUs with ample stock; measures throughput
+//!   and latency.
+//! * `--mode hot`: every client buys one SKU with limited stock until it is sold out; checks
+//!   that no unit is sold twice.
+//!
+//! Prints a summary, then one JSON line: orders_per_s, p50_ms, p95_ms, p99_ms, oversold.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use commerce_tests::{Server, build_server, token};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(about = "Drive the local server with concurrent order placement")]
+struct Args {
+    /// Concurrent clients, each with one connection, one request at a time.
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    /// How long to measure (spread mode), after warm-up.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, value_enum, default_value_t = Mode::Spread)]
+    mode: Mode,
+    /// SKUs in the catalog (spread mode).
+    #[arg(long, default_value_t = 1000)]
+    skus: usize,
+    /// Units of the one SKU (hot mode).
+    #[arg(long, default_value_t = 3000)]
+    hot_stock: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Spread,
+    Hot,
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u64>,
+    placed: u64,
+    out_of_stock: u64,
+    other: u64,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    eprintln!("building and starting the release server…");
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start_binary(&build_server(true), dir.path());
+    let base = server.base.clone();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.clients)
+        .tcp_nodelay(true)
+        .build()
+        .unwrap();
+    let admin = token("bench", "admin", &["admin"]);
+
+    let skus: Vec<String> = match args.mode {
+        Mode::Spread => (0..args.skus).map(|n| format!("SKU-{n:05}")).collect(),
+        Mode::Hot => vec!["HOT".to_owned()],
+    };
+    let stock = if args.mode == Mode::Hot {
+        args.hot_stock
+    } else {
+        100_000_000
+    };
+    eprintln!("stocking {} SKU(s)…", skus.len());
+    for sku in &skus {
+        let product =
+            json!({"sku": sku, "name": sku, "price": {"amount_minor": 1999, "currency": "EUR"}});
+        let created = http
+            .post(format!("{base}/v1/products"))
+            .bearer_auth(&admin)
+            .header("idempotency-key", format!("p-{sku}"))
+            .json(&product)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(created.status(), 201, "creating {sku}");
+        let stocked = http
+            .put(format!("{base}/v1/inventory/{sku}"))
+            .bearer_auth(&admin)
+            .json(&json!({"on_hand": stock}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stocked.status(), 200, "stocking {sku}");
+    }
+
+    let warmup = if args.mode == Mode::Spread {
+        Duration::from_secs(2)
+    } else {
+        Duration::ZERO
+    };
+    let started = Instant::now();
+    let measure_from = started + warmup;
+    let stop_at = measure_from + Duration::from_secs(args.seconds);
+    let sold_out = Arc::new(AtomicBool::new(false));
+    let next_key = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for client in 0..args.clients {
+        let (http, base, skus, sold_out, next_key) = (
+            http.clone(),
+            base.clone(),
+            skus.clone(),
+            sold_out.clone(),
+            next_key.clone(),
+        );
+        let bearer = token("bench", &format!("customer-{client}"), &["customer"]);
+        let mode = args.mode;
+        tasks.push(tokio::spawn(async move {
+            let mut tally = Tally::default();
+            let mut seed = client as u64 * 7919 + 1;
+            loop {
+                let now = Instant::now();
+                if (mode == Mode::Spread && now >= stop_at)
+                    || (mode == Mode::Hot && sold_out.load(Ordering::Relaxed))
+                {
+                    return tally;
+                }
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let sku = &skus[(seed >> 33) as usize % skus.len()];
+                let n = next_key.fetch_add(1, Ordering::Relaxed);
+                let body =
+                    json!({"lines": [{"sku": sku, "quantity": 1}], "payment_token": "tok_visa"});
+                let sent = Instant::now();
+                let response = http
+                    .post(format!("{base}/v1/orders"))
+                    .bearer_auth(&bearer)
+                    .header("idempotency-key", format!("o-{n}"))
+                    .json(&body)
+                    .send()
+                    .await;
+                let status = match response {
+                    Ok(r) => {
+                        let status = r.status().as_u16();
+                        let body = r.bytes().await.unwrap_or_default();
+                        if status == 409 && !body.windows(12).any(|w| w == b"out-of-stock") {
+                            // Only "sold out" ends a hot run; other conflicts are errors.
+                            tally.other += 1;
+                            eprintln!("unexpected conflict: {}", String::from_utf8_lossy(&body));
+                            continue;
+                        }
+                        if status != 201 && status != 409 {
+                            eprintln!(
+                                "unexpected answer {status}: {}",
+                                String::from_utf8_lossy(&body)
+                            );
+                        }
+                        status
+                    }
+                    Err(e) => {
+                        eprintln!("request failed: {e}");
+                        0
+                    }
+                };
+                let took = sent.elapsed();
+                let counted = mode == Mode::Hot || sent >= measure_from;
+                match status {
+                    201 => tally.placed += 1,
+                    409 => {
+                        tally.out_of_stock += 1;
+                        sold_out.store(true, Ordering::Relaxed);
+                    }
+                    _ => tally.other += 1,
+                }
+                if counted && status == 201 {
+                    tally.latencies_us.push(took.as_micros() as u64);
+                } else if !counted && status == 201 {
+                    tally.placed -= 1;
+                }
+            }
+        }));
+    }
+    let mut all = Tally::default();
+    for task in tasks {
+        let t = task.await.unwrap();
+        all.latencies_us.extend(t.latencies_us);
+        all.placed += t.placed;
+        all.out_of_stock += t.out_of_stock;
+        all.other += t.other;
+    }
+    let elapsed = match args.mode {
+        Mode::Spread => Duration::from_secs(args.seconds),
+        Mode::Hot => started.elapsed(),
+    };
+
+    let mut oversold = 0;
+    if args.mode == Mode::Hot {
+        let level: serde_json::Value = http
+            .get(format!("{base}/v1/inventory/HOT"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let reserved = level["reserved"].as_u64().unwrap();
+        oversold =
+            all.placed.saturating_sub(args.hot_stock) + reserved.saturating_sub(args.hot_stock);
+        assert_eq!(
+            reserved, all.placed,
+            "every accepted order holds exactly its unit"
+        );
+        eprintln!(
+            "hot SKU: {} units, {} orders accepted, {} refused out of stock, reserved {}",
+            args.hot_stock, all.placed, all.out_of_stock, reserved
+        );
+    }
+    drop(server);
+
+    all.latencies_us.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if all.latencies_us.is_empty() {
+            return 0.0;
+        }
+        let at = ((all.latencies_us.len() as f64 * p).ceil() as usize)
+            .clamp(1, all.latencies_us.len())
+            - 1;
+        all.latencies_us[at] as f64 / 1000.0
+    };
+    let per_second = all.placed as f64 / elapsed.as_secs_f64();
+    let mode = if args.mode == Mode::Hot {
+        "hot"
+    } else {
+        "spread"
+    };
+    println!(
+        "mode {mode}, {} clients, {:.1} s: {} orders placed ({:.0} orders/s), {} out of stock, {} other answers",
+        args.clients,
+        elapsed.as_secs_f64(),
+        all.placed,
+        per_second,
+        all.out_of_stock,
+        all.other
+    );
+    println!(
+        "latency of placed orders: p50 {:.2} ms, p95 {:.2} ms, p99 {:.2} ms",
+        pct(0.50),
+        pct(0.95),
+        pct(0.99)
+    );
+    println!(
+        "{}",
+        json!({"mode": mode, "clients": args.clients, "orders_per_s": per_second.round(), "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "oversold": oversold, "errors": all.other})
+    );
+}
