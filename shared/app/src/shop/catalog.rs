@@ -1,10 +1,9 @@
 use commerce_domain::{Money, Product, ProductName, Sku};
 use serde::Deserialize;
 
-use super::{Caller, Reply, Role, Shop, page_limit};
+use super::{Caller, Reply, Role, Shop};
 use crate::event_store::{Changes, load};
 use crate::keys;
-use crate::table::{Query, StoreError};
 use crate::views::{ListPage, ProductView};
 use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
 
@@ -69,27 +68,6 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         limit: Option<usize>,
     ) -> Result<ListPage<ProductView>, AppError> {
         let pk = keys::catalog(&caller.tenant);
-        let page = self
-            .table
-            .query(Query {
-                pk: &pk,
-                prefix: "",
-                after: cursor,
-                limit: page_limit(limit),
-                descending: false,
-            })
-            .await?;
-        let items = page
-            .items
-            .iter()
-            .map(|item| {
-                serde_json::from_slice(&item.data)
-                    .map_err(|e| StoreError::Failure(format!("corrupt catalog item: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(ListPage {
-            items,
-            next_cursor: page.next,
-        })
+        self.list(&pk, cursor, limit, false).await
     }
 }

@@ -15,7 +15,8 @@ use crate::clock::{Clock, now_seconds};
 use crate::event_store::{Changes, CommitError};
 use crate::idempotency::{self, IdempotencyKey, Prior, StoredResponse};
 use crate::payments::PaymentGateway;
-use crate::table::{StoreError, Table};
+use crate::table::{Query, StoreError, Table};
+use crate::views::ListPage;
 
 pub use catalog::NewProduct;
 pub use orders::PlaceOrder;
@@ -130,6 +131,38 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
 
     fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// One page of a list partition, each item a stored view.
+    async fn list<V: serde::de::DeserializeOwned>(
+        &self,
+        pk: &str,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+        descending: bool,
+    ) -> Result<ListPage<V>, AppError> {
+        let page = self
+            .table
+            .query(Query {
+                pk,
+                prefix: "",
+                after: cursor,
+                limit: page_limit(limit),
+                descending,
+            })
+            .await?;
+        let items = page
+            .items
+            .iter()
+            .map(|item| {
+                serde_json::from_slice(&item.data)
+                    .map_err(|e| StoreError::Failure(format!("corrupt list item in {pk}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ListPage {
+            items,
+            next_cursor: page.next,
+        })
     }
 
     /// The stored answer if `key` was used for this very request before.

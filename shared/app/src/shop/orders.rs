@@ -5,13 +5,13 @@ use commerce_domain::{
 use serde::Deserialize;
 use std::time::Duration;
 
-use super::{Caller, Reply, Role, Shop, page_limit};
+use super::{Caller, Reply, Role, Shop};
 use crate::clock::now_seconds;
 use crate::event_store::{Changes, CommitError, Stream, load};
 use crate::idempotency::{self, IdempotencyKey};
 use crate::keys;
 use crate::payments::PaymentError;
-use crate::table::{Query, StoreError};
+use crate::table::StoreError;
 use crate::views::{Contact, ListPage, OrderSummary, OrderView, Problem};
 use crate::{AppError, Clock, PaymentGateway, Table};
 
@@ -27,6 +27,12 @@ pub struct PlaceOrder {
     pub payment_token: String,
     #[serde(default)]
     pub contact: Option<Contact>,
+}
+
+/// Claiming the idempotency key with the first commit: done, or someone already answered.
+enum Claim<T> {
+    Fresh(T),
+    Answered(Reply),
 }
 
 impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
@@ -57,13 +63,21 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 Line::check_all(&lines)?;
                 let priced = self.price(caller, &lines).await?;
                 let id = ReservationId::parse(uuid::Uuid::now_v7().to_string())?;
-                self.hold_for_order(caller, key, &id, &lines).await?;
+                if let Claim::Answered(reply) =
+                    self.hold_for_order(caller, key, &id, &lines).await?
+                {
+                    return Ok(reply);
+                }
                 (id, priced)
             }
             (None, Some(id)) => {
-                let lines = self
+                let lines = match self
                     .claim_own_reservation(caller, key, &id, &order_id)
-                    .await?;
+                    .await?
+                {
+                    Claim::Fresh(lines) => lines,
+                    Claim::Answered(reply) => return Ok(reply),
+                };
                 match self.price(caller, &lines).await {
                     Ok(priced) => (id, priced),
                     Err(e) => {
@@ -145,7 +159,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         key: Option<&IdempotencyKey>,
         id: &ReservationId,
         lines: &[Line],
-    ) -> Result<(), AppError> {
+    ) -> Result<Claim<()>, AppError> {
         let mut attempts = self.attempts();
         while attempts.next().await {
             let (mut changes, _) = self
@@ -155,9 +169,9 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 idempotency::claim(&mut changes, key, now_seconds())?;
             }
             match changes.commit(&self.table).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(Claim::Fresh(())),
                 Err(CommitError::StreamConflict) => {}
-                Err(CommitError::KeyTaken) => return Err(self.key_taken(key).await),
+                Err(CommitError::KeyTaken) => return self.key_taken(key).await,
                 Err(CommitError::Store(e)) => return Err(e.into()),
             }
         }
@@ -171,7 +185,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         key: Option<&IdempotencyKey>,
         id: &ReservationId,
         order: &OrderId,
-    ) -> Result<Vec<Line>, AppError> {
+    ) -> Result<Claim<Vec<Line>>, AppError> {
         let reservation =
             load::<Reservation, _>(&self.table, keys::reservation(&caller.tenant, id)).await?;
         let held = match &reservation.state.held {
@@ -184,18 +198,19 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             idempotency::claim(&mut changes, key, now_seconds())?;
             match changes.commit(&self.table).await {
                 Ok(()) => {}
-                Err(CommitError::KeyTaken) => return Err(self.key_taken(Some(key)).await),
+                Err(CommitError::KeyTaken) => return self.key_taken(Some(key)).await,
                 Err(e) => return Err(e.into()),
             }
         }
-        Ok(held.lines.clone())
+        Ok(Claim::Fresh(held.lines.clone()))
     }
 
-    /// What to answer when the key turned out to be taken: the first answer, or "in flight".
-    async fn key_taken(&self, key: Option<&IdempotencyKey>) -> AppError {
-        match self.replay(key).await {
-            Ok(Some(_)) | Ok(None) => AppError::IdempotencyInFlight,
-            Err(e) => e,
+    /// The key turned out to be taken between our check and our claim: replay its answer if the
+    /// first request has finished, otherwise it is still in flight.
+    async fn key_taken<V>(&self, key: Option<&IdempotencyKey>) -> Result<Claim<V>, AppError> {
+        match self.replay(key).await? {
+            Some(reply) => Ok(Claim::Answered(reply)),
+            None => Err(AppError::IdempotencyInFlight),
         }
     }
 
@@ -406,27 +421,6 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         } else {
             keys::customer_orders(&caller.tenant, &caller.subject)
         };
-        let page = self
-            .table
-            .query(Query {
-                pk: &pk,
-                prefix: "",
-                after: cursor,
-                limit: page_limit(limit),
-                descending: true,
-            })
-            .await?;
-        let items = page
-            .items
-            .iter()
-            .map(|item| {
-                serde_json::from_slice(&item.data)
-                    .map_err(|e| StoreError::Failure(format!("corrupt order summary: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(ListPage {
-            items,
-            next_cursor: page.next,
-        })
+        self.list(&pk, cursor, limit, true).await
     }
 }

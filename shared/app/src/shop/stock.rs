@@ -1,10 +1,9 @@
 use commerce_domain::{Inventory, InventoryEvent, Line, Quantity, ReservationId, Sku, TenantId};
 use serde::Deserialize;
 
-use super::{Caller, Reply, Role, Shop, page_limit};
+use super::{Caller, Reply, Role, Shop};
 use crate::event_store::{Changes, Stream, load};
 use crate::keys;
-use crate::table::{Query, StoreError};
 use crate::views::{InventoryView, ListPage};
 use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
 
@@ -102,28 +101,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     ) -> Result<ListPage<InventoryView>, AppError> {
         caller.require(&[Role::Admin, Role::Ops], "read stock")?;
         let pk = keys::low_stock(&caller.tenant);
-        let page = self
-            .table
-            .query(Query {
-                pk: &pk,
-                prefix: "",
-                after: cursor,
-                limit: page_limit(limit),
-                descending: false,
-            })
-            .await?;
-        let items = page
-            .items
-            .iter()
-            .map(|item| {
-                serde_json::from_slice(&item.data)
-                    .map_err(|e| StoreError::Failure(format!("corrupt low-stock item: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(ListPage {
-            items,
-            next_cursor: page.next,
-        })
+        self.list(&pk, cursor, limit, false).await
     }
 
     pub(super) async fn load_stock(
