@@ -32,12 +32,6 @@ pub struct Stream<A> {
     loaded_version: u64,
 }
 
-impl<A> Stream<A> {
-    pub fn exists(&self) -> bool {
-        self.version > 0
-    }
-}
-
 pub async fn load<A, T>(table: &T, pk: String) -> Result<Stream<A>, StoreError>
 where
     A: Aggregate + DeserializeOwned,

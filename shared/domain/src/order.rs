@@ -1,8 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    Aggregate, Currency, CustomerId, DomainError, Line, Money, OrderId, ReservationId, Sku,
-};
+use crate::{Aggregate, CustomerId, DomainError, Line, Money, OrderId, ReservationId, Sku};
 
 /// Where an order is in its life. `Cancelling` is the saga's in-between state: stock and payment
 /// are being given back.
@@ -163,10 +161,6 @@ impl Order {
         Ok(vec![OrderEvent::OrderDelivered])
     }
 
-    pub fn currency(&self) -> Option<Currency> {
-        self.placed.as_ref().map(|o| o.total.currency)
-    }
-
     fn transition(&self, action: &'static str, from: &[OrderStatus]) -> Result<(), DomainError> {
         match &self.placed {
             Some(order) if from.contains(&order.status) => Ok(()),
@@ -222,7 +216,7 @@ impl Aggregate for Order {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Quantity;
+    use crate::{Currency, Quantity};
 
     fn eur(amount: i64) -> Money {
         Money::new(amount, Currency::parse("EUR").unwrap()).unwrap()

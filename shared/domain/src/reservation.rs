@@ -175,11 +175,6 @@ impl Reservation {
         Ok(vec![ReservationEvent::ReservationExpired])
     }
 
-    /// The lines whose stock goes back to the shelf when this hold ends without an order.
-    pub fn lines(&self) -> &[Line] {
-        self.held.as_ref().map_or(&[], |held| held.lines.as_slice())
-    }
-
     fn held_now(&self) -> Result<&Held, DomainError> {
         match &self.held {
             Some(held) if held.status == ReservationStatus::Held => Ok(held),

@@ -41,10 +41,6 @@ impl DynamoTable {
         }
     }
 
-    pub fn table_name(&self) -> &str {
-        &self.table
-    }
-
     /// Creates the table as `template.yaml` declares it (key, on-demand billing, stream, TTL).
     /// For tests and local emulators; deployments create it from the template.
     pub async fn create(&self) -> Result<(), StoreError> {

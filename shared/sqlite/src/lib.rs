@@ -104,10 +104,6 @@ impl SqliteTable {
         Ok(Self { inner })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.inner.path
-    }
-
     /// Deletes items whose time is up (they are already invisible); returns how many.
     /// Runs on the writer thread like any write, in bounded chunks, so it never holds the
     /// write lock for long or competes with the writer for it.

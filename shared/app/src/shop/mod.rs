@@ -113,10 +113,6 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         }
     }
 
-    pub fn table(&self) -> &T {
-        &self.table
-    }
-
     /// Store reachable: the health check.
     pub async fn health(&self) -> Result<(), AppError> {
         Ok(self.table.ping().await?)
