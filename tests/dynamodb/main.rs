@@ -10,8 +10,9 @@
 
 use std::sync::Arc;
 
+use commerce_app::shop::NewReservation;
 use commerce_app::shop::{NewProduct, PlaceOrder, StockLevel};
-use commerce_app::{AppError, Caller, Role, SandboxPayments, Shop, ShopConfig, SystemClock};
+use commerce_app::{AppError, Caller, Clock, Role, SandboxPayments, Shop, ShopConfig, SystemClock};
 use commerce_domain::{
     Currency, CustomerId, DomainError, Line, Money, ProductName, Quantity, Sku, TenantId,
 };
@@ -194,4 +195,93 @@ async fn lambda_requests_use_the_authorizers_claims() {
         401,
         "without the authorizer's claims nothing is trusted, bearer header or not"
     );
+}
+
+/// A clock the test moves by hand.
+#[derive(Debug, Clone, Default)]
+struct TestClock(Arc<std::sync::atomic::AtomicI64>);
+
+impl Clock for TestClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// The sweeper's path on DynamoDB: a hold past its expiry is released and its stock returns;
+/// one not yet due is left alone.
+#[tokio::test]
+async fn the_sweeper_releases_expired_holds() {
+    let clock = TestClock::default();
+    clock
+        .0
+        .store(1_800_000_000_000, std::sync::atomic::Ordering::SeqCst);
+    let shop = Shop::new(
+        fresh_table().await,
+        SandboxPayments::default(),
+        clock.clone(),
+        ShopConfig::default(),
+    );
+    let admin = caller("admin-1", Role::Admin);
+    let alice = caller("alice", Role::Customer);
+    let sku = Sku::parse("MUG").unwrap();
+    let price = Money::new(500, Currency::parse("EUR").unwrap()).unwrap();
+    shop.create_product(
+        &admin,
+        None,
+        NewProduct {
+            sku: sku.clone(),
+            name: ProductName::parse("Mug").unwrap(),
+            price,
+        },
+    )
+    .await
+    .unwrap();
+    shop.set_stock(
+        &admin,
+        &sku,
+        StockLevel {
+            on_hand: 10,
+            low_stock_threshold: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let hold = |quantity, ttl_seconds| NewReservation {
+        lines: vec![Line {
+            sku: sku.clone(),
+            quantity: Quantity::new(quantity).unwrap(),
+        }],
+        ttl_seconds,
+    };
+    let short = shop
+        .create_reservation(&alice, None, hold(3, 60))
+        .await
+        .unwrap();
+    shop.create_reservation(&alice, None, hold(2, 3600))
+        .await
+        .unwrap();
+    assert_eq!(shop.inventory(&admin, &sku).await.unwrap().reserved, 5);
+
+    assert_eq!(
+        shop.expire_reservations(100).await.unwrap(),
+        0,
+        "nothing is due yet"
+    );
+    clock
+        .0
+        .fetch_add(61_000, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(shop.expire_reservations(100).await.unwrap(), 1);
+    assert_eq!(
+        shop.expire_reservations(100).await.unwrap(),
+        0,
+        "an expired hold is released once"
+    );
+
+    let id = commerce_domain::ReservationId::parse(short.body["id"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        shop.reservation(&alice, &id).await.unwrap().status,
+        commerce_domain::ReservationStatus::Expired
+    );
+    let stock = shop.inventory(&admin, &sku).await.unwrap();
+    assert_eq!((stock.on_hand, stock.reserved, stock.available), (10, 2, 8));
 }

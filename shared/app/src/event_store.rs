@@ -250,6 +250,11 @@ impl Changes {
         self.purposes.push(purpose);
     }
 
+    #[cfg(test)]
+    pub(crate) fn into_writes(self) -> Vec<Write> {
+        self.writes
+    }
+
     /// Keeps `lock` until this command's commit is done (or the changes are dropped).
     pub fn keep_lock(&mut self, lock: tokio::sync::OwnedMutexGuard<()>) {
         self.locks.push(lock);

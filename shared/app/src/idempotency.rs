@@ -154,3 +154,63 @@ pub fn abandon(changes: &mut Changes, key: &IdempotencyKey) {
         },
     );
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Write;
+
+    fn key(body: &[u8]) -> IdempotencyKey {
+        let tenant = TenantId::parse("acme").unwrap();
+        let caller = CustomerId::parse("alice").unwrap();
+        IdempotencyKey::new(&tenant, &caller, "k1", "POST", "/v1/orders", body).unwrap()
+    }
+
+    fn written(changes: Changes) -> Vec<Write> {
+        changes.into_writes()
+    }
+
+    #[test]
+    fn answers_are_kept_at_least_a_day_and_claims_only_a_lease() {
+        let mut changes = Changes::new();
+        claim(&mut changes, &key(b"{}"), 1_000).unwrap();
+        complete(
+            &mut changes,
+            &key(b"{}"),
+            StoredResponse {
+                status: 201,
+                body: serde_json::json!({}),
+            },
+            true,
+            1_000,
+        )
+        .unwrap();
+        let expiries: Vec<_> = written(changes)
+            .into_iter()
+            .map(|w| match w {
+                Write::Put { item, .. } => item.expires_at.unwrap() - 1_000,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(expiries, vec![LEASE_SECONDS, KEEP_SECONDS]);
+        const { assert!(KEEP_SECONDS >= 24 * 60 * 60) };
+    }
+
+    #[test]
+    fn the_fingerprint_covers_the_body() {
+        assert_eq!(key(b"{\"a\":1}").fingerprint, key(b"{\"a\":1}").fingerprint);
+        assert_ne!(key(b"{\"a\":1}").fingerprint, key(b"{\"a\":2}").fingerprint);
+    }
+
+    #[test]
+    fn keys_must_be_short_visible_ascii() {
+        let tenant = TenantId::parse("acme").unwrap();
+        let caller = CustomerId::parse("alice").unwrap();
+        for bad in ["", "has space", &"k".repeat(256)] {
+            assert!(
+                IdempotencyKey::new(&tenant, &caller, bad, "POST", "/", b"").is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+}
