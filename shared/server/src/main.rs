@@ -183,11 +183,20 @@ fn secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
                 uuid::Uuid::new_v4().simple(),
                 uuid::Uuid::new_v4().simple()
             );
-            std::fs::write(&path, &secret)
+            write_private(&path, secret.as_bytes())
                 .with_context(|| format!("cannot write {}", path.display()))?;
             Ok(secret.into_bytes())
         }
     }
+}
+
+/// Writes a file only its owner can read: it holds the key that signs tokens.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options.open(path)?.write_all(bytes)
 }
 
 async fn shutdown() {
