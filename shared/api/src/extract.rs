@@ -126,6 +126,7 @@ fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<
 #[serde(deny_unknown_fields)]
 pub struct Listing {
     /// `next_cursor` of the previous page.
+    #[param(min_length = 1, max_length = 200)]
     pub cursor: Option<String>,
     /// Page size, 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]

@@ -15,7 +15,11 @@ use crate::routes;
 #[into_params(parameter_in = Header)]
 pub struct IdempotencyKeyHeader {
     /// Unique per intended action; the same key and body replay the first answer (kept 24 hours).
-    #[param(rename = "Idempotency-Key", required = true, max_length = 255)]
+    #[param(
+        rename = "Idempotency-Key",
+        required = true,
+        pattern = "^[!-~]{1,255}$"
+    )]
     #[allow(dead_code)]
     idempotency_key: String,
 }
@@ -70,15 +74,44 @@ impl Modify for BearerAuth {
 #[derive(Debug)]
 pub struct ApiDoc;
 
+/// The document, with the 401 every operation that needs a token can answer.
+pub fn spec() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    let unauthorized = utoipa::openapi::ResponseBuilder::new()
+        .description("No valid bearer token")
+        .content(
+            "application/problem+json",
+            utoipa::openapi::ContentBuilder::new()
+                .schema(Some(utoipa::openapi::Ref::from_schema_name("Problem")))
+                .build(),
+        )
+        .build();
+    for item in doc.paths.paths.values_mut() {
+        for operation in [&mut item.get, &mut item.put, &mut item.post]
+            .into_iter()
+            .flatten()
+        {
+            let public = operation
+                .security
+                .as_ref()
+                .is_some_and(|s| s.iter().all(|r| *r == Default::default()));
+            if !public {
+                operation
+                    .responses
+                    .responses
+                    .entry("401".into())
+                    .or_insert_with(|| unauthorized.clone().into());
+            }
+        }
+    }
+    doc
+}
+
 /// Serves the document, rendered once.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations", security(()), responses((status = 200, description = "This document")))]
 pub async fn document() -> Response {
     static DOCUMENT: OnceLock<Vec<u8>> = OnceLock::new();
-    let body = DOCUMENT.get_or_init(|| {
-        ApiDoc::openapi()
-            .to_json()
-            .map(String::into_bytes)
-            .unwrap_or_default()
-    });
+    let body =
+        DOCUMENT.get_or_init(|| spec().to_json().map(String::into_bytes).unwrap_or_default());
     ([(header::CONTENT_TYPE, "application/json")], body.clone()).into_response()
 }

@@ -167,7 +167,7 @@ async fn receive_stock<T: Table, P: PaymentGateway, C: Clock>(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/inventory/low-stock", tag = "inventory", params(Listing), responses((status = 200, description = "SKUs whose available stock is below their threshold", body = ListPage<InventoryView>), (status = 403, description = "Customers do not read stock", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/inventory/low-stock", tag = "inventory", params(Listing), responses((status = 200, description = "SKUs whose available stock is below their threshold", body = ListPage<InventoryView>), (status = 400, description = "Bad paging parameters", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Customers do not read stock", body = Problem, content_type = "application/problem+json")))]
 async fn low_stock<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Authenticated(caller): Authenticated,
@@ -204,7 +204,7 @@ async fn get_reservation<T: Table, P: PaymentGateway, C: Clock>(
         .await?))
 }
 
-#[utoipa::path(post, path = "/v1/reservations/{id}/release", tag = "reservations", params(("id" = String, Path), IdempotencyKeyHeader), responses((status = 200, description = "Released; the stock is available again", body = ReservationView), (status = 404, description = "No such reservation for this caller", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Not held any more", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/reservations/{id}/release", tag = "reservations", params(("id" = String, Path), IdempotencyKeyHeader), responses((status = 200, description = "Released; the stock is available again", body = ReservationView), (status = 400, description = "Missing Idempotency-Key", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Only customers release their holds", body = Problem, content_type = "application/problem+json"), (status = 422, description = "A body other than none or {}", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such reservation for this caller", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Not held any more", body = Problem, content_type = "application/problem+json")))]
 async fn release_reservation<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Path(raw): Path<String>,
@@ -216,7 +216,7 @@ async fn release_reservation<T: Table, P: PaymentGateway, C: Clock>(
     ))
 }
 
-#[utoipa::path(post, path = "/v1/orders", tag = "orders", params(IdempotencyKeyHeader), request_body = PlaceOrder, responses((status = 201, description = "Placed: stock held and payment authorized", body = OrderView), (status = 402, description = "Payment declined; the stock was released", body = Problem, content_type = "application/problem+json"), (status = 400, description = "Malformed request or missing Idempotency-Key", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller's role may not do this", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Out of stock, or the key is in use", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Payment provider unavailable; retry with the same key", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(post, path = "/v1/orders", tag = "orders", params(IdempotencyKeyHeader), request_body = PlaceOrder, responses((status = 201, description = "Placed: stock held and payment authorized", body = OrderView), (status = 402, description = "Payment declined; the stock was released", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such reservation for this caller", body = Problem, content_type = "application/problem+json"), (status = 400, description = "Malformed request or missing Idempotency-Key", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller's role may not do this", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Out of stock, or the key is in use", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Payment provider unavailable; retry with the same key", body = Problem, content_type = "application/problem+json")))]
 async fn place_order<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     command: Command<PlaceOrder>,
@@ -227,7 +227,7 @@ async fn place_order<T: Table, P: PaymentGateway, C: Clock>(
     ))
 }
 
-#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(Listing), responses((status = 200, description = "The caller's orders, newest first (operators: the shop's)", body = ListPage<OrderSummary>), (status = 403, description = "Admins do not read orders", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/v1/orders", tag = "orders", params(Listing), responses((status = 200, description = "The caller's orders, newest first (operators: the shop's)", body = ListPage<OrderSummary>), (status = 400, description = "Bad paging parameters", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Admins do not read orders", body = Problem, content_type = "application/problem+json")))]
 async fn list_orders<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Authenticated(caller): Authenticated,

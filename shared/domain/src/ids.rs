@@ -27,12 +27,12 @@ fn check(
 }
 
 macro_rules! string_id {
-    ($(#[$doc:meta])* $name:ident, $field:literal, $max:literal, $ok:expr) => {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:literal, $pattern:tt, $ok:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
         #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-        #[cfg_attr(feature = "openapi", schema(value_type = String))]
+        #[cfg_attr(feature = "openapi", schema(value_type = String, pattern = $pattern))]
         pub struct $name(String);
 
         impl $name {
@@ -76,23 +76,23 @@ fn id_char(c: char) -> bool {
 string_id!(
     /// A stock-keeping unit: upper-case letters, digits, `.`, `_` and `-`, as SKUs are printed on
     /// labels. Upper case only, so path words such as `low-stock` can never be a SKU.
-    Sku, "sku", 64, |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
+    Sku, "sku", 64, "^[A-Z0-9._-]{1,64}$", |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
 );
 string_id!(
     /// The shop a caller belongs to; every key in the store starts with it.
-    TenantId, "tenant", 64, id_char
+    TenantId, "tenant", 64, "^[A-Za-z0-9._-]{1,64}$", id_char
 );
 string_id!(
     /// The customer, as the identity provider's subject. Pseudonymous: no contact data.
-    CustomerId, "customer", 128, |c: char| c.is_ascii_graphic() && c != '#'
+    CustomerId, "customer", 128, "^[!-\"$-~]{1,128}$", |c: char| c.is_ascii_graphic() && c != '#'
 );
 string_id!(
     /// An order, chosen by the server (time-ordered, so listing by id lists by age).
-    OrderId, "order id", 64, id_char
+    OrderId, "order id", 64, "^[A-Za-z0-9._-]{1,64}$", id_char
 );
 string_id!(
     /// A reservation (a hold on stock for a cart), chosen by the server.
-    ReservationId, "reservation id", 64, id_char
+    ReservationId, "reservation id", 64, "^[A-Za-z0-9._-]{1,64}$", id_char
 );
 
 #[cfg(test)]

@@ -2,6 +2,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Aggregate, DomainError, Quantity, ReservationId, Sku};
 
+/// Most units one SKU may count, so every figure stays exact in JSON (below 2^53) and no sum
+/// can overflow.
+pub const MAX_STOCK: u64 = 1_000_000_000_000;
+
 /// Stock of one SKU. `on_hand` is what is physically there; `reserved` is promised to carts and
 /// unshipped orders; `available` is what can still be sold. `on_hand = available + reserved`
 /// holds after every event, and none of them can go negative.
@@ -58,6 +62,9 @@ impl Inventory {
         on_hand: u64,
         low_stock_threshold: u64,
     ) -> Result<Vec<InventoryEvent>, DomainError> {
+        if on_hand > MAX_STOCK || low_stock_threshold > MAX_STOCK {
+            return Err(DomainError::QuantityOverflow);
+        }
         if on_hand < self.reserved {
             return Err(DomainError::BelowReserved {
                 on_hand,
@@ -76,9 +83,9 @@ impl Inventory {
     }
 
     pub fn receive(&self, quantity: Quantity) -> Result<Vec<InventoryEvent>, DomainError> {
-        self.on_hand
-            .checked_add(u64::from(quantity.get()))
-            .ok_or(DomainError::QuantityOverflow)?;
+        if self.on_hand + u64::from(quantity.get()) > MAX_STOCK {
+            return Err(DomainError::QuantityOverflow);
+        }
         Ok(
             self.with_low_stock_check(vec![InventoryEvent::StockReceived {
                 quantity: quantity.get(),
@@ -256,6 +263,23 @@ mod tests {
                 on_hand: 3,
                 reserved: 4
             })
+        );
+    }
+
+    #[test]
+    fn stock_figures_are_bounded() {
+        let stock = given(vec![InventoryEvent::StockLevelSet {
+            on_hand: MAX_STOCK,
+            low_stock_threshold: 0,
+        }]);
+        assert_eq!(stock.receive(qty(1)), Err(DomainError::QuantityOverflow));
+        assert_eq!(
+            Inventory::default().set_level(MAX_STOCK + 1, 0),
+            Err(DomainError::QuantityOverflow)
+        );
+        assert_eq!(
+            Inventory::default().set_level(1, MAX_STOCK + 1),
+            Err(DomainError::QuantityOverflow)
         );
     }
 

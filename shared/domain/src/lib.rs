@@ -15,8 +15,8 @@ mod reservation;
 
 pub use error::DomainError;
 pub use ids::{CustomerId, OrderId, ReservationId, Sku, TenantId};
-pub use inventory::{Inventory, InventoryEvent};
-pub use money::{Currency, Money};
+pub use inventory::{Inventory, InventoryEvent, MAX_STOCK};
+pub use money::{Currency, MAX_AMOUNT_MINOR, Money};
 pub use order::{Order, OrderEvent, OrderLine, OrderStatus, PaymentAuthorization, PlacedOrder};
 pub use product::{Product, ProductDetails, ProductEvent, ProductName};
 pub use reservation::{

@@ -10,7 +10,7 @@ use crate::DomainError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-#[cfg_attr(feature = "openapi", schema(value_type = String, example = "EUR"))]
+#[cfg_attr(feature = "openapi", schema(value_type = String, pattern = "^[A-Z]{3}$", example = "EUR"))]
 pub struct Currency([u8; 3]);
 
 impl Currency {
@@ -49,11 +49,18 @@ impl fmt::Display for Currency {
     }
 }
 
+/// Largest amount a price may have: exact in JSON (below 2^53) for every client.
+pub const MAX_AMOUNT_MINOR: i64 = 999_999_999_999_999;
+
 /// A non-negative amount in the currency's minor unit (cents for EUR).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "MoneyParts")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Money {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(minimum = 0, maximum = 999_999_999_999_999_i64)
+    )]
     pub amount_minor: i64,
     pub currency: Currency,
 }
@@ -76,8 +83,11 @@ impl TryFrom<MoneyParts> for Money {
 impl Money {
     /// Prices and totals are never negative; refunds are their own events, not negative money.
     pub fn new(amount_minor: i64, currency: Currency) -> Result<Self, DomainError> {
-        if amount_minor < 0 {
-            return Err(DomainError::invalid("amount_minor", "must not be negative"));
+        if !(0..=MAX_AMOUNT_MINOR).contains(&amount_minor) {
+            return Err(DomainError::invalid(
+                "amount_minor",
+                format!("must be between 0 and {MAX_AMOUNT_MINOR}"),
+            ));
         }
         Ok(Self {
             amount_minor,
@@ -97,6 +107,7 @@ impl Money {
         let amount_minor = self
             .amount_minor
             .checked_add(other.amount_minor)
+            .filter(|sum| *sum <= MAX_AMOUNT_MINOR)
             .ok_or(DomainError::AmountOverflow)?;
         Ok(Money {
             amount_minor,
@@ -108,6 +119,7 @@ impl Money {
         let amount_minor = self
             .amount_minor
             .checked_mul(i64::from(quantity))
+            .filter(|product| *product <= MAX_AMOUNT_MINOR)
             .ok_or(DomainError::AmountOverflow)?;
         Ok(Money {
             amount_minor,
@@ -144,8 +156,11 @@ mod tests {
     }
 
     #[test]
-    fn negative_amounts_are_refused() {
-        assert!(Money::new(-1, Currency::parse("EUR").unwrap()).is_err());
+    fn amounts_are_bounded() {
+        let eur = Currency::parse("EUR").unwrap();
+        assert!(Money::new(-1, eur).is_err());
+        assert!(Money::new(MAX_AMOUNT_MINOR + 1, eur).is_err());
+        assert!(Money::new(MAX_AMOUNT_MINOR, eur).is_ok());
     }
 
     #[test]
@@ -159,14 +174,9 @@ mod tests {
 
     #[test]
     fn overflow_is_an_error_not_a_wrap() {
-        assert_eq!(
-            eur(i64::MAX).checked_add(eur(1)),
-            Err(DomainError::AmountOverflow)
-        );
-        assert_eq!(
-            eur(i64::MAX / 2 + 1).checked_mul(2),
-            Err(DomainError::AmountOverflow)
-        );
+        let max = eur(MAX_AMOUNT_MINOR);
+        assert_eq!(max.checked_add(eur(1)), Err(DomainError::AmountOverflow));
+        assert_eq!(max.checked_mul(2), Err(DomainError::AmountOverflow));
         assert_eq!(eur(250).checked_mul(3), Ok(eur(750)));
     }
 

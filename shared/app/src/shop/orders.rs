@@ -20,10 +20,15 @@ use crate::{AppError, Clock, PaymentGateway, Table};
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlaceOrder {
+    /// The basket, each SKU at most once. Give this or `reservation_id`, not both.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 20))]
     pub lines: Option<Vec<Line>>,
+    /// One of the caller's held reservations. Give this or `lines`, not both.
     #[serde(default)]
     pub reservation_id: Option<ReservationId>,
+    /// The payment method, as the payment provider's token.
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 255))]
     pub payment_token: String,
     #[serde(default)]
     pub contact: Option<Contact>,

@@ -14,8 +14,12 @@ use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewReservation {
+    /// Each SKU at most once.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 20))]
     pub lines: Vec<Line>,
+    /// How long the stock is held (default 900).
     #[serde(default = "default_ttl")]
+    #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86400))]
     pub ttl_seconds: u32,
 }
 

@@ -11,8 +11,12 @@ use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StockLevel {
+    /// Units counted on the shelf.
+    #[cfg_attr(feature = "openapi", schema(maximum = 1_000_000_000_000_u64))]
     pub on_hand: u64,
+    /// Alert when fewer units than this are available (default 0: never).
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 1_000_000_000_000_u64))]
     pub low_stock_threshold: u64,
 }
 
