@@ -32,6 +32,19 @@ pub struct Stream<A> {
     loaded_version: u64,
 }
 
+impl<A: Default> Stream<A> {
+    /// A stream for an identity the server has just minted: there is nothing to read. Should
+    /// the id be taken after all, the commit fails on the head's `Absent` condition.
+    pub fn fresh(pk: String) -> Self {
+        Self {
+            pk,
+            version: 0,
+            state: A::default(),
+            loaded_version: 0,
+        }
+    }
+}
+
 pub async fn load<A, T>(table: &T, pk: String) -> Result<Stream<A>, StoreError>
 where
     A: Aggregate + DeserializeOwned,

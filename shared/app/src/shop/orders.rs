@@ -317,8 +317,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 }
             };
             let expires_at = reservation.state.held.as_ref().map_or(0, |h| h.expires_at);
-            let mut order: Stream<Order> =
-                load(&self.table, keys::order(&caller.tenant, &order_id)).await?;
+            let mut order: Stream<Order> = Stream::fresh(keys::order(&caller.tenant, &order_id));
             let placed = order.state.place(
                 order_id.clone(),
                 caller.subject.clone(),

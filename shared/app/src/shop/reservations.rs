@@ -72,8 +72,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         lines: Vec<Line>,
         ttl_seconds: u32,
     ) -> Result<(Changes, Stream<Reservation>), AppError> {
-        let mut reservation =
-            load::<Reservation, _>(&self.table, keys::reservation(&caller.tenant, id)).await?;
+        let mut reservation = Stream::<Reservation>::fresh(keys::reservation(&caller.tenant, id));
         let events = reservation.state.hold(
             id.clone(),
             caller.subject.clone(),
