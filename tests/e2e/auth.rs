@@ -98,3 +98,117 @@ fn expired_token() -> String {
     )
     .unwrap()
 }
+
+/// Each role may do exactly what it is for: every endpoint, every role.
+#[tokio::test]
+async fn roles_allow_exactly_their_work() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 100).await;
+    let held = shop
+        .alice
+        .post(
+            "/v1/reservations",
+            &key(),
+            &serde_json::json!({"lines": [{"sku": "MUG", "quantity": 1}]}),
+        )
+        .await;
+    let reservation = held.body["id"].as_str().unwrap().to_owned();
+    let placed = shop
+        .alice
+        .post("/v1/orders", &key(), &order_body(&[("MUG", 1)], "tok_visa"))
+        .await;
+    let order = placed.body["id"].as_str().unwrap().to_owned();
+
+    let product = serde_json::json!({"sku": "CAP", "name": "Cap", "price": {"amount_minor": 1, "currency": "EUR"}});
+    let cases: Vec<(&str, String, serde_json::Value, &[&str])> = vec![
+        ("POST", "/v1/products".into(), product, &["admin"]),
+        (
+            "GET",
+            "/v1/products".into(),
+            serde_json::Value::Null,
+            &["admin", "customer", "ops"],
+        ),
+        (
+            "GET",
+            "/v1/products/MUG".into(),
+            serde_json::Value::Null,
+            &["admin", "customer", "ops"],
+        ),
+        (
+            "PUT",
+            "/v1/inventory/MUG".into(),
+            serde_json::json!({"on_hand": 100}),
+            &["admin"],
+        ),
+        (
+            "POST",
+            "/v1/inventory/MUG/receipts".into(),
+            serde_json::json!({"quantity": 1}),
+            &["admin"],
+        ),
+        (
+            "GET",
+            "/v1/inventory/MUG".into(),
+            serde_json::Value::Null,
+            &["admin", "ops"],
+        ),
+        (
+            "GET",
+            "/v1/inventory/low-stock".into(),
+            serde_json::Value::Null,
+            &["admin", "ops"],
+        ),
+        (
+            "POST",
+            "/v1/reservations".into(),
+            serde_json::json!({"lines": [{"sku": "MUG", "quantity": 1}]}),
+            &["customer"],
+        ),
+        (
+            "POST",
+            format!("/v1/reservations/{reservation}/release"),
+            serde_json::json!({}),
+            &["customer"],
+        ),
+        (
+            "POST",
+            "/v1/orders".into(),
+            order_body(&[("MUG", 1)], "tok_visa"),
+            &["customer"],
+        ),
+        (
+            "GET",
+            "/v1/orders".into(),
+            serde_json::Value::Null,
+            &["customer", "ops"],
+        ),
+        (
+            "GET",
+            format!("/v1/orders/{order}"),
+            serde_json::Value::Null,
+            &["customer", "ops"],
+        ),
+    ];
+    for (method, path, body, allowed) in &cases {
+        for role in ["admin", "customer", "ops"] {
+            // The customer is alice, who owns the reservation and the order.
+            let sub = if role == "customer" { "alice" } else { role };
+            let client = shop.server.client("acme", sub, &[role]);
+            let answer = match *method {
+                "GET" => client.get(path).await,
+                "PUT" => client.put(path, body).await,
+                _ => client.post(path, &key(), body).await,
+            };
+            let forbidden = answer.status == StatusCode::FORBIDDEN;
+            assert_eq!(
+                forbidden,
+                !allowed.contains(&role),
+                "{role} {method} {path}: {answer:?}"
+            );
+            assert!(
+                answer.status.is_success() || forbidden,
+                "{role} {method} {path} should work: {answer:?}"
+            );
+        }
+    }
+}
