@@ -40,9 +40,12 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         }
         Line::check_all(&new.lines)?;
         for line in &new.lines {
-            self.product(caller, &line.sku)
-                .await
-                .map_err(|_| AppError::UnknownSku(line.sku.to_string()))?;
+            match self.product(caller, &line.sku).await {
+                Err(AppError::NotFound(_)) => {
+                    return Err(AppError::UnknownSku(line.sku.to_string()));
+                }
+                other => other?,
+            };
         }
         let id = ReservationId::parse(uuid::Uuid::now_v7().to_string())?;
         let mut attempts = self.attempts();
