@@ -81,13 +81,22 @@ async fn read_body(headers: &HeaderMap, body: axum::body::Body) -> Result<Bytes,
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > BODY_LIMIT) {
+    if declared.is_some_and(|len| len > DRAIN_LIMIT) {
         return Err(too_large());
     }
-    axum::body::to_bytes(body, BODY_LIMIT)
+    // A body somewhat over the limit is read to its end before the 413, so the client, still
+    // sending, reads the answer instead of a reset connection.
+    let bytes = axum::body::to_bytes(body, DRAIN_LIMIT)
         .await
-        .map_err(|_| too_large())
+        .map_err(|_| too_large())?;
+    if bytes.len() > BODY_LIMIT {
+        return Err(too_large());
+    }
+    Ok(bytes)
 }
+
+/// Largest body read (and dropped) to answer 413 cleanly; larger ones are cut off at once.
+const DRAIN_LIMIT: usize = 1024 * 1024;
 
 /// Malformed JSON is 400; well-formed JSON with wrong or missing fields is 422. An empty body
 /// reads as `{}`, so commands without parameters need none.
