@@ -28,39 +28,46 @@ fn caller(sub: &str, role: Role) -> Caller {
     }
 }
 
+/// A shop on a fresh table with one product, `sku`, stocked with `on_hand` units.
+async fn stocked<C: Clock>(
+    clock: C,
+    sku: &Sku,
+    on_hand: u64,
+    low_stock_threshold: u64,
+) -> Shop<commerce_dynamodb::DynamoTable, SandboxPayments, C> {
+    let shop = Shop::new(
+        fresh_table().await,
+        SandboxPayments::default(),
+        clock,
+        ShopConfig::default(),
+    );
+    let admin = caller("admin-1", Role::Admin);
+    let price = Money::new(999, Currency::parse("EUR").unwrap()).unwrap();
+    let new = NewProduct {
+        sku: sku.clone(),
+        name: ProductName::parse("Item").unwrap(),
+        price,
+    };
+    shop.create_product(&admin, None, new).await.unwrap();
+    shop.set_stock(
+        &admin,
+        sku,
+        StockLevel {
+            on_hand,
+            low_stock_threshold,
+        },
+    )
+    .await
+    .unwrap();
+    shop
+}
+
 /// Twelve buyers, five units: five orders, the rest out of stock, on DynamoDB transactions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_orders_never_oversell() {
-    let shop = Arc::new(Shop::new(
-        fresh_table().await,
-        SandboxPayments::default(),
-        SystemClock,
-        ShopConfig::default(),
-    ));
     let admin = caller("admin-1", Role::Admin);
     let sku = Sku::parse("HOT").unwrap();
-    let price = Money::new(999, Currency::parse("EUR").unwrap()).unwrap();
-    shop.create_product(
-        &admin,
-        None,
-        NewProduct {
-            sku: sku.clone(),
-            name: ProductName::parse("Hot item").unwrap(),
-            price,
-        },
-    )
-    .await
-    .unwrap();
-    shop.set_stock(
-        &admin,
-        &sku,
-        StockLevel {
-            on_hand: 5,
-            low_stock_threshold: 2,
-        },
-    )
-    .await
-    .unwrap();
+    let shop = Arc::new(stocked(SystemClock, &sku, 5, 2).await);
 
     let mut tasks = Vec::new();
     for n in 0..12 {
@@ -215,37 +222,10 @@ async fn the_sweeper_releases_expired_holds() {
     clock
         .0
         .store(1_800_000_000_000, std::sync::atomic::Ordering::SeqCst);
-    let shop = Shop::new(
-        fresh_table().await,
-        SandboxPayments::default(),
-        clock.clone(),
-        ShopConfig::default(),
-    );
     let admin = caller("admin-1", Role::Admin);
     let alice = caller("alice", Role::Customer);
     let sku = Sku::parse("MUG").unwrap();
-    let price = Money::new(500, Currency::parse("EUR").unwrap()).unwrap();
-    shop.create_product(
-        &admin,
-        None,
-        NewProduct {
-            sku: sku.clone(),
-            name: ProductName::parse("Mug").unwrap(),
-            price,
-        },
-    )
-    .await
-    .unwrap();
-    shop.set_stock(
-        &admin,
-        &sku,
-        StockLevel {
-            on_hand: 10,
-            low_stock_threshold: 0,
-        },
-    )
-    .await
-    .unwrap();
+    let shop = stocked(clock.clone(), &sku, 10, 0).await;
     let hold = |quantity, ttl_seconds| NewReservation {
         lines: vec![Line {
             sku: sku.clone(),
