@@ -147,7 +147,7 @@ async fn set_stock<T: Table, P: PaymentGateway, C: Clock>(
     Path(raw): Path<String>,
     JsonBody(caller, level): JsonBody<StockLevel>,
 ) -> Answer {
-    Ok(ok(&shop.set_stock(&caller, &sku(&raw)?, level).await?))
+    Ok(reply(shop.set_stock(&caller, &sku(&raw)?, level).await?))
 }
 
 #[utoipa::path(post, path = "/v1/inventory/{sku}/receipts", tag = "inventory", params(("sku" = String, Path), IdempotencyKeyHeader), request_body = StockReceipt, responses((status = 200, description = "Stock after the receipt", body = InventoryView), (status = 400, description = "Malformed request or missing Idempotency-Key", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller's role may not do this", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json")))]

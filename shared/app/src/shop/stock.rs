@@ -1,4 +1,6 @@
-use commerce_domain::{Inventory, InventoryEvent, Line, Quantity, ReservationId, Sku, TenantId};
+use commerce_domain::{
+    DomainError, Inventory, InventoryEvent, Line, Quantity, ReservationId, Sku, TenantId,
+};
 use serde::Deserialize;
 
 use super::{Caller, Reply, Role, Shop};
@@ -34,30 +36,11 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         caller: &Caller,
         sku: &Sku,
         level: StockLevel,
-    ) -> Result<InventoryView, AppError> {
-        caller.require(&[Role::Admin], "change stock")?;
-        self.product(caller, sku).await?;
-        let mut attempts = self.attempts();
-        while attempts.next().await {
-            let mut changes = Changes::new();
-            self.stock_queue
-                .enter(&mut changes, &caller.tenant, std::iter::once(sku))
-                .await;
-            let mut stock = self.load_stock(&caller.tenant, sku).await?;
-            let events = stock
-                .state
-                .set_level(level.on_hand, level.low_stock_threshold)?;
-            self.append_stock(&mut changes, &caller.tenant, sku, &mut stock, events)?;
-            let view = InventoryView::new(sku.clone(), &stock.state, stock.version);
-            if self
-                .commit_with_reply(changes, None, 200, &view)
-                .await?
-                .is_some()
-            {
-                return Ok(view);
-            }
-        }
-        Err(AppError::Contention)
+    ) -> Result<Reply, AppError> {
+        self.change_stock(caller, None, sku, |stock| {
+            stock.set_level(level.on_hand, level.low_stock_threshold)
+        })
+        .await
     }
 
     pub async fn receive_stock(
@@ -66,6 +49,18 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         key: Option<&IdempotencyKey>,
         sku: &Sku,
         receipt: StockReceipt,
+    ) -> Result<Reply, AppError> {
+        self.change_stock(caller, key, sku, |stock| stock.receive(receipt.quantity))
+            .await
+    }
+
+    /// An admin's change to one SKU's stock: `decide` says what happens to the stock as it is now.
+    async fn change_stock(
+        &self,
+        caller: &Caller,
+        key: Option<&IdempotencyKey>,
+        sku: &Sku,
+        decide: impl Fn(&Inventory) -> Result<Vec<InventoryEvent>, DomainError>,
     ) -> Result<Reply, AppError> {
         caller.require(&[Role::Admin], "change stock")?;
         if let Some(reply) = self.replay(key).await? {
@@ -79,7 +74,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 .enter(&mut changes, &caller.tenant, std::iter::once(sku))
                 .await;
             let mut stock = self.load_stock(&caller.tenant, sku).await?;
-            let events = stock.state.receive(receipt.quantity)?;
+            let events = decide(&stock.state)?;
             self.append_stock(&mut changes, &caller.tenant, sku, &mut stock, events)?;
             let view = InventoryView::new(sku.clone(), &stock.state, stock.version);
             if let Some(reply) = self.commit_with_reply(changes, key, 200, &view).await? {
