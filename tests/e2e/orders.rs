@@ -157,8 +157,8 @@ async fn an_unavailable_provider_is_retried_then_surfaced() {
     assert_eq!(down.problem(), "payment-unavailable");
     assert_eq!(
         shop.levels("MUG").await,
-        (10, 1, 9),
-        "the failed order's stock is back"
+        (10, 3, 7),
+        "the basket's stock stays held for a retry with the same key"
     );
     let retry = shop
         .alice
@@ -173,6 +173,76 @@ async fn an_unavailable_provider_is_retried_then_surfaced() {
         StatusCode::SERVICE_UNAVAILABLE,
         "the key stays usable after a 503"
     );
+    assert_eq!(
+        shop.levels("MUG").await,
+        (10, 3, 7),
+        "the retry resumes the same attempt: nothing is held twice"
+    );
+}
+
+/// A client that gives up while the provider takes its time, then retries with the same key,
+/// gets the one order the first request placed.
+#[tokio::test]
+async fn a_client_that_disconnects_mid_payment_and_retries_gets_one_order() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 10).await;
+    let k = key();
+    let body = order_body(&[("MUG", 2)], "tok_slow");
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(300))
+        .build()
+        .unwrap();
+    let cut = impatient
+        .post(format!("{}/v1/orders", shop.server.base))
+        .bearer_auth(commerce_tests::token("acme", "alice", &["customer"]))
+        .header("idempotency-key", &k)
+        .json(&body)
+        .send()
+        .await;
+    assert!(cut.is_err(), "the first request was cut short: {cut:?}");
+    let retry = shop.alice.post("/v1/orders", &k, &body).await;
+    assert_eq!(retry.status, StatusCode::CREATED, "{retry:?}");
+    let listed = shop.alice.get("/v1/orders").await.body["items"].clone();
+    assert_eq!(listed.as_array().unwrap().len(), 1, "one order: {listed}");
+    assert_eq!(listed[0]["id"], retry.body["id"]);
+    assert_eq!(shop.levels("MUG").await, (10, 2, 8), "stock taken once");
+}
+
+/// The provider is down for a reservation's order: the reservation stays held, and the retry
+/// with the same key orders it once the provider is back.
+#[tokio::test]
+async fn a_reservation_outlives_a_provider_outage_and_the_retry_orders_it() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 10).await;
+    let held = shop
+        .alice
+        .post(
+            "/v1/reservations",
+            &key(),
+            &json!({"lines": [{"sku": "MUG", "quantity": 2}]}),
+        )
+        .await;
+    let id = held.body["id"].as_str().unwrap();
+    let k = key();
+    let body = json!({"reservation_id": id, "payment_token": "tok_outage"});
+    let down = shop.alice.post("/v1/orders", &k, &body).await;
+    assert_eq!(down.status, StatusCode::SERVICE_UNAVAILABLE, "{down:?}");
+    let reservation = shop.alice.get(&format!("/v1/reservations/{id}")).await;
+    assert_eq!(
+        reservation.body["status"], "held",
+        "a failure leaves the reservation held"
+    );
+    assert_eq!(shop.levels("MUG").await, (10, 2, 8));
+    let back = shop.alice.post("/v1/orders", &k, &body).await;
+    assert_eq!(back.status, StatusCode::CREATED, "{back:?}");
+    assert_eq!(back.body["reservation_id"], id);
+    assert_eq!(
+        shop.levels("MUG").await,
+        (10, 2, 8),
+        "the reservation's stock became the order's"
+    );
+    let again = shop.alice.post("/v1/orders", &k, &body).await;
+    assert_eq!(again.body, back.body);
 }
 
 #[tokio::test]

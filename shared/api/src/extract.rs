@@ -36,19 +36,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Command<T> {
             .map_err(|_| ApiError::bad_request("Idempotency-Key must be visible ASCII"))?
             .to_owned();
         let bytes = read_body(&parts.headers, body).await?;
-        let parsed = parse_json(&parts.headers, &bytes)?;
-        let key = IdempotencyKey::new(
-            &caller.tenant,
-            &caller.subject,
+        let value = parse_json(&parts.headers, &bytes)?;
+        let key = IdempotencyKey::for_request(
+            &caller,
             &key,
             parts.method.as_str(),
             parts.uri.path(),
-            &bytes,
+            &value,
         )?;
         Ok(Self {
             caller,
             key,
-            body: parsed,
+            body: typed(value)?,
         })
     }
 }
@@ -64,7 +63,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let (mut parts, body) = request.into_parts();
         let Authenticated(caller) = Authenticated::from_request_parts(&mut parts, state).await?;
         let bytes = read_body(&parts.headers, body).await?;
-        Ok(Self(caller, parse_json(&parts.headers, &bytes)?))
+        Ok(Self(caller, typed(parse_json(&parts.headers, &bytes)?)?))
     }
 }
 
@@ -98,12 +97,16 @@ async fn read_body(headers: &HeaderMap, body: axum::body::Body) -> Result<Bytes,
 /// Largest body read (and dropped) to answer 413 cleanly; larger ones are cut off at once.
 const DRAIN_LIMIT: usize = 1024 * 1024;
 
-/// Malformed JSON is 400; well-formed JSON with wrong or missing fields is 422. An empty body
-/// reads as `{}`, so commands without parameters need none.
-fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<T, ApiError> {
+/// Well-formed JSON with wrong or missing fields is 422.
+fn typed<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::new(422, "invalid-request", "Invalid request", e.to_string()))
+}
+
+/// Malformed JSON is 400. An empty body reads as `{}`, so commands without parameters need none.
+fn parse_json(headers: &HeaderMap, bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     if bytes.is_empty() {
-        return serde_json::from_slice(b"{}")
-            .map_err(|e| ApiError::new(422, "invalid-request", "Invalid request", e.to_string()));
+        return Ok(serde_json::Value::Object(serde_json::Map::new()));
     }
     let is_json = headers
         .get(header::CONTENT_TYPE)
@@ -121,12 +124,8 @@ fn parse_json<T: DeserializeOwned>(headers: &HeaderMap, bytes: &[u8]) -> Result<
             "send Content-Type: application/json",
         ));
     }
-    serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::new(422, "invalid-request", "Invalid request", e.to_string())
-        }
-        _ => ApiError::new(400, "malformed-json", "Malformed JSON", e.to_string()),
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::new(400, "malformed-json", "Malformed JSON", e.to_string()))
 }
 
 /// `?cursor=…&limit=…` on list endpoints.

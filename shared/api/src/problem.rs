@@ -45,6 +45,15 @@ impl From<AppError> for ApiError {
                 DomainError::ReservationNotHeld { .. } => {
                     Self::new(409, "reservation-not-held", "Reservation not held", detail)
                 }
+                DomainError::ReservationInCheckout => Self::new(
+                    409,
+                    "reservation-in-checkout",
+                    "Reservation in checkout",
+                    detail,
+                ),
+                DomainError::HoldLimit { .. } => {
+                    Self::new(409, "hold-limit-reached", "Hold limit reached", detail)
+                }
                 DomainError::ReservationExpired => {
                     Self::new(409, "reservation-expired", "Reservation expired", detail)
                 }

@@ -222,7 +222,7 @@ async fn place_order<T: Table, P: PaymentGateway, C: Clock>(
     command: Command<PlaceOrder>,
 ) -> Answer {
     Ok(reply(
-        shop.place_order(&command.caller, Some(&command.key), command.body)
+        shop.place_order(command.caller, Some(command.key), command.body)
             .await?,
     ))
 }

@@ -113,10 +113,46 @@ where
     Ok((version, A::rebuild(events.iter().map(|e| &e.event))))
 }
 
+/// An item that is not a stream yet must not be overwritten blindly, such as a customer's
+/// open holds: a command reads it, changes it and writes it back only if nobody did meanwhile.
+#[derive(Debug, Clone)]
+pub struct Versioned<S> {
+    pub pk: String,
+    pub sk: String,
+    /// 0 when the item does not exist yet.
+    pub version: u64,
+    pub state: S,
+}
+
+pub async fn load_versioned<S, T>(
+    table: &T,
+    pk: String,
+    sk: &str,
+) -> Result<Versioned<S>, StoreError>
+where
+    S: Default + DeserializeOwned,
+    T: Table,
+{
+    let (version, state) = match table.get(&pk, sk).await? {
+        Some(item) => (
+            item.version,
+            serde_json::from_slice(&item.data)
+                .map_err(|e| StoreError::Failure(format!("corrupt item {pk}/{sk}: {e}")))?,
+        ),
+        None => (0, S::default()),
+    };
+    Ok(Versioned {
+        pk,
+        sk: sk.to_owned(),
+        version,
+        state,
+    })
+}
+
 /// What a write in a [`Changes`] is for, so a failed condition can be told apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
-    /// A stream's head: failing means another command changed the stream first.
+    /// A stream's head or a versioned item: failing means another command changed it first.
     StreamHead,
     Event,
     /// The idempotency key's record: failing means the key was used already.
@@ -184,6 +220,7 @@ impl Changes {
                         version: stream.version,
                         data: to_json(&recorded)?,
                         expires_at: None,
+                        owner: None,
                     },
                     condition: Condition::Absent,
                 },
@@ -200,6 +237,7 @@ impl Changes {
             version: stream.version,
             data: to_json(&stream.state)?,
             expires_at: None,
+            owner: None,
         };
         if let Some(at) = self
             .writes
@@ -236,12 +274,36 @@ impl Changes {
             version: 0,
             data: to_json(data)?,
             expires_at: None,
+            owner: None,
         };
         self.push(
             Purpose::ReadModel,
             Write::Put {
                 item,
                 condition: Condition::None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Writes the item back at the next version, if it is still at the version it was read at.
+    pub fn put_versioned<S: Serialize>(&mut self, item: &Versioned<S>) -> Result<(), StoreError> {
+        let condition = match item.version {
+            0 => Condition::Absent,
+            v => Condition::VersionIs(v),
+        };
+        self.push(
+            Purpose::StreamHead,
+            Write::Put {
+                item: Item {
+                    pk: item.pk.clone(),
+                    sk: item.sk.clone(),
+                    version: item.version + 1,
+                    data: to_json(&item.state)?,
+                    expires_at: None,
+                    owner: None,
+                },
+                condition,
             },
         );
         Ok(())
@@ -261,11 +323,6 @@ impl Changes {
     pub fn push(&mut self, purpose: Purpose, write: Write) {
         self.writes.push(write);
         self.purposes.push(purpose);
-    }
-
-    #[cfg(test)]
-    pub(crate) fn into_writes(self) -> Vec<Write> {
-        self.writes
     }
 
     /// Keeps `lock` until this command's commit is done (or the changes are dropped).

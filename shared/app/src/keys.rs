@@ -41,6 +41,11 @@ pub fn customer_orders(tenant: &TenantId, customer: &CustomerId) -> String {
     format!("{tenant}#customer#{customer}#orders")
 }
 
+/// The holds one customer has open, checked against the shop's limits.
+pub fn customer_holds(tenant: &TenantId, customer: &CustomerId) -> String {
+    format!("{tenant}#customer#{customer}#holds")
+}
+
 /// All orders of a shop, for operators.
 pub fn tenant_orders(tenant: &TenantId) -> String {
     format!("{tenant}#orders")
@@ -53,6 +58,11 @@ pub fn order_contact(tenant: &TenantId, id: &OrderId) -> String {
 
 pub fn idempotency(tenant: &TenantId, customer: &CustomerId, key: &str) -> String {
     format!("{tenant}#idempotency#{customer}#{key}")
+}
+
+/// The idempotency record of a step the system takes itself (saga task, webhook delivery).
+pub fn step(tenant: &TenantId, step: &str, id: &str) -> String {
+    format!("{tenant}#step#{step}#{id}")
 }
 
 /// Holds waiting to expire, spread over a few partitions; sort key = expiry then tenant and id.

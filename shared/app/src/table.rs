@@ -16,6 +16,8 @@ pub struct Item {
     pub data: Vec<u8>,
     /// Unix seconds after which the item no longer exists.
     pub expires_at: Option<i64>,
+    /// The token of whoever holds a claim on this item, for [`Condition::OwnerIs`].
+    pub owner: Option<String>,
 }
 
 impl Item {
@@ -24,7 +26,7 @@ impl Item {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
     /// Write whatever is there.
     None,
@@ -32,6 +34,9 @@ pub enum Condition {
     Absent,
     /// The item exists with exactly this version.
     VersionIs(u64),
+    /// The item exists and its `owner` is this token: only a claim's holder gets past it.
+    /// Tokens are random and never reused, unlike versions, which anyone who read the item knows.
+    OwnerIs(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

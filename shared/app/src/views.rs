@@ -180,6 +180,18 @@ pub struct OrderSummary {
     pub placed_at: String,
 }
 
+impl From<&PlacedOrder> for OrderSummary {
+    fn from(o: &PlacedOrder) -> Self {
+        Self {
+            id: o.id.to_string(),
+            status: o.status,
+            customer: o.customer.to_string(),
+            total: o.total,
+            placed_at: timestamp(o.placed_at),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ListPage<T> {

@@ -23,6 +23,12 @@ pub enum DomainError {
     ReleaseExceedsReserved { requested: u64, reserved: u64 },
     #[error("reservation is {status:?}, not held")]
     ReservationNotHeld { status: ReservationStatus },
+    #[error(
+        "another order is paying for this reservation; retry with that order's Idempotency-Key"
+    )]
+    ReservationInCheckout,
+    #[error("hold limit reached: {limit}")]
+    HoldLimit { limit: String },
     #[error("reservation has expired")]
     ReservationExpired,
     #[error("reservation has not expired yet")]

@@ -6,6 +6,7 @@
 //! command saw.
 
 mod error;
+mod holds;
 mod ids;
 mod inventory;
 mod money;
@@ -14,13 +15,16 @@ mod product;
 mod reservation;
 
 pub use error::DomainError;
+pub use holds::{CustomerHolds, HoldLimits};
 pub use ids::{CustomerId, OrderId, ReservationId, Sku, TenantId};
 pub use inventory::{Inventory, InventoryEvent, MAX_STOCK};
 pub use money::{Currency, MAX_AMOUNT_MINOR, Money};
-pub use order::{Order, OrderEvent, OrderLine, OrderStatus, PaymentAuthorization, PlacedOrder};
+pub use order::{
+    NewOrder, Order, OrderEvent, OrderLine, OrderStatus, PaymentAuthorization, PlacedOrder,
+};
 pub use product::{Product, ProductDetails, ProductEvent, ProductName};
 pub use reservation::{
-    Held, Line, MAX_LINES, MAX_TTL_SECONDS, Quantity, Reservation, ReservationEvent,
+    Held, HoldWindow, Line, MAX_LINES, MAX_TTL_SECONDS, Quantity, Reservation, ReservationEvent,
     ReservationStatus,
 };
 

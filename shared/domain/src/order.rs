@@ -54,6 +54,19 @@ pub enum OrderEvent {
     OrderDelivered,
 }
 
+/// What an order is placed with: held stock, priced lines and the payment that covers them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    pub id: OrderId,
+    pub customer: CustomerId,
+    pub reservation: ReservationId,
+    pub lines: Vec<OrderLine>,
+    pub total: Money,
+    pub payment: PaymentAuthorization,
+    /// Unix milliseconds.
+    pub placed_at: i64,
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Order {
     pub placed: Option<PlacedOrder>,
@@ -104,17 +117,16 @@ impl Order {
         Ok((priced, total))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn place(
-        &self,
-        id: OrderId,
-        customer: CustomerId,
-        reservation: ReservationId,
-        lines: Vec<OrderLine>,
-        total: Money,
-        payment: PaymentAuthorization,
-        placed_at: i64,
-    ) -> Result<Vec<OrderEvent>, DomainError> {
+    pub fn place(&self, new: NewOrder) -> Result<Vec<OrderEvent>, DomainError> {
+        let NewOrder {
+            id,
+            customer,
+            reservation,
+            lines,
+            total,
+            payment,
+            placed_at,
+        } = new;
         if self.placed.is_some() {
             return Err(DomainError::AlreadyExists { what: "order" });
         }
@@ -229,23 +241,25 @@ mod tests {
         }
     }
 
+    fn new_order(id: &str, lines: Vec<OrderLine>, total: Money, authorized: Money) -> NewOrder {
+        NewOrder {
+            id: OrderId::parse(id).unwrap(),
+            customer: CustomerId::parse("alice").unwrap(),
+            reservation: ReservationId::parse("r1").unwrap(),
+            lines,
+            total,
+            payment: PaymentAuthorization {
+                id: format!("auth_{id}"),
+                amount: authorized,
+            },
+            placed_at: 0,
+        }
+    }
+
     fn placed() -> Order {
         let (lines, total) = Order::price(&[line("MUG", 2)], &[eur(500)]).unwrap();
         let mut order = Order::default();
-        let events = order
-            .place(
-                OrderId::parse("o1").unwrap(),
-                CustomerId::parse("alice").unwrap(),
-                ReservationId::parse("r1").unwrap(),
-                lines,
-                total,
-                PaymentAuthorization {
-                    id: "auth_1".into(),
-                    amount: total,
-                },
-                0,
-            )
-            .unwrap();
+        let events = order.place(new_order("o1", lines, total, total)).unwrap();
         order.apply_all(events);
         order
     }
@@ -296,31 +310,9 @@ mod tests {
     #[test]
     fn an_order_is_placed_once_and_for_its_total() {
         let order = placed();
-        let again = order.place(
-            OrderId::parse("o1").unwrap(),
-            CustomerId::parse("alice").unwrap(),
-            ReservationId::parse("r1").unwrap(),
-            vec![],
-            eur(1),
-            PaymentAuthorization {
-                id: "a".into(),
-                amount: eur(1),
-            },
-            0,
-        );
+        let again = order.place(new_order("o1", vec![], eur(1), eur(1)));
         assert_eq!(again, Err(DomainError::AlreadyExists { what: "order" }));
-        let short = Order::default().place(
-            OrderId::parse("o2").unwrap(),
-            CustomerId::parse("alice").unwrap(),
-            ReservationId::parse("r2").unwrap(),
-            vec![],
-            eur(100),
-            PaymentAuthorization {
-                id: "a".into(),
-                amount: eur(99),
-            },
-            0,
-        );
+        let short = Order::default().place(new_order("o2", vec![], eur(100), eur(99)));
         assert!(short.is_err());
     }
 }

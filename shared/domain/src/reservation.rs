@@ -7,8 +7,16 @@ use crate::{Aggregate, CustomerId, DomainError, OrderId, ReservationId, Sku};
 /// transaction: DynamoDB allows 100 items, and a reservation writes up to four per line (stock
 /// head, reserved event, low-stock event and index) plus a few of its own.
 pub const MAX_LINES: usize = 20;
-/// Longest hold a cart may ask for.
+/// Longest hold a cart may ask for, whatever the shop allows.
 pub const MAX_TTL_SECONDS: u32 = 24 * 60 * 60;
+
+/// When a hold starts, how long it asks for, and the longest the shop allows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HoldWindow {
+    pub now_ms: i64,
+    pub ttl_seconds: u32,
+    pub max_ttl_seconds: u32,
+}
 
 /// A positive number of units.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +101,17 @@ pub enum ReservationEvent {
         lines: Vec<Line>,
         /// Unix milliseconds.
         expires_at: i64,
+        /// Held for this order's checkout from the start (an order placed from a basket).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        checkout: Option<OrderId>,
+    },
+    /// An order began paying for the held stock; no other order may until it ends.
+    CheckoutStarted {
+        order: OrderId,
+    },
+    /// The order's payment failed; the stock stays held for the customer.
+    CheckoutEnded {
+        order: OrderId,
     },
     ReservationConfirmed {
         order: OrderId,
@@ -115,28 +134,39 @@ pub struct Held {
     pub expires_at: i64,
     pub status: ReservationStatus,
     pub order: Option<OrderId>,
+    /// The order paying for this hold right now. Its authorization, if any, must be voided
+    /// should the hold end without that order.
+    #[serde(default)]
+    pub checkout: Option<OrderId>,
 }
 
 impl Reservation {
     /// Opens the hold. The stock itself is taken by each SKU's inventory in the same transaction.
+    /// `checkout` names the order the hold is made for, if it is one.
     pub fn hold(
         &self,
         id: ReservationId,
         owner: CustomerId,
         lines: Vec<Line>,
-        now_ms: i64,
-        ttl_seconds: u32,
+        window: HoldWindow,
+        checkout: Option<OrderId>,
     ) -> Result<Vec<ReservationEvent>, DomainError> {
+        let HoldWindow {
+            now_ms,
+            ttl_seconds,
+            max_ttl_seconds,
+        } = window;
         if self.held.is_some() {
             return Err(DomainError::AlreadyExists {
                 what: "reservation",
             });
         }
         Line::check_all(&lines)?;
-        if ttl_seconds == 0 || ttl_seconds > MAX_TTL_SECONDS {
+        let longest = max_ttl_seconds.min(MAX_TTL_SECONDS);
+        if ttl_seconds == 0 || ttl_seconds > longest {
             return Err(DomainError::invalid(
                 "ttl_seconds",
-                format!("must be between 1 and {MAX_TTL_SECONDS}"),
+                format!("must be between 1 and {longest}"),
             ));
         }
         let expires_at = now_ms.saturating_add(i64::from(ttl_seconds) * 1000);
@@ -145,11 +175,41 @@ impl Reservation {
             owner,
             lines,
             expires_at,
+            checkout,
         }])
     }
 
-    /// An order takes the held stock. A hold past its expiry can no longer be confirmed, even
-    /// before the sweeper has released it.
+    /// An order starts paying for the held stock. One order at a time: a second one would
+    /// authorize the customer twice for the same goods.
+    pub fn start_checkout(
+        &self,
+        order: OrderId,
+        now_ms: i64,
+    ) -> Result<Vec<ReservationEvent>, DomainError> {
+        let held = self.held_now()?;
+        if now_ms >= held.expires_at {
+            return Err(DomainError::ReservationExpired);
+        }
+        match &held.checkout {
+            Some(other) if *other != order => Err(DomainError::ReservationInCheckout),
+            Some(_) => Ok(Vec::new()),
+            None => Ok(vec![ReservationEvent::CheckoutStarted { order }]),
+        }
+    }
+
+    /// The order's payment failed: the hold stays, free for another checkout.
+    pub fn end_checkout(&self, order: &OrderId) -> Result<Vec<ReservationEvent>, DomainError> {
+        let held = self.held_now()?;
+        match &held.checkout {
+            Some(current) if current == order => Ok(vec![ReservationEvent::CheckoutEnded {
+                order: order.clone(),
+            }]),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The order in checkout takes the held stock. A hold past its expiry can no longer be
+    /// confirmed, even before the sweeper has released it.
     pub fn confirm(
         &self,
         order: OrderId,
@@ -159,11 +219,26 @@ impl Reservation {
         if now_ms >= held.expires_at {
             return Err(DomainError::ReservationExpired);
         }
+        if held.checkout.as_ref() != Some(&order) {
+            return Err(DomainError::ReservationInCheckout);
+        }
         Ok(vec![ReservationEvent::ReservationConfirmed { order }])
     }
 
+    /// The customer lets go of the hold. Not while an order is paying for it: that order's
+    /// authorization would be left without goods.
     pub fn release(&self) -> Result<Vec<ReservationEvent>, DomainError> {
-        self.held_now()?;
+        if self.held_now()?.checkout.is_some() {
+            return Err(DomainError::ReservationInCheckout);
+        }
+        Ok(vec![ReservationEvent::ReservationReleased])
+    }
+
+    /// The order paying for this hold gives it back (its payment was declined).
+    pub fn give_back(&self, order: &OrderId) -> Result<Vec<ReservationEvent>, DomainError> {
+        if self.held_now()?.checkout.as_ref() != Some(order) {
+            return Err(DomainError::ReservationInCheckout);
+        }
         Ok(vec![ReservationEvent::ReservationReleased])
     }
 
@@ -197,6 +272,7 @@ impl Aggregate for Reservation {
                     owner,
                     lines,
                     expires_at,
+                    checkout,
                 },
                 _,
             ) => {
@@ -207,8 +283,13 @@ impl Aggregate for Reservation {
                     expires_at: *expires_at,
                     status: ReservationStatus::Held,
                     order: None,
+                    checkout: checkout.clone(),
                 });
             }
+            (ReservationEvent::CheckoutStarted { order }, Some(held)) => {
+                held.checkout = Some(order.clone());
+            }
+            (ReservationEvent::CheckoutEnded { .. }, Some(held)) => held.checkout = None,
             (ReservationEvent::ReservationConfirmed { order }, Some(held)) => {
                 held.status = ReservationStatus::Confirmed;
                 held.order = Some(order.clone());
@@ -242,8 +323,12 @@ mod tests {
                 ReservationId::parse("r1").unwrap(),
                 CustomerId::parse("alice").unwrap(),
                 vec![line("MUG", 2)],
-                1_000,
-                ttl,
+                HoldWindow {
+                    now_ms: 1_000,
+                    ttl_seconds: ttl,
+                    max_ttl_seconds: MAX_TTL_SECONDS,
+                },
+                None,
             )
             .unwrap();
         r.apply_all(events);
@@ -276,13 +361,74 @@ mod tests {
         );
     }
 
+    fn order(id: &str) -> OrderId {
+        OrderId::parse(id).unwrap()
+    }
+
     #[test]
     fn an_expired_hold_cannot_be_confirmed() {
-        let r = held(1);
+        let mut r = held(1);
+        r.apply_all(r.start_checkout(order("o1"), 1_500).unwrap());
         assert_eq!(
-            r.confirm(OrderId::parse("o1").unwrap(), 2_000),
+            r.confirm(order("o1"), 2_000),
             Err(DomainError::ReservationExpired)
         );
+        assert_eq!(
+            held(1).start_checkout(order("o1"), 2_000),
+            Err(DomainError::ReservationExpired)
+        );
+    }
+
+    #[test]
+    fn one_order_at_a_time_pays_for_a_hold() {
+        let mut r = held(60);
+        assert_eq!(
+            r.confirm(order("o1"), 1_500),
+            Err(DomainError::ReservationInCheckout),
+            "only the order in checkout confirms"
+        );
+        r.apply_all(r.start_checkout(order("o1"), 1_500).unwrap());
+        assert_eq!(
+            r.start_checkout(order("o1"), 1_500),
+            Ok(vec![]),
+            "resuming the same checkout"
+        );
+        assert_eq!(
+            r.start_checkout(order("o2"), 1_500),
+            Err(DomainError::ReservationInCheckout)
+        );
+        assert_eq!(
+            r.release(),
+            Err(DomainError::ReservationInCheckout),
+            "not released under a paying order"
+        );
+        assert!(r.give_back(&order("o2")).is_err());
+        r.apply_all(r.end_checkout(&order("o1")).unwrap());
+        assert_eq!(r.held.as_ref().unwrap().status, ReservationStatus::Held);
+        r.apply_all(r.start_checkout(order("o2"), 1_500).unwrap());
+        r.apply_all(r.confirm(order("o2"), 1_500).unwrap());
+        assert_eq!(r.held.as_ref().unwrap().order, Some(order("o2")));
+    }
+
+    #[test]
+    fn the_longest_hold_is_the_shops_to_choose() {
+        let window = |ttl_seconds| HoldWindow {
+            now_ms: 0,
+            ttl_seconds,
+            max_ttl_seconds: 600,
+        };
+        let hold = |ttl| {
+            Reservation::default().hold(
+                ReservationId::parse("r1").unwrap(),
+                CustomerId::parse("alice").unwrap(),
+                vec![line("MUG", 1)],
+                window(ttl),
+                None,
+            )
+        };
+        assert!(hold(600).is_ok());
+        assert!(hold(601).is_err());
+        assert!(hold(0).is_err());
     }
 
     #[test]
@@ -295,7 +441,7 @@ mod tests {
                 status: ReservationStatus::Released
             })
         );
-        assert!(r.confirm(OrderId::parse("o1").unwrap(), 1_500).is_err());
+        assert!(r.confirm(order("o1"), 1_500).is_err());
         assert!(r.expire(100_000).is_err());
     }
 }

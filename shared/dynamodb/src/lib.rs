@@ -1,7 +1,7 @@
 //! The table port on one DynamoDB table.
 //!
-//! Items keep the port's shape: `pk` and `sk` (the key), `v` (version), `d` (JSON data) and
-//! `ttl` (epoch seconds; the table's TTL attribute). A transaction of one write is a plain
+//! Items keep the port's shape: `pk` and `sk` (the key), `v` (version), `d` (JSON data),
+//! `ttl` (epoch seconds; the table's TTL attribute) and `o` (a claim's owner token). A transaction of one write is a plain
 //! conditional `PutItem`/`DeleteItem`; more writes go in one `TransactWriteItems`, whose
 //! cancellation reasons say which write's condition failed. Expired items that TTL has not yet
 //! deleted are filtered out and count as absent, as in the SQLite adapter.
@@ -25,6 +25,7 @@ const SK: &str = "sk";
 const VERSION: &str = "v";
 const DATA: &str = "d";
 const TTL: &str = "ttl";
+const OWNER: &str = "o";
 
 /// The shop's table in DynamoDB.
 #[derive(Debug, Clone)]
@@ -206,7 +207,7 @@ impl DynamoTable {
     async fn write_one(&self, write: &Write, now: i64) -> Result<(), StoreError> {
         match write {
             Write::Put { item, condition } => {
-                let (expression, names, values) = condition_parts(*condition, now);
+                let (expression, names, values) = condition_parts(condition, now);
                 self.client
                     .put_item()
                     .table_name(&self.table)
@@ -219,7 +220,7 @@ impl DynamoTable {
                     .map_err(single_write_failure)?;
             }
             Write::Delete { pk, sk, condition } => {
-                let (expression, names, values) = condition_parts(*condition, now);
+                let (expression, names, values) = condition_parts(condition, now);
                 self.client
                     .delete_item()
                     .table_name(&self.table)
@@ -275,7 +276,7 @@ type Names = Option<HashMap<String, String>>;
 type Values = Option<HashMap<String, AttributeValue>>;
 
 /// The port's condition as a DynamoDB condition expression. An expired item counts as absent.
-fn condition_parts(condition: Condition, now: i64) -> (Option<String>, Names, Values) {
+fn condition_parts(condition: &Condition, now: i64) -> (Option<String>, Names, Values) {
     let now = AttributeValue::N(now.to_string());
     match condition {
         Condition::None => (None, None, None),
@@ -298,13 +299,24 @@ fn condition_parts(condition: Condition, now: i64) -> (Option<String>, Names, Va
                 (":now".into(), now),
             ])),
         ),
+        Condition::OwnerIs(token) => (
+            Some("#o = :o AND (attribute_not_exists(#ttl) OR #ttl > :now)".into()),
+            Some(HashMap::from([
+                ("#o".into(), OWNER.into()),
+                ("#ttl".into(), TTL.into()),
+            ])),
+            Some(HashMap::from([
+                (":o".into(), AttributeValue::S(token.clone())),
+                (":now".into(), now),
+            ])),
+        ),
     }
 }
 
 fn transact_item(table: &str, write: &Write, now: i64) -> Result<TransactWriteItem, StoreError> {
     Ok(match write {
         Write::Put { item, condition } => {
-            let (expression, names, values) = condition_parts(*condition, now);
+            let (expression, names, values) = condition_parts(condition, now);
             let put = Put::builder()
                 .table_name(table)
                 .set_item(Some(to_attributes(item)?))
@@ -316,7 +328,7 @@ fn transact_item(table: &str, write: &Write, now: i64) -> Result<TransactWriteIt
             TransactWriteItem::builder().put(put).build()
         }
         Write::Delete { pk, sk, condition } => {
-            let (expression, names, values) = condition_parts(*condition, now);
+            let (expression, names, values) = condition_parts(condition, now);
             let delete = Delete::builder()
                 .table_name(table)
                 .set_key(Some(key(pk, sk)))
@@ -328,7 +340,7 @@ fn transact_item(table: &str, write: &Write, now: i64) -> Result<TransactWriteIt
             TransactWriteItem::builder().delete(delete).build()
         }
         Write::Check { pk, sk, condition } => {
-            let (expression, names, values) = condition_parts(*condition, now);
+            let (expression, names, values) = condition_parts(condition, now);
             // DynamoDB needs an expression; "no condition" checks nothing, so any item passes.
             let expression = expression
                 .unwrap_or_else(|| "attribute_exists(#pk) OR attribute_not_exists(#pk)".into());
@@ -362,6 +374,9 @@ fn to_attributes(item: &Item) -> Result<HashMap<String, AttributeValue>, StoreEr
     if let Some(at) = item.expires_at {
         attributes.insert(TTL.into(), AttributeValue::N(at.to_string()));
     }
+    if let Some(owner) = &item.owner {
+        attributes.insert(OWNER.into(), AttributeValue::S(owner.clone()));
+    }
     Ok(attributes)
 }
 
@@ -386,12 +401,17 @@ fn from_attributes(mut attributes: HashMap<String, AttributeValue>) -> Result<It
         }
     };
     let version = number(attributes.remove(VERSION))?.unwrap_or(0);
+    let owner = match attributes.remove(OWNER) {
+        Some(AttributeValue::S(owner)) => Some(owner),
+        _ => None,
+    };
     Ok(Item {
         pk,
         sk,
         version: u64::try_from(version).unwrap_or(0),
         data: data.into_bytes(),
         expires_at: number(attributes.remove(TTL))?,
+        owner,
     })
 }
 

@@ -10,6 +10,7 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use commerce_api::{Auth, VerifiedClaims, parse_roles, router};
+use commerce_app::shop::SweepSummary;
 use commerce_app::{SandboxPayments, Shop, ShopConfig, SystemClock};
 use commerce_dynamodb::DynamoTable;
 use lambda_http::request::RequestContext;
@@ -103,17 +104,19 @@ pub async fn run_sweeper() -> Result<(), Error> {
     lambda_http::lambda_runtime::run(service_fn(move |_tick: LambdaEvent<serde_json::Value>| {
         let shop = shop.clone();
         async move {
-            let mut total = 0;
-            // Keep going while full batches come back, within one invocation.
+            let mut total = SweepSummary::default();
+            // Keep going while full batches of due holds come back, within one invocation.
             loop {
-                let expired = shop.expire_reservations(100).await?;
-                total += expired;
-                if expired == 0 {
+                let pass = shop.sweep(100).await;
+                total.expired += pass.expired;
+                total.voided += pass.voided;
+                total.failed += pass.failed;
+                if !pass.more || pass.expired == 0 {
                     break;
                 }
             }
-            tracing::info!(expired = total, "sweep done");
-            Ok::<_, Error>(serde_json::json!({ "expired": total }))
+            tracing::info!(?total, "sweep done");
+            Ok::<_, Error>(serde_json::to_value(total)?)
         }
     }))
     .await

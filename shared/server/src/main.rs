@@ -13,6 +13,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
 use commerce_api::{Auth, router};
+use commerce_app::shop::SweepSummary;
 use commerce_app::{SandboxPayments, Shop, ShopConfig, SystemClock};
 use commerce_sqlite::SqliteTable;
 
@@ -157,10 +158,9 @@ async fn sweep(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        match shop.expire_reservations(100).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(expired = n, "released expired reservations"),
-            Err(e) => tracing::error!(error = %e, "sweeping reservations failed"),
+        let summary = shop.sweep(100).await;
+        if summary != SweepSummary::default() {
+            tracing::info!(?summary, "swept expired holds");
         }
         if let Err(e) = table.purge_expired().await {
             tracing::error!(error = %e, "purging expired items failed");

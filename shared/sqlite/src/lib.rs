@@ -22,12 +22,29 @@ use tokio::sync::oneshot;
 const MAX_BATCH: usize = 512;
 /// Expired items deleted per writer job.
 const PURGE_CHUNK: usize = 500;
-/// How often the WAL is copied back into the database file.
+/// How often the WAL is copied back into the database file, off the write path.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+/// Once the WAL holds this many bytes, the writer restarts it between two batches. Passive
+/// checkpoints alone never restart a WAL that readers keep using, so under sustained load it
+/// would grow without bound.
+const WAL_BOUND_BYTES: i64 = 16 * 1024 * 1024;
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 /// Above any key the shop writes: the upper bound of an unbounded range.
 const TOP: &str = "\u{10FFFF}";
+
+/// macOS only makes a write durable with `F_FULLFSYNC`; elsewhere `fsync` is enough.
+#[cfg(target_os = "macos")]
+const FULLFSYNC: &str = "PRAGMA fullfsync = ON; PRAGMA checkpoint_fullfsync = ON;";
+#[cfg(not(target_os = "macos"))]
+const FULLFSYNC: &str = "";
+
+/// Bounds on what the store may use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Limits {
+    /// Largest the database file may grow; a write past it fails as on a full disk.
+    pub max_size_bytes: Option<u64>,
+}
 
 /// What the writer thread is asked to do, and where to send the outcome (rows affected).
 struct Job {
@@ -39,6 +56,9 @@ enum Work {
     Writes(Vec<Write>),
     /// Deletes up to this many expired items.
     PurgeExpired(usize),
+    /// Aborts the batch's transaction, as SQLite does on some disk-full and I/O errors.
+    #[cfg(test)]
+    AbortTransaction,
 }
 
 #[derive(Clone)]
@@ -64,30 +84,49 @@ impl std::fmt::Debug for SqliteTable {
 impl SqliteTable {
     /// Opens (creating if needed) the table in the file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(path, Limits::default())
+    }
+
+    /// Opens the table with explicit limits (a size cap stands in for a full disk in tests).
+    pub fn open_with(path: impl AsRef<Path>, limits: Limits) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let writer = Connection::open(&path).map_err(failure)?;
         writer
-            .execute_batch(
+            .execute_batch(&format!(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA busy_timeout = 5000;
                  PRAGMA mmap_size = 1073741824;
                  PRAGMA wal_autocheckpoint = 0;
+                 PRAGMA journal_size_limit = {WAL_BOUND_BYTES};
+                 {FULLFSYNC}
                  CREATE TABLE IF NOT EXISTS items (
                      pk TEXT NOT NULL,
                      sk TEXT NOT NULL,
                      version INTEGER NOT NULL,
                      data BLOB NOT NULL,
                      expires_at INTEGER,
+                     owner TEXT,
                      PRIMARY KEY (pk, sk)
                  );
-                 CREATE INDEX IF NOT EXISTS items_expiry ON items (expires_at) WHERE expires_at IS NOT NULL;",
-            )
+                 CREATE INDEX IF NOT EXISTS items_expiry ON items (expires_at) WHERE expires_at IS NOT NULL;"
+            ))
             .map_err(failure)?;
+        add_owner_column(&writer)?;
+        if let Some(bytes) = limits.max_size_bytes {
+            let page_size: i64 = writer
+                .query_row("PRAGMA page_size", [], |row| row.get(0))
+                .map_err(failure)?;
+            let pages = i64::try_from(bytes).unwrap_or(i64::MAX) / page_size.max(1);
+            writer
+                .query_row(&format!("PRAGMA max_page_count = {pages}"), [], |_| Ok(()))
+                .map_err(failure)?;
+        }
+        let wal = Writer::new(writer)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || write_loop(writer, queue))
+            .spawn(move || write_loop(wal, queue))
             .map_err(|e| StoreError::Failure(format!("cannot start the writer thread: {e}")))?;
         let checkpointer = Connection::open(&path).map_err(failure)?;
         configure_reader(&checkpointer)?;
@@ -161,7 +200,7 @@ impl SqliteTable {
 impl Table for SqliteTable {
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
         self.read(|c| {
-            c.prepare_cached("SELECT pk, sk, version, data, expires_at FROM items WHERE pk = ?1 AND sk = ?2 AND (expires_at IS NULL OR expires_at > ?3)")?
+            c.prepare_cached("SELECT pk, sk, version, data, expires_at, owner FROM items WHERE pk = ?1 AND sk = ?2 AND (expires_at IS NULL OR expires_at > ?3)")?
                 .query_row(params![pk, sk, now_seconds()], row_to_item)
                 .optional()
         })
@@ -176,9 +215,9 @@ impl Table for SqliteTable {
         let fetch = i64::try_from(q.limit.saturating_add(1)).unwrap_or(i64::MAX);
         let mut items = self.read(|c| {
             let (sql, after) = if q.descending {
-                ("SELECT pk, sk, version, data, expires_at FROM items WHERE pk = ?1 AND sk >= ?2 AND sk < ?3 AND sk < ?4 AND (expires_at IS NULL OR expires_at > ?5) ORDER BY sk DESC LIMIT ?6", q.after.unwrap_or(&upper))
+                ("SELECT pk, sk, version, data, expires_at, owner FROM items WHERE pk = ?1 AND sk >= ?2 AND sk < ?3 AND sk < ?4 AND (expires_at IS NULL OR expires_at > ?5) ORDER BY sk DESC LIMIT ?6", q.after.unwrap_or(&upper))
             } else {
-                ("SELECT pk, sk, version, data, expires_at FROM items WHERE pk = ?1 AND sk >= ?2 AND sk < ?3 AND sk > ?4 AND (expires_at IS NULL OR expires_at > ?5) ORDER BY sk ASC LIMIT ?6", q.after.unwrap_or(""))
+                ("SELECT pk, sk, version, data, expires_at, owner FROM items WHERE pk = ?1 AND sk >= ?2 AND sk < ?3 AND sk > ?4 AND (expires_at IS NULL OR expires_at > ?5) ORDER BY sk ASC LIMIT ?6", q.after.unwrap_or(""))
             };
             c.prepare_cached(sql)?.query_map(params![q.pk, q.prefix, upper, after, now_seconds(), fetch], row_to_item)?.collect::<rusqlite::Result<Vec<_>>>()
         })?;
@@ -199,6 +238,23 @@ impl Table for SqliteTable {
     async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())))
     }
+}
+
+/// Files from before claims had owners gain the column.
+fn add_owner_column(conn: &Connection) -> Result<(), StoreError> {
+    let has_owner: bool = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('items') WHERE name = 'owner'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(failure)?;
+    if !has_owner {
+        conn.execute_batch("ALTER TABLE items ADD COLUMN owner TEXT")
+            .map_err(failure)?;
+    }
+    Ok(())
 }
 
 fn configure_reader(conn: &Connection) -> Result<(), StoreError> {
@@ -230,6 +286,7 @@ fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         version: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
         data: row.get(3)?,
         expires_at: row.get(4)?,
+        owner: row.get(5)?,
     })
 }
 
@@ -242,8 +299,60 @@ fn failure(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// The write connection and what it knows of its WAL.
+struct Writer {
+    conn: Connection,
+    /// Frames in the WAL after the last commit, as SQLite's WAL hook reports them.
+    wal_frames: Arc<std::sync::atomic::AtomicI64>,
+    page_size: i64,
+}
+
+impl Writer {
+    fn new(mut conn: Connection) -> Result<Self, StoreError> {
+        let wal_frames = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let seen = wal_frames.clone();
+        conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, frames: i32| {
+            seen.store(i64::from(frames), std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }))
+        .map_err(failure)?;
+        let page_size = conn
+            .query_row("PRAGMA page_size", [], |row| row.get(0))
+            .map_err(failure)?;
+        Ok(Self {
+            conn,
+            wal_frames,
+            page_size,
+        })
+    }
+
+    /// Restarts the WAL once it passes its bound, so the next commits write from its start.
+    /// This waits (within the busy timeout) for readers still using the old frames; the
+    /// passive checkpoints in the background have usually copied them already.
+    fn bound_wal(&mut self) {
+        let bytes = self
+            .wal_frames
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_mul(self.page_size);
+        if bytes < WAL_BOUND_BYTES {
+            return;
+        }
+        match self
+            .conn
+            .wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::RESTART)
+        {
+            Ok(_) => self
+                .wal_frames
+                .store(0, std::sync::atomic::Ordering::Relaxed),
+            Err(e) => {
+                tracing::warn!(error = %e, wal_bytes = bytes, "WAL restart failed; will retry")
+            }
+        }
+    }
+}
+
 /// The writer thread: takes every waiting transaction and commits them together.
-fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Job>) {
+fn write_loop(mut writer: Writer, queue: mpsc::Receiver<Job>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -252,48 +361,68 @@ fn write_loop(mut conn: Connection, queue: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let results = commit_batch(&mut conn, &batch);
+        let results = commit_batch(&mut writer.conn, &batch);
         for (job, result) in batch.into_iter().zip(results) {
             // The caller may have gone away (request cancelled); its writes stand either way.
             let _ = job.done.send(result);
         }
+        writer.bound_wal();
     }
 }
 
+/// Runs every job in its own savepoint inside one transaction and commits them together. A
+/// failed condition rolls back only its job. An error that aborts the whole transaction
+/// (SQLITE_FULL, an I/O error) fails every job of the batch, those already run included,
+/// and the rest are not run: they would otherwise run outside any transaction.
 fn commit_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<usize, StoreError>> {
-    let everyone = |e: rusqlite::Error| -> Vec<Result<usize, StoreError>> {
-        batch.iter().map(|_| Err(failure_ref(&e))).collect()
+    let everyone = |why: &str| -> Vec<Result<usize, StoreError>> {
+        batch
+            .iter()
+            .map(|_| Err(StoreError::Failure(format!("batch not committed: {why}"))))
+            .collect()
     };
     let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
         Ok(tx) => tx,
-        Err(e) => return everyone(e),
+        Err(e) => return everyone(&e.to_string()),
     };
     let now = now_seconds();
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        let outcome = match tx.savepoint() {
-            Ok(mut sp) => match &job.work {
-                Work::Writes(writes) => match apply(&mut sp, writes, now) {
-                    Ok(Ok(())) => sp.commit().map(|()| 0).map_err(failure),
-                    Ok(Err(failed)) => Err(failed),
-                    Err(e) => Err(failure(e)),
-                },
-                Work::PurgeExpired(limit) => purge(&sp, *limit, now)
-                    .and_then(|n| sp.commit().map(|()| n))
-                    .map_err(failure),
-            },
-            Err(e) => Err(failure(e)),
-        };
+        let outcome = run_job(&mut tx, &job.work, now);
+        if outcome.is_err() && tx.is_autocommit() {
+            let why = match &outcome {
+                Err(e) => e.to_string(),
+                Ok(_) => String::new(),
+            };
+            tracing::error!(error = %why, jobs = batch.len(), "a batch transaction was rolled back");
+            return everyone(&why);
+        }
         results.push(outcome);
     }
     match tx.commit() {
         Ok(()) => results,
-        Err(e) => everyone(e),
+        Err(e) => everyone(&e.to_string()),
     }
 }
 
-fn failure_ref(e: &rusqlite::Error) -> StoreError {
-    StoreError::Failure(format!("commit failed: {e}"))
+fn run_job(tx: &mut rusqlite::Transaction<'_>, work: &Work, now: i64) -> Result<usize, StoreError> {
+    let mut sp = tx.savepoint().map_err(failure)?;
+    match work {
+        Work::Writes(writes) => match apply(&mut sp, writes, now) {
+            Ok(Ok(())) => sp.commit().map(|()| 0).map_err(failure),
+            Ok(Err(failed)) => Err(failed),
+            Err(e) => Err(failure(e)),
+        },
+        Work::PurgeExpired(limit) => purge(&sp, *limit, now)
+            .and_then(|n| sp.commit().map(|()| n))
+            .map_err(failure),
+        #[cfg(test)]
+        Work::AbortTransaction => {
+            // What SQLite does on some SQLITE_FULL or I/O errors: the whole transaction is gone.
+            sp.execute_batch("ROLLBACK").map_err(failure)?;
+            Err(StoreError::Failure("transaction aborted".into()))
+        }
+    }
 }
 
 /// Runs one transaction's writes. The outer error is SQLite's; the inner one a failed condition.
@@ -304,7 +433,7 @@ fn apply(
 ) -> rusqlite::Result<Result<(), StoreError>> {
     for (index, write) in writes.iter().enumerate() {
         let held = match write {
-            Write::Put { item, condition } => put(tx, item, *condition, now)?,
+            Write::Put { item, condition } => put(tx, item, condition, now)?,
             Write::Delete { pk, sk, condition } => match condition {
                 Condition::None => {
                     tx.prepare_cached("DELETE FROM items WHERE pk = ?1 AND sk = ?2")?.execute(params![pk, sk])?;
@@ -315,9 +444,14 @@ fn apply(
                         .execute(params![pk, sk, to_i64(*v), now])?
                         == 1
                 }
-                Condition::Absent => check(tx, pk, sk, Condition::Absent, now)?,
+                Condition::OwnerIs(token) => {
+                    tx.prepare_cached("DELETE FROM items WHERE pk = ?1 AND sk = ?2 AND owner = ?3 AND (expires_at IS NULL OR expires_at > ?4)")?
+                        .execute(params![pk, sk, token, now])?
+                        == 1
+                }
+                Condition::Absent => check(tx, pk, sk, &Condition::Absent, now)?,
             },
-            Write::Check { pk, sk, condition } => check(tx, pk, sk, *condition, now)?,
+            Write::Check { pk, sk, condition } => check(tx, pk, sk, condition, now)?,
         };
         if !held {
             return Ok(Err(StoreError::ConditionFailed { index }));
@@ -337,30 +471,36 @@ fn purge(tx: &rusqlite::Savepoint<'_>, limit: usize, now: i64) -> rusqlite::Resu
 fn put(
     tx: &rusqlite::Savepoint<'_>,
     item: &Item,
-    condition: Condition,
+    condition: &Condition,
     now: i64,
 ) -> rusqlite::Result<bool> {
     let version = to_i64(item.version);
     let changed = match condition {
         Condition::None => tx
             .prepare_cached(
-                "INSERT INTO items (pk, sk, version, data, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (pk, sk) DO UPDATE SET version = excluded.version, data = excluded.data, expires_at = excluded.expires_at",
+                "INSERT INTO items (pk, sk, version, data, expires_at, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (pk, sk) DO UPDATE SET version = excluded.version, data = excluded.data, expires_at = excluded.expires_at, owner = excluded.owner",
             )?
-            .execute(params![item.pk, item.sk, version, item.data, item.expires_at])?,
+            .execute(params![item.pk, item.sk, version, item.data, item.expires_at, item.owner])?,
         Condition::Absent => tx
             .prepare_cached(
-                "INSERT INTO items (pk, sk, version, data, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (pk, sk) DO UPDATE SET version = excluded.version, data = excluded.data, expires_at = excluded.expires_at
-                 WHERE items.expires_at IS NOT NULL AND items.expires_at <= ?6",
+                "INSERT INTO items (pk, sk, version, data, expires_at, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (pk, sk) DO UPDATE SET version = excluded.version, data = excluded.data, expires_at = excluded.expires_at, owner = excluded.owner
+                 WHERE items.expires_at IS NOT NULL AND items.expires_at <= ?7",
             )?
-            .execute(params![item.pk, item.sk, version, item.data, item.expires_at, now])?,
+            .execute(params![item.pk, item.sk, version, item.data, item.expires_at, item.owner, now])?,
         Condition::VersionIs(expected) => tx
             .prepare_cached(
-                "UPDATE items SET version = ?3, data = ?4, expires_at = ?5
-                 WHERE pk = ?1 AND sk = ?2 AND version = ?6 AND (expires_at IS NULL OR expires_at > ?7)",
+                "UPDATE items SET version = ?3, data = ?4, expires_at = ?5, owner = ?6
+                 WHERE pk = ?1 AND sk = ?2 AND version = ?7 AND (expires_at IS NULL OR expires_at > ?8)",
             )?
-            .execute(params![item.pk, item.sk, version, item.data, item.expires_at, to_i64(expected), now])?,
+            .execute(params![item.pk, item.sk, version, item.data, item.expires_at, item.owner, to_i64(*expected), now])?,
+        Condition::OwnerIs(token) => tx
+            .prepare_cached(
+                "UPDATE items SET version = ?3, data = ?4, expires_at = ?5, owner = ?6
+                 WHERE pk = ?1 AND sk = ?2 AND owner = ?7 AND (expires_at IS NULL OR expires_at > ?8)",
+            )?
+            .execute(params![item.pk, item.sk, version, item.data, item.expires_at, item.owner, token, now])?,
     };
     Ok(changed == 1)
 }
@@ -369,20 +509,76 @@ fn check(
     tx: &rusqlite::Savepoint<'_>,
     pk: &str,
     sk: &str,
-    condition: Condition,
+    condition: &Condition,
     now: i64,
 ) -> rusqlite::Result<bool> {
-    let version: Option<i64> = tx
-        .prepare_cached("SELECT version FROM items WHERE pk = ?1 AND sk = ?2 AND (expires_at IS NULL OR expires_at > ?3)")?
-        .query_row(params![pk, sk, now], |row| row.get(0))
+    let found: Option<(i64, Option<String>)> = tx
+        .prepare_cached("SELECT version, owner FROM items WHERE pk = ?1 AND sk = ?2 AND (expires_at IS NULL OR expires_at > ?3)")?
+        .query_row(params![pk, sk, now], |row| Ok((row.get(0)?, row.get(1)?)))
         .optional()?;
     Ok(match condition {
         Condition::None => true,
-        Condition::Absent => version.is_none(),
-        Condition::VersionIs(v) => version == Some(to_i64(v)),
+        Condition::Absent => found.is_none(),
+        Condition::VersionIs(v) => found.is_some_and(|(version, _)| version == to_i64(*v)),
+        Condition::OwnerIs(token) => {
+            found.is_some_and(|(_, owner)| owner.as_deref() == Some(token.as_str()))
+        }
     })
 }
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn put_job(pk: &str) -> (Job, oneshot::Receiver<Result<usize, StoreError>>) {
+        let (done, result) = oneshot::channel();
+        let item = Item {
+            pk: pk.into(),
+            sk: "s".into(),
+            version: 1,
+            data: b"{}".to_vec(),
+            expires_at: None,
+            owner: None,
+        };
+        let work = Work::Writes(vec![Write::Put {
+            item,
+            condition: Condition::Absent,
+        }]);
+        (Job { work, done }, result)
+    }
+
+    #[test]
+    fn a_batch_whose_transaction_aborts_fails_every_job_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(SqliteTable::open(&path).unwrap());
+        let mut conn = Connection::open(&path).unwrap();
+        let (before, _) = put_job("before");
+        let (after, _) = put_job("after");
+        let (abort, _) = oneshot::channel();
+        let batch = [
+            before,
+            Job {
+                work: Work::AbortTransaction,
+                done: abort,
+            },
+            after,
+        ];
+        let results = commit_batch(&mut conn, &batch);
+        assert_eq!(results.len(), 3);
+        assert!(results.iter().all(Result::is_err), "{results:?}");
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM items", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(
+            rows, 0,
+            "nothing of the batch was committed, before or after"
+        );
+        assert!(conn.is_autocommit());
+    }
 }

@@ -1,8 +1,9 @@
-use commerce_domain::{Money, Product, ProductName, Sku};
+use commerce_domain::{Line, Money, Order, OrderLine, Product, ProductName, Sku};
 use serde::Deserialize;
 
 use super::{Caller, Reply, Role, Shop};
 use crate::event_store::{Changes, load};
+use crate::idempotency::Begin;
 use crate::keys;
 use crate::views::{ListPage, ProductView};
 use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
@@ -24,9 +25,10 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         new: NewProduct,
     ) -> Result<Reply, AppError> {
         caller.require(&[Role::Admin], "change the catalog")?;
-        if let Some(reply) = self.replay(key).await? {
-            return Ok(reply);
-        }
+        let mut guard = match self.begin::<()>(key).await? {
+            Begin::Replay(outcome) => return outcome.into_reply(),
+            Begin::Fresh(guard) => guard,
+        };
         let pk = keys::product(&caller.tenant, &new.sku);
         let mut attempts = self.attempts();
         while attempts.next().await {
@@ -43,7 +45,10 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 .map(ProductView::from)
                 .ok_or(AppError::NotFound("product"))?;
             changes.put_read_model(keys::catalog(&caller.tenant), new.sku.to_string(), &view)?;
-            if let Some(reply) = self.commit_with_reply(changes, key, 201, &view).await? {
+            if let Some(reply) = self
+                .commit_answer(&mut guard, key, changes, 201, &view)
+                .await?
+            {
                 return Ok(reply);
             }
         }
@@ -58,6 +63,27 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             .as_ref()
             .map(ProductView::from)
             .ok_or(AppError::NotFound("product"))
+    }
+
+    /// Each line priced from the catalog (never from the client) and the total, all in one
+    /// currency. A SKU without a product is unknown.
+    pub(super) async fn price(
+        &self,
+        caller: &Caller,
+        lines: &[Line],
+    ) -> Result<(Vec<OrderLine>, Money), AppError> {
+        let mut prices = Vec::with_capacity(lines.len());
+        for line in lines {
+            let product =
+                load::<Product, _>(&self.table, keys::product(&caller.tenant, &line.sku)).await?;
+            let price = product
+                .state
+                .details
+                .map(|d| d.price)
+                .ok_or_else(|| AppError::UnknownSku(line.sku.to_string()))?;
+            prices.push(price);
+        }
+        Ok(Order::price(lines, &prices)?)
     }
 
     /// Catalog in SKU order.

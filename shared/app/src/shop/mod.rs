@@ -4,24 +4,34 @@
 
 mod catalog;
 mod orders;
+mod placement;
 mod reservations;
 mod stock;
+mod sweep;
 
 use commerce_domain::{CustomerId, TenantId};
 use serde::Serialize;
 
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use commerce_domain::HoldLimits;
+
 use crate::AppError;
-use crate::clock::{Clock, now_seconds};
+use crate::clock::Clock;
 use crate::event_store::{Changes, CommitError};
-use crate::idempotency::{self, IdempotencyKey, Prior, StoredResponse};
+use crate::idempotency::{self, Begin, Guard, IdempotencyKey, Outcome};
 use crate::payments::PaymentGateway;
 use crate::table::{Query, StoreError, Table};
 use crate::views::ListPage;
 
+pub use crate::idempotency::Reply;
 pub use catalog::NewProduct;
-pub use orders::PlaceOrder;
+pub use placement::PlaceOrder;
 pub use reservations::NewReservation;
 pub use stock::{StockLevel, StockReceipt};
+pub use sweep::SweepSummary;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -69,29 +79,43 @@ impl Caller {
 
 #[derive(Debug, Clone)]
 pub struct ShopConfig {
-    /// How long an order's own hold on stock lasts while payment is authorized.
+    /// How long an order's own hold on stock lasts while payment is authorized. A placement
+    /// that stops half way keeps the stock no longer than this.
     pub order_hold_seconds: u32,
     /// Attempts at a commit that keeps losing races before answering "contention".
     pub commit_attempts: usize,
+    /// Attempts at a commit the store failed, after payment was authorized.
+    pub store_attempts: u32,
     /// Attempts at the payment provider when it is unavailable.
     pub payment_attempts: u32,
     /// First back-off between payment attempts; doubles each time.
     pub payment_backoff_ms: u64,
+    /// The longest an authorization (all attempts) may take before it counts as unavailable.
+    pub payment_deadline_ms: u64,
+    /// How long a claim on an idempotency key holds without news from its holder. It must
+    /// outlast the payment deadline, so a claim is only taken over from a run that stopped.
+    pub lease_ms: i64,
+    /// How long a duplicate request waits for the first run to finish before answering 409.
+    pub duplicate_wait_ms: u64,
+    /// Most holds and units one customer may keep at once.
+    pub limits: HoldLimits,
 }
 
 impl Default for ShopConfig {
     fn default() -> Self {
         Self {
-            order_hold_seconds: 600,
+            order_hold_seconds: 120,
             commit_attempts: 200,
+            store_attempts: 5,
             payment_attempts: 3,
             payment_backoff_ms: 50,
+            payment_deadline_ms: 10_000,
+            lease_ms: 30_000,
+            duplicate_wait_ms: 3_000,
+            limits: HoldLimits::default(),
         }
     }
 }
-
-/// A state-changing command's answer: what to send, and what a replay sends again.
-pub type Reply = StoredResponse;
 
 #[derive(Debug)]
 pub struct Shop<T, P, C> {
@@ -161,23 +185,22 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         })
     }
 
-    /// The stored answer if `key` was used for this very request before.
-    async fn replay(&self, key: Option<&IdempotencyKey>) -> Result<Option<Reply>, AppError> {
-        match key {
-            Some(key) => match idempotency::prior(&self.table, key).await? {
-                Prior::Replay(reply) => Ok(Some(reply)),
-                Prior::Fresh => Ok(None),
-            },
-            None => Ok(None),
-        }
+    /// What an earlier use of `key` means for this request (see [`idempotency`]).
+    async fn begin<S: DeserializeOwned>(
+        &self,
+        key: Option<&IdempotencyKey>,
+    ) -> Result<Begin<S>, AppError> {
+        let wait = Duration::from_millis(self.config.duplicate_wait_ms);
+        idempotency::begin(&self.table, &self.clock, key, wait).await
     }
 
-    /// Commits a single-transaction command with its response. `Ok(None)` means a stream moved
-    /// under us: read again and retry.
-    async fn commit_with_reply(
+    /// Commits a one-transaction command with its answer under its key. `Ok(None)` means a
+    /// stream moved under us: read again and retry.
+    async fn commit_answer(
         &self,
-        mut changes: Changes,
+        guard: &mut Guard<()>,
         key: Option<&IdempotencyKey>,
+        changes: Changes,
         status: u16,
         view: &impl Serialize,
     ) -> Result<Option<Reply>, AppError> {
@@ -185,19 +208,17 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             status,
             body: serde_json::to_value(view).map_err(|e| StoreError::Failure(e.to_string()))?,
         };
-        if let Some(key) = key {
-            idempotency::complete(&mut changes, key, reply.clone(), false, now_seconds())?;
-        }
-        if changes.is_empty() {
-            return Ok(Some(reply));
-        }
-        match changes.commit(&self.table).await {
+        let outcome = Outcome::Done(reply.clone());
+        match guard
+            .finish(&self.table, changes, outcome, self.now_ms())
+            .await
+        {
             Ok(()) => Ok(Some(reply)),
             Err(CommitError::StreamConflict) => Ok(None),
-            // Someone used the key between our check and our commit: answer as they were.
-            Err(CommitError::KeyTaken) => match self.replay(key).await? {
-                Some(reply) => Ok(Some(reply)),
-                None => Err(AppError::IdempotencyInFlight),
+            // The same key was used between our look and our commit: answer as that run did.
+            Err(CommitError::KeyTaken) => match self.begin::<()>(key).await? {
+                Begin::Replay(outcome) => outcome.into_reply().map(Some),
+                Begin::Fresh(_) => Err(AppError::IdempotencyInFlight),
             },
             Err(CommitError::Store(e)) => Err(e.into()),
         }

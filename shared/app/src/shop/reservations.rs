@@ -1,12 +1,13 @@
 use commerce_domain::{
-    Line, Reservation, ReservationEvent, ReservationId, ReservationStatus, TenantId,
+    CustomerHolds, HoldWindow, Line, OrderId, Reservation, ReservationEvent, ReservationId,
+    TenantId,
 };
 use serde::Deserialize;
 
 use super::{Caller, Reply, Role, Shop};
-use crate::event_store::{Changes, Stream, load};
+use crate::event_store::{Changes, Stream, Versioned, load, load_versioned};
+use crate::idempotency::Begin;
 use crate::keys;
-use crate::table::{Query, StoreError};
 use crate::views::ReservationView;
 use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
 
@@ -14,10 +15,10 @@ use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
 #[serde(deny_unknown_fields)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewReservation {
-    /// Each SKU at most once.
+    /// Each SKU at most once, all priced in one currency.
     #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 20))]
     pub lines: Vec<Line>,
-    /// How long the stock is held (default 900).
+    /// How long the stock is held (default 900; the shop sets the longest allowed).
     #[serde(default = "default_ttl")]
     #[cfg_attr(feature = "openapi", schema(minimum = 1, maximum = 86400))]
     pub ttl_seconds: u32,
@@ -25,6 +26,15 @@ pub struct NewReservation {
 
 fn default_ttl() -> u32 {
     15 * 60
+}
+
+/// What a new hold is for and how long it lasts.
+pub(super) struct HoldRequest<'a> {
+    pub id: &'a ReservationId,
+    pub lines: &'a [Line],
+    pub ttl_seconds: u32,
+    /// The order the hold is made for, when it is made for one.
+    pub checkout: Option<OrderId>,
 }
 
 impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
@@ -35,58 +45,67 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         new: NewReservation,
     ) -> Result<Reply, AppError> {
         caller.require(&[Role::Customer], "reserve stock")?;
-        if let Some(reply) = self.replay(key).await? {
-            return Ok(reply);
-        }
+        let mut guard = match self.begin::<()>(key).await? {
+            Begin::Replay(outcome) => return outcome.into_reply(),
+            Begin::Fresh(guard) => guard,
+        };
         Line::check_all(&new.lines)?;
-        for line in &new.lines {
-            match self.product(caller, &line.sku).await {
-                Err(AppError::NotFound(_)) => {
-                    return Err(AppError::UnknownSku(line.sku.to_string()));
-                }
-                other => other?,
-            };
-        }
+        // Priced now so a cart that could never become an order is refused at once.
+        self.price(caller, &new.lines).await?;
         let id = ReservationId::parse(uuid::Uuid::now_v7().to_string())?;
+        let request = HoldRequest {
+            id: &id,
+            lines: &new.lines,
+            ttl_seconds: new.ttl_seconds,
+            checkout: None,
+        };
         let mut attempts = self.attempts();
         while attempts.next().await {
-            let (changes, reservation) = self
-                .hold(caller, &id, new.lines.clone(), new.ttl_seconds)
-                .await?;
+            let (changes, reservation) = self.hold(caller, &request).await?;
             let view = reservation
                 .state
                 .held
                 .as_ref()
                 .map(ReservationView::from)
                 .ok_or(AppError::NotFound("reservation"))?;
-            if let Some(reply) = self.commit_with_reply(changes, key, 201, &view).await? {
+            if let Some(reply) = self
+                .commit_answer(&mut guard, key, changes, 201, &view)
+                .await?
+            {
                 return Ok(reply);
             }
         }
         Err(AppError::Contention)
     }
 
-    /// The writes that hold stock for a new reservation: its stream, every line's stock, and its
-    /// place in the expiry queue.
+    /// The writes that hold stock for a new reservation: its stream, every line's stock, the
+    /// customer's open holds (within the shop's limits) and its place in the expiry queue.
     pub(super) async fn hold(
         &self,
         caller: &Caller,
-        id: &ReservationId,
-        lines: Vec<Line>,
-        ttl_seconds: u32,
+        request: &HoldRequest<'_>,
     ) -> Result<(Changes, Stream<Reservation>), AppError> {
+        let id = request.id;
         let mut reservation = Stream::<Reservation>::fresh(keys::reservation(&caller.tenant, id));
+        let window = HoldWindow {
+            now_ms: self.now_ms(),
+            ttl_seconds: request.ttl_seconds,
+            max_ttl_seconds: self.config.limits.max_ttl_seconds,
+        };
         let events = reservation.state.hold(
             id.clone(),
             caller.subject.clone(),
-            lines.clone(),
-            self.now_ms(),
-            ttl_seconds,
+            request.lines.to_vec(),
+            window,
+            request.checkout.clone(),
         )?;
+        let mut holds = self.customer_holds(&caller.tenant, &caller.subject).await?;
+        holds.state.add(id, request.lines, &self.config.limits)?;
         let mut changes = Changes::new();
-        self.reserve_lines(&mut changes, &caller.tenant, id, &lines)
+        self.reserve_lines(&mut changes, &caller.tenant, id, request.lines)
             .await?;
         changes.append(&mut reservation, events, self.now_ms())?;
+        changes.put_versioned(&holds)?;
         let expires_at = reservation.state.held.as_ref().map_or(0, |h| h.expires_at);
         changes.put_read_model(
             keys::holds(keys::hold_shard(id)),
@@ -94,6 +113,19 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             &(),
         )?;
         Ok((changes, reservation))
+    }
+
+    pub(super) async fn customer_holds(
+        &self,
+        tenant: &TenantId,
+        customer: &commerce_domain::CustomerId,
+    ) -> Result<Versioned<CustomerHolds>, AppError> {
+        Ok(load_versioned(
+            &self.table,
+            keys::customer_holds(tenant, customer),
+            keys::HEAD,
+        )
+        .await?)
     }
 
     pub async fn reservation(
@@ -110,6 +142,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             .ok_or(AppError::NotFound("reservation"))
     }
 
+    /// Only the customer who holds a reservation releases it; an operator's role does not make
+    /// someone else's hold theirs.
     pub async fn release_reservation(
         &self,
         caller: &Caller,
@@ -117,12 +151,13 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         id: &ReservationId,
     ) -> Result<Reply, AppError> {
         caller.require(&[Role::Customer], "release a reservation")?;
-        if let Some(reply) = self.replay(key).await? {
-            return Ok(reply);
-        }
+        let mut guard = match self.begin::<()>(key).await? {
+            Begin::Replay(outcome) => return outcome.into_reply(),
+            Begin::Fresh(guard) => guard,
+        };
         let mut attempts = self.attempts();
         while attempts.next().await {
-            let mut reservation = self.visible_reservation(caller, id).await?;
+            let mut reservation = self.own_reservation(caller, id).await?;
             let events = reservation.state.release()?;
             let changes = self
                 .end_hold(&caller.tenant, &mut reservation, events)
@@ -133,33 +168,54 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 .as_ref()
                 .map(ReservationView::from)
                 .ok_or(AppError::NotFound("reservation"))?;
-            if let Some(reply) = self.commit_with_reply(changes, key, 200, &view).await? {
+            if let Some(reply) = self
+                .commit_answer(&mut guard, key, changes, 200, &view)
+                .await?
+            {
                 return Ok(reply);
             }
         }
         Err(AppError::Contention)
     }
 
-    /// Ends a hold without an order (released or expired): the stock goes back.
+    /// Ends a hold without an order (released, given back or expired): the stock goes back and
+    /// the customer's holds shrink.
     pub(super) async fn end_hold(
         &self,
         tenant: &TenantId,
         reservation: &mut Stream<Reservation>,
         events: Vec<ReservationEvent>,
     ) -> Result<Changes, AppError> {
-        let (id, lines, expires_at) = match &reservation.state.held {
-            Some(h) => (h.id.clone(), h.lines.clone(), h.expires_at),
+        let (id, owner, lines, expires_at) = match &reservation.state.held {
+            Some(h) => (h.id.clone(), h.owner.clone(), h.lines.clone(), h.expires_at),
             None => return Err(AppError::NotFound("reservation")),
         };
         let mut changes = Changes::new();
         self.release_lines(&mut changes, tenant, &id, &lines)
             .await?;
         changes.append(reservation, events, self.now_ms())?;
-        changes.delete_read_model(
-            keys::holds(keys::hold_shard(&id)),
-            keys::hold_sk(expires_at, tenant, &id),
-        );
+        self.forget_hold(&mut changes, tenant, &owner, &id, expires_at)
+            .await?;
         Ok(changes)
+    }
+
+    /// The hold no longer counts against its customer, nor waits in the expiry queue.
+    pub(super) async fn forget_hold(
+        &self,
+        changes: &mut Changes,
+        tenant: &TenantId,
+        owner: &commerce_domain::CustomerId,
+        id: &ReservationId,
+        expires_at: i64,
+    ) -> Result<(), AppError> {
+        let mut holds = self.customer_holds(tenant, owner).await?;
+        holds.state.remove(id);
+        changes.put_versioned(&holds)?;
+        changes.delete_read_model(
+            keys::holds(keys::hold_shard(id)),
+            keys::hold_sk(expires_at, tenant, id),
+        );
+        Ok(())
     }
 
     /// The owner sees their reservation; operators see all of their shop's. Anyone else gets 404.
@@ -176,72 +232,17 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         }
     }
 
-    /// Releases every hold whose time is up; returns how many it expired. Safe to run anywhere,
-    /// any number of times at once: each expiry is a conditional commit.
-    pub async fn expire_reservations(&self, batch: usize) -> Result<usize, AppError> {
-        let now = self.now_ms();
-        let mut expired = 0;
-        for shard in 0..keys::HOLD_SHARDS {
-            let pk = keys::holds(shard);
-            let page = self
-                .table
-                .query(Query {
-                    pk: &pk,
-                    prefix: "",
-                    after: None,
-                    limit: batch,
-                    descending: false,
-                })
-                .await?;
-            for item in page.items {
-                let mut parts = item.sk.splitn(3, '#');
-                let (Some(at), Some(tenant), Some(id)) = (parts.next(), parts.next(), parts.next())
-                else {
-                    return Err(StoreError::Failure(format!("bad hold key {}", item.sk)).into());
-                };
-                if at.parse::<i64>().map_or(true, |at| at > now) {
-                    break;
-                }
-                let (tenant, id) = (TenantId::parse(tenant)?, ReservationId::parse(id)?);
-                if self.expire_one(&tenant, &id, &pk, &item.sk).await? {
-                    expired += 1;
-                }
-            }
-        }
-        Ok(expired)
-    }
-
-    async fn expire_one(
+    /// The caller's own reservation, for acting on it. Anyone else's is 404, roles regardless.
+    pub(super) async fn own_reservation(
         &self,
-        tenant: &TenantId,
+        caller: &Caller,
         id: &ReservationId,
-        hold_pk: &str,
-        hold_sk: &str,
-    ) -> Result<bool, AppError> {
-        let mut attempts = self.attempts();
-        while attempts.next().await {
-            let mut reservation =
-                load::<Reservation, _>(&self.table, keys::reservation(tenant, id)).await?;
-            let still_held = reservation
-                .state
-                .held
-                .as_ref()
-                .is_some_and(|h| h.status == ReservationStatus::Held);
-            let changes = if still_held {
-                let events = reservation.state.expire(self.now_ms())?;
-                self.end_hold(tenant, &mut reservation, events).await?
-            } else {
-                // Ended some other way; only the queue entry is left.
-                let mut changes = Changes::new();
-                changes.delete_read_model(hold_pk.to_owned(), hold_sk.to_owned());
-                changes
-            };
-            match changes.commit(&self.table).await {
-                Ok(()) => return Ok(still_held),
-                Err(crate::event_store::CommitError::StreamConflict) => continue,
-                Err(e) => return Err(e.into()),
-            }
+    ) -> Result<Stream<Reservation>, AppError> {
+        let reservation =
+            load::<Reservation, _>(&self.table, keys::reservation(&caller.tenant, id)).await?;
+        match &reservation.state.held {
+            Some(h) if h.owner == caller.subject => Ok(reservation),
+            _ => Err(AppError::NotFound("reservation")),
         }
-        Err(AppError::Contention)
     }
 }

@@ -5,6 +5,7 @@ use serde::Deserialize;
 
 use super::{Caller, Reply, Role, Shop};
 use crate::event_store::{Changes, Stream, load};
+use crate::idempotency::Begin;
 use crate::keys;
 use crate::views::{InventoryView, ListPage};
 use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
@@ -63,9 +64,10 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         decide: impl Fn(&Inventory) -> Result<Vec<InventoryEvent>, DomainError>,
     ) -> Result<Reply, AppError> {
         caller.require(&[Role::Admin], "change stock")?;
-        if let Some(reply) = self.replay(key).await? {
-            return Ok(reply);
-        }
+        let mut guard = match self.begin::<()>(key).await? {
+            Begin::Replay(outcome) => return outcome.into_reply(),
+            Begin::Fresh(guard) => guard,
+        };
         self.product(caller, sku).await?;
         let mut attempts = self.attempts();
         while attempts.next().await {
@@ -77,7 +79,10 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             let events = decide(&stock.state)?;
             self.append_stock(&mut changes, &caller.tenant, sku, &mut stock, events)?;
             let view = InventoryView::new(sku.clone(), &stock.state, stock.version);
-            if let Some(reply) = self.commit_with_reply(changes, key, 200, &view).await? {
+            if let Some(reply) = self
+                .commit_answer(&mut guard, key, changes, 200, &view)
+                .await?
+            {
                 return Ok(reply);
             }
         }

@@ -1,12 +1,6 @@
-//! The contract every [`Table`] adapter must meet, run against each of them.
-//!
-//! An adapter's test file calls [`table_contract!`](crate::table_contract) with an async
-//! expression that makes a fresh, empty table (and a guard); every case below then runs on it. The cases are
-//! DynamoDB's semantics as the shop relies on them: conditions, all-or-nothing transactions,
-//! TTL, paging, and the event store's gapless versions under racing writers.
-
-// Test support: a case that does not hold must panic, as assertions do.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! DynamoDB's semantics as the shop relies on them: conditions (owner tokens included),
+//! all-or-nothing transactions, TTL, paging, and the event store's gapless versions under
+//! racing writers.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,6 +18,14 @@ fn item(pk: &str, sk: &str, version: u64) -> Item {
         version,
         data: format!("{{\"v\":{version}}}").into_bytes(),
         expires_at: None,
+        owner: None,
+    }
+}
+
+fn owned(pk: &str, sk: &str, version: u64, owner: &str) -> Item {
+    Item {
+        owner: Some(owner.into()),
+        ..item(pk, sk, version)
     }
 }
 
@@ -154,6 +156,105 @@ pub async fn deletes_and_checks_honour_conditions<T: Table>(table: &T) {
         }])
         .await
         .unwrap();
+}
+
+/// A claim is updated or given up only by the holder of its token, however many versions anyone read.
+pub async fn only_the_owner_token_passes_an_owner_condition<T: Table>(table: &T) {
+    table
+        .transact(vec![put(
+            owned("k", "key", 1, "token-a"),
+            Condition::Absent,
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        table
+            .get("k", "key")
+            .await
+            .unwrap()
+            .unwrap()
+            .owner
+            .as_deref(),
+        Some("token-a"),
+        "the owner is stored and read back"
+    );
+    let by_version = table
+        .transact(vec![put(
+            owned("k", "key", 2, "token-b"),
+            Condition::VersionIs(1),
+        )])
+        .await;
+    assert!(
+        by_version.is_ok(),
+        "a version condition still works: {by_version:?}"
+    );
+    let stale = table
+        .transact(vec![put(
+            owned("k", "key", 3, "token-c"),
+            Condition::OwnerIs("token-a".into()),
+        )])
+        .await;
+    assert!(
+        matches!(stale, Err(StoreError::ConditionFailed { index: 0 })),
+        "the old owner lost its claim: {stale:?}"
+    );
+    let stale_delete = table
+        .transact(vec![Write::Delete {
+            pk: "k".into(),
+            sk: "key".into(),
+            condition: Condition::OwnerIs("token-a".into()),
+        }])
+        .await;
+    assert!(matches!(
+        stale_delete,
+        Err(StoreError::ConditionFailed { index: 0 })
+    ));
+    let missing = table
+        .transact(vec![put(
+            owned("k", "none", 1, "x"),
+            Condition::OwnerIs("x".into()),
+        )])
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::ConditionFailed { index: 0 })),
+        "an owner condition needs the item"
+    );
+    table
+        .transact(vec![
+            Write::Check {
+                pk: "k".into(),
+                sk: "key".into(),
+                condition: Condition::OwnerIs("token-b".into()),
+            },
+            put(item("k", "other", 1), Condition::None),
+        ])
+        .await
+        .unwrap();
+    table
+        .transact(vec![put(
+            item("k", "key", 4),
+            Condition::OwnerIs("token-b".into()),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        table.get("k", "key").await.unwrap().unwrap().owner,
+        None,
+        "a put without owner clears the claim"
+    );
+    table
+        .transact(vec![put(owned("k", "key", 5, "token-d"), Condition::None)])
+        .await
+        .unwrap();
+    table
+        .transact(vec![Write::Delete {
+            pk: "k".into(),
+            sk: "key".into(),
+            condition: Condition::OwnerIs("token-d".into()),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(table.get("k", "key").await.unwrap(), None);
 }
 
 pub async fn two_writes_to_one_key_are_refused<T: Table>(table: &T) {
@@ -402,32 +503,4 @@ pub async fn a_stale_stream_stops_the_whole_commit<T: Table>(table: &T) {
         (1, 0),
         "A is untouched"
     );
-}
-
-/// Generates one `#[tokio::test]` per contract case. `$make` is an async expression giving a
-/// fresh table and a guard kept alive until the case ends (a temp dir, say, or `()`).
-#[macro_export]
-macro_rules! table_contract {
-    ($make:expr) => {
-        $crate::table_contract!(@cases $make;
-            put_if_absent_then_read_back,
-            version_condition_guards_updates,
-            transactions_are_all_or_nothing,
-            deletes_and_checks_honour_conditions,
-            two_writes_to_one_key_are_refused,
-            expired_items_are_gone,
-            queries_page_through_one_partition,
-            racing_appends_keep_versions_gapless,
-            a_stale_stream_stops_the_whole_commit,
-        );
-    };
-    (@cases $make:expr; $($case:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let (table, _guard) = $make.await;
-                $crate::contract::$case(&table).await;
-            }
-        )*
-    };
 }

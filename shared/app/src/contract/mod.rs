@@ -1,0 +1,56 @@
+//! The contract every [`Table`](crate::Table) adapter must meet, run against each of them.
+//!
+//! An adapter's test file calls [`table_contract!`](crate::table_contract) with an async
+//! expression that makes a fresh, empty table (and a guard); every case then runs on it:
+//! the table's own semantics ([`table`]), and the shop's promises that rest on them
+//! ([`placement`]: an order placed exactly once however its request is cut short).
+
+// Test support: a case that does not hold must panic, as assertions do.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+pub mod placement;
+pub mod table;
+
+pub use placement::*;
+pub use table::*;
+
+/// Generates one `#[tokio::test]` per contract case. `$make` is an async expression giving a
+/// fresh table and a guard kept alive until the case ends (a temp dir, say, or `()`).
+#[macro_export]
+macro_rules! table_contract {
+    ($make:expr) => {
+        $crate::table_contract!(@cases $make;
+            put_if_absent_then_read_back,
+            version_condition_guards_updates,
+            transactions_are_all_or_nothing,
+            deletes_and_checks_honour_conditions,
+            only_the_owner_token_passes_an_owner_condition,
+            two_writes_to_one_key_are_refused,
+            expired_items_are_gone,
+            queries_page_through_one_partition,
+            racing_appends_keep_versions_gapless,
+            a_stale_stream_stops_the_whole_commit,
+            an_interrupted_basket_order_resumes_once,
+            an_interrupted_reservation_order_resumes_once,
+            an_interrupted_order_without_retry_is_undone,
+            a_lease_lost_mid_payment_lets_only_one_run_act,
+            a_decline_after_a_lost_lease_still_gives_the_stock_back,
+            a_reservation_survives_an_outage_and_the_retry_orders_it,
+            concurrent_duplicates_place_one_order,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (table, _guard) = $make.await;
+                $crate::contract::$case(&table).await;
+            }
+        )*
+    };
+}

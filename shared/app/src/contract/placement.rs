@@ -1,0 +1,610 @@
+//! Exactly-once placement on a real table: a placement cut short at every step, before or
+//! after each call to the store or the provider (as a crash, a timeout or a client that went
+//! away would leave it), then retried with the same key, places one order with one
+//! authorization and takes the stock once. Left alone, it is undone by the sweeper.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+
+use commerce_domain::{
+    Currency, CustomerId, Line, Money, OrderId, PaymentAuthorization, ProductName, Quantity,
+    ReservationId, Sku, TenantId,
+};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::idempotency::IdempotencyKey;
+use crate::payments::{PaymentError, PaymentGateway, SandboxCounts, SandboxPayments};
+use crate::shop::{NewProduct, NewReservation, PlaceOrder, Reply, StockLevel};
+use crate::table::{Item, Page, Query, StoreError, Table, Write};
+use crate::{AppError, Caller, Clock, Role, Shop, ShopConfig};
+
+/// A clock the test moves by hand, starting at the wall clock (the stores' TTL reads it).
+#[derive(Debug, Clone)]
+pub struct HandClock(Arc<AtomicI64>);
+
+impl HandClock {
+    pub fn new() -> Self {
+        Self(Arc::new(AtomicI64::new(crate::SystemClock.now_ms())))
+    }
+
+    pub fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Default for HandClock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Clock for HandClock {
+    fn now_ms(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Where a run is cut: at the `at`-th call to the store or the provider, before the call
+/// reaches them or after it has acted. A cut call never returns until `go` is notified
+/// (a crash: never).
+#[derive(Debug, Default)]
+pub struct Cut {
+    calls: AtomicUsize,
+    at: Option<usize>,
+    after: bool,
+    reached: Notify,
+    hit: AtomicBool,
+    go: Notify,
+    /// While set, the provider is down.
+    provider_down: AtomicBool,
+    /// Cut at the first authorization instead, before it reaches the provider.
+    in_provider: bool,
+}
+
+impl Cut {
+    pub fn never() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub fn at(at: usize, after: bool) -> Arc<Self> {
+        Arc::new(Self {
+            at: Some(at),
+            after,
+            ..Self::default()
+        })
+    }
+
+    /// A run that stalls when it asks the provider to authorize.
+    pub fn in_provider() -> Arc<Self> {
+        Arc::new(Self {
+            in_provider: true,
+            ..Self::default()
+        })
+    }
+
+    async fn call<F: Future>(&self, io: F) -> F::Output {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        let here = self.at == Some(n);
+        if here && !self.after {
+            self.stop().await;
+        }
+        let out = io.await;
+        if here && self.after {
+            self.stop().await;
+        }
+        out
+    }
+
+    async fn stop(&self) {
+        self.hit.store(true, Ordering::SeqCst);
+        self.reached.notify_waiters();
+        self.go.notified().await;
+    }
+
+    /// Waits until a run reaches the cut.
+    pub async fn reached(&self) {
+        loop {
+            let notified = self.reached.notified();
+            if self.hit.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The table, cut as planned.
+#[derive(Debug, Clone)]
+pub struct CutTable<T> {
+    inner: T,
+    cut: Arc<Cut>,
+}
+
+impl<T: Table> Table for CutTable<T> {
+    async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
+        self.cut.call(self.inner.get(pk, sk)).await
+    }
+
+    async fn query(&self, query: Query<'_>) -> Result<Page, StoreError> {
+        self.cut.call(self.inner.query(query)).await
+    }
+
+    async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.cut.call(self.inner.transact(writes)).await
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// The sandbox provider, shared across runs like a real provider, cut as planned.
+#[derive(Debug, Clone)]
+pub struct CutPayments {
+    inner: Arc<SandboxPayments>,
+    cut: Arc<Cut>,
+}
+
+impl PaymentGateway for CutPayments {
+    async fn authorize(
+        &self,
+        order: &OrderId,
+        amount: Money,
+        token: &str,
+    ) -> Result<PaymentAuthorization, PaymentError> {
+        let down = self.cut.provider_down.load(Ordering::SeqCst);
+        if self.cut.in_provider && !self.cut.hit.load(Ordering::SeqCst) {
+            self.cut.stop().await;
+        }
+        self.cut
+            .call(async {
+                if down {
+                    Err(PaymentError::Unavailable("down for the test".into()))
+                } else {
+                    self.inner.authorize(order, amount, token).await
+                }
+            })
+            .await
+    }
+
+    async fn void(&self, order: &OrderId) -> Result<(), PaymentError> {
+        self.cut.call(self.inner.void(order)).await
+    }
+}
+
+type TestShop<T> = Shop<CutTable<T>, CutPayments, HandClock>;
+
+/// One tenant's world on a shared table: a stocked SKU, a customer, and shops over the same
+/// table, provider and clock, each cut its own way.
+struct World<T> {
+    table: T,
+    provider: Arc<SandboxPayments>,
+    clock: HandClock,
+    config: ShopConfig,
+    tenant: TenantId,
+    sku: Sku,
+}
+
+impl<T: Table + Clone> World<T> {
+    async fn new(table: &T, name: &str, on_hand: u64) -> Self {
+        let world = Self {
+            table: table.clone(),
+            provider: Arc::new(SandboxPayments::default()),
+            clock: HandClock::new(),
+            config: ShopConfig {
+                payment_backoff_ms: 1,
+                ..ShopConfig::default()
+            },
+            tenant: TenantId::parse(name).unwrap(),
+            sku: Sku::parse("MUG").unwrap(),
+        };
+        let shop = world.shop(Cut::never());
+        let admin = world.caller("admin", Role::Admin);
+        let price = Money::new(1250, Currency::parse("EUR").unwrap()).unwrap();
+        let product = NewProduct {
+            sku: world.sku.clone(),
+            name: ProductName::parse("Mug").unwrap(),
+            price,
+        };
+        shop.create_product(&admin, None, product).await.unwrap();
+        let level = StockLevel {
+            on_hand,
+            low_stock_threshold: 0,
+        };
+        shop.set_stock(&admin, &world.sku, level).await.unwrap();
+        world
+    }
+
+    fn shop(&self, cut: Arc<Cut>) -> TestShop<T> {
+        Shop::new(
+            CutTable {
+                inner: self.table.clone(),
+                cut: cut.clone(),
+            },
+            CutPayments {
+                inner: self.provider.clone(),
+                cut,
+            },
+            self.clock.clone(),
+            self.config.clone(),
+        )
+    }
+
+    fn caller(&self, sub: &str, role: Role) -> Caller {
+        Caller {
+            tenant: self.tenant.clone(),
+            subject: CustomerId::parse(sub).unwrap(),
+            roles: vec![role],
+        }
+    }
+
+    fn alice(&self) -> Caller {
+        self.caller("alice", Role::Customer)
+    }
+
+    fn lines(&self, quantity: u32) -> Vec<Line> {
+        vec![Line {
+            sku: self.sku.clone(),
+            quantity: Quantity::new(quantity).unwrap(),
+        }]
+    }
+
+    fn key(&self, body: &PlaceOrder, name: &str) -> IdempotencyKey {
+        let value = json!({
+            "lines": body.lines.as_ref().map(|l| l.iter().map(|l| json!({"sku": l.sku.as_str(), "quantity": l.quantity.get()})).collect::<Vec<_>>()),
+            "reservation_id": body.reservation_id.as_ref().map(|r| r.as_str()),
+            "payment_token": body.payment_token,
+        });
+        IdempotencyKey::for_request(&self.alice(), name, "POST", "/v1/orders", &value).unwrap()
+    }
+
+    async fn reserve(&self, quantity: u32) -> ReservationId {
+        let new = NewReservation {
+            lines: self.lines(quantity),
+            ttl_seconds: 900,
+        };
+        let reply = self
+            .shop(Cut::never())
+            .create_reservation(&self.alice(), None, new)
+            .await
+            .unwrap();
+        ReservationId::parse(reply.body["id"].as_str().unwrap()).unwrap()
+    }
+
+    /// (on hand, reserved, available) of the SKU.
+    async fn stock(&self) -> (u64, u64, u64) {
+        let admin = self.caller("admin", Role::Admin);
+        let view = self
+            .shop(Cut::never())
+            .inventory(&admin, &self.sku)
+            .await
+            .unwrap();
+        (view.on_hand, view.reserved, view.available)
+    }
+
+    async fn orders(&self) -> Vec<String> {
+        let page = self
+            .shop(Cut::never())
+            .orders(&self.alice(), None, Some(100))
+            .await
+            .unwrap();
+        page.items.into_iter().map(|o| o.id).collect()
+    }
+
+    fn counts(&self) -> SandboxCounts {
+        self.provider.counts()
+    }
+
+    async fn sweep(&self) {
+        self.shop(Cut::never()).sweep(100).await;
+    }
+}
+
+fn order_from(
+    lines: Option<Vec<Line>>,
+    reservation: Option<ReservationId>,
+    token: &str,
+) -> PlaceOrder {
+    PlaceOrder {
+        lines,
+        reservation_id: reservation,
+        payment_token: token.into(),
+        contact: None,
+    }
+}
+
+/// Runs the placement until it completes or reaches its cut; `None` when cut.
+async fn run_until_cut<T: Table + Clone>(
+    world: &World<T>,
+    cut: Arc<Cut>,
+    key: &IdempotencyKey,
+    body: PlaceOrder,
+) -> Option<Result<Reply, AppError>> {
+    let shop = world.shop(cut.clone());
+    let caller = world.alice();
+    let placing = shop.place(&caller, Some(key), body);
+    tokio::select! {
+        result = placing => Some(result),
+        () = cut.reached() => None,
+    }
+}
+
+/// Cuts a placement at each call in turn, before and after it, then retries with the same key.
+async fn interrupted_then_retried<T: Table + Clone>(table: &T, from_reservation: bool) {
+    let mut at = 0;
+    loop {
+        let mut finished = 0;
+        for after in [false, true] {
+            let name = format!("cut{}{at}{}", u8::from(from_reservation), u8::from(after));
+            let world = World::new(table, &name, 10).await;
+            let body = if from_reservation {
+                order_from(None, Some(world.reserve(2).await), "tok_visa")
+            } else {
+                order_from(Some(world.lines(2)), None, "tok_visa")
+            };
+            let key = world.key(&body, "k1");
+            let before = world.counts();
+            let first = run_until_cut(&world, Cut::at(at, after), &key, body.clone()).await;
+            if first.is_some() {
+                finished += 1;
+            }
+            // The cut run is gone for good; its lease runs out.
+            world.clock.advance(world.config.lease_ms + 1);
+            let retry = world
+                .shop(Cut::never())
+                .place(&world.alice(), Some(&key), body.clone())
+                .await;
+            let reply =
+                retry.unwrap_or_else(|e| panic!("cut at {at} (after: {after}): retry failed: {e}"));
+            assert_eq!(reply.status, 201, "cut at {at} (after: {after})");
+            let id = reply.body["id"].as_str().unwrap().to_owned();
+            assert_eq!(
+                world.orders().await,
+                vec![id.clone()],
+                "cut at {at} (after: {after}): one order"
+            );
+            let counts = world.counts();
+            assert_eq!(
+                (
+                    counts.authorizations - before.authorizations,
+                    counts.voids - before.voids
+                ),
+                (1, 0),
+                "cut at {at} (after: {after}): one authorization, none voided"
+            );
+            assert!(world.provider.is_authorized(&OrderId::parse(&id).unwrap()));
+            assert_eq!(
+                world.stock().await,
+                (10, 2, 8),
+                "cut at {at} (after: {after}): stock taken once"
+            );
+            let again = world
+                .shop(Cut::never())
+                .place(&world.alice(), Some(&key), body)
+                .await
+                .unwrap();
+            assert_eq!(again.body, reply.body, "the key replays the order");
+        }
+        if finished == 2 {
+            assert!(at > 3, "the placement makes more calls than {at}");
+            return;
+        }
+        at += 1;
+    }
+}
+
+pub async fn an_interrupted_basket_order_resumes_once<T: Table + Clone>(table: &T) {
+    interrupted_then_retried(table, false).await;
+}
+
+pub async fn an_interrupted_reservation_order_resumes_once<T: Table + Clone>(table: &T) {
+    interrupted_then_retried(table, true).await;
+}
+
+/// Cut short and never retried: once the holds are due, the sweeper gives the stock back and
+/// voids whatever was authorized. Nothing is left held or authorized without an order.
+pub async fn an_interrupted_order_without_retry_is_undone<T: Table + Clone>(table: &T) {
+    let mut at = 0;
+    loop {
+        let mut finished = 0;
+        for after in [false, true] {
+            let world = World::new(table, &format!("gone{at}{}", u8::from(after)), 10).await;
+            let body = order_from(Some(world.lines(2)), None, "tok_visa");
+            let key = world.key(&body, "k1");
+            let first = run_until_cut(&world, Cut::at(at, after), &key, body).await;
+            if let Some(result) = first {
+                finished += 1;
+                assert_eq!(result.unwrap().status, 201);
+                continue;
+            }
+            world
+                .clock
+                .advance(i64::from(world.config.order_hold_seconds) * 1000 + 1);
+            world.sweep().await;
+            let counts = world.counts();
+            if world.orders().await.is_empty() {
+                assert_eq!(
+                    world.stock().await,
+                    (10, 0, 10),
+                    "cut at {at} (after: {after}): stock back"
+                );
+                assert_eq!(
+                    counts.voids, counts.authorizations,
+                    "cut at {at} (after: {after}): every authorization voided"
+                );
+            } else {
+                // Cut after the order's own commit: the order stands, whole.
+                assert_eq!(
+                    world.stock().await,
+                    (10, 2, 8),
+                    "cut at {at} (after: {after})"
+                );
+                assert_eq!((counts.authorizations, counts.voids), (1, 0));
+            }
+        }
+        if finished == 2 {
+            return;
+        }
+        at += 1;
+    }
+}
+
+/// Run A stalls inside the provider until its lease is out; run B takes the key over and
+/// places the order. When A wakes, none of its writes lands: one order, one authorization.
+pub async fn a_lease_lost_mid_payment_lets_only_one_run_act<T: Table + Clone>(table: &T) {
+    let world = Arc::new(World::new(table, "lease", 10).await);
+    let body = order_from(Some(world.lines(3)), None, "tok_visa");
+    let key = world.key(&body, "k1");
+    let stall = Cut::in_provider();
+    let a = {
+        let (world, stall, key, body) = (world.clone(), stall.clone(), key.clone(), body.clone());
+        tokio::spawn(async move {
+            world
+                .shop(stall)
+                .place(&world.alice(), Some(&key), body)
+                .await
+        })
+    };
+    stall.reached().await;
+    world.clock.advance(world.config.lease_ms + 1);
+    let b = world
+        .shop(Cut::never())
+        .place(&world.alice(), Some(&key), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(b.status, 201);
+    stall.go.notify_waiters();
+    let a = a.await.unwrap();
+    assert!(
+        matches!(a, Err(AppError::IdempotencyInFlight)),
+        "the run that lost its claim acts no more: {a:?}"
+    );
+    assert_eq!(world.orders().await.len(), 1);
+    assert_eq!(
+        world.counts(),
+        SandboxCounts {
+            authorizations: 1,
+            voids: 0
+        }
+    );
+    assert_eq!(world.stock().await, (10, 3, 7));
+    let replay = world
+        .shop(Cut::never())
+        .place(&world.alice(), Some(&key), body)
+        .await
+        .unwrap();
+    assert_eq!(replay.body, b.body);
+}
+
+/// A decline whose first run lost its lease: the run that took over answers 402 and gives the
+/// stock back; the stale run cannot turn it into anything else.
+pub async fn a_decline_after_a_lost_lease_still_gives_the_stock_back<T: Table + Clone>(table: &T) {
+    let world = Arc::new(World::new(table, "declined", 10).await);
+    let body = order_from(Some(world.lines(4)), None, "tok_decline");
+    let key = world.key(&body, "k1");
+    let stall = Cut::in_provider();
+    let a = {
+        let (world, stall, key, body) = (world.clone(), stall.clone(), key.clone(), body.clone());
+        tokio::spawn(async move {
+            world
+                .shop(stall)
+                .place(&world.alice(), Some(&key), body)
+                .await
+        })
+    };
+    stall.reached().await;
+    world.clock.advance(world.config.lease_ms + 1);
+    let b = world
+        .shop(Cut::never())
+        .place(&world.alice(), Some(&key), body.clone())
+        .await;
+    assert!(matches!(b, Err(AppError::PaymentDeclined(_))), "{b:?}");
+    stall.go.notify_waiters();
+    assert!(matches!(
+        a.await.unwrap(),
+        Err(AppError::IdempotencyInFlight)
+    ));
+    assert_eq!(world.stock().await, (10, 0, 10), "no hold leaked");
+    let replay = world
+        .shop(Cut::never())
+        .place(&world.alice(), Some(&key), body)
+        .await;
+    assert!(
+        matches!(replay, Err(AppError::PaymentDeclined(_))),
+        "the decline replays"
+    );
+}
+
+/// The provider is down: 503, the reservation stays held (free to release), and the retry with
+/// the same key orders it once the provider is back. Another key meanwhile is not refused for
+/// a checkout that is over.
+pub async fn a_reservation_survives_an_outage_and_the_retry_orders_it<T: Table + Clone>(table: &T) {
+    let world = World::new(table, "outage", 10).await;
+    let reservation = world.reserve(2).await;
+    let body = order_from(None, Some(reservation.clone()), "tok_visa");
+    let key = world.key(&body, "k1");
+    let down = Cut::never();
+    down.provider_down.store(true, Ordering::SeqCst);
+    let first = world
+        .shop(down)
+        .place(&world.alice(), Some(&key), body.clone())
+        .await;
+    assert!(
+        matches!(first, Err(AppError::PaymentUnavailable)),
+        "{first:?}"
+    );
+    let view = world
+        .shop(Cut::never())
+        .reservation(&world.alice(), &reservation)
+        .await
+        .unwrap();
+    assert_eq!(view.status, commerce_domain::ReservationStatus::Held);
+    assert_eq!(world.stock().await, (10, 2, 8));
+    let retry = world
+        .shop(Cut::never())
+        .place(&world.alice(), Some(&key), body)
+        .await
+        .unwrap();
+    assert_eq!(retry.status, 201);
+    assert_eq!(retry.body["reservation_id"], reservation.as_str());
+    assert_eq!(world.orders().await.len(), 1);
+    assert_eq!(
+        world.counts(),
+        SandboxCounts {
+            authorizations: 1,
+            voids: 0
+        }
+    );
+    assert_eq!(world.stock().await, (10, 2, 8));
+}
+
+/// Sixteen copies of one request at once: each answer is the same order, placed once.
+pub async fn concurrent_duplicates_place_one_order<T: Table + Clone>(table: &T) {
+    let world = Arc::new(World::new(table, "dupes", 10).await);
+    let body = order_from(Some(world.lines(1)), None, "tok_visa");
+    let key = world.key(&body, "k1");
+    let shop = Arc::new(world.shop(Cut::never()));
+    let mut runs = Vec::new();
+    for _ in 0..16 {
+        let (shop, world, key, body) = (shop.clone(), world.clone(), key.clone(), body.clone());
+        runs.push(tokio::spawn(async move {
+            shop.place_order(world.alice(), Some(key), body).await
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for run in runs {
+        match run.await.unwrap() {
+            Ok(reply) => {
+                ids.insert(reply.body["id"].as_str().unwrap().to_owned());
+            }
+            Err(AppError::IdempotencyInFlight) => {}
+            Err(other) => panic!("unexpected: {other}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "every success is the same order");
+    assert_eq!(world.orders().await.len(), 1);
+    assert_eq!(world.counts().authorizations, 1);
+    assert_eq!(world.stock().await, (10, 1, 9));
+}
