@@ -8,6 +8,7 @@ async fn requests_without_a_valid_token_are_unauthorized() {
     let shop = shop();
     let base = &shop.server.base;
     let forged = commerce_api::Auth::local(b"another-secret-another-secret-0123")
+        .unwrap()
         .mint("acme", "admin-1", &["admin"], 60)
         .unwrap();
     let expired = expired_token();
@@ -211,4 +212,129 @@ async fn roles_allow_exactly_their_work() {
             );
         }
     }
+}
+
+/// Being an operator too does not make another customer's hold one's own to release.
+#[tokio::test]
+async fn an_operator_who_is_also_a_customer_releases_only_their_own_holds() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 10).await;
+    let held = shop
+        .alice
+        .post(
+            "/v1/reservations",
+            &key(),
+            &serde_json::json!({"lines": [{"sku": "MUG", "quantity": 2}]}),
+        )
+        .await;
+    let id = held.body["id"].as_str().unwrap();
+    let carol = shop.server.client("acme", "carol", &["customer", "ops"]);
+    assert_eq!(
+        carol.get(&format!("/v1/reservations/{id}")).await.status,
+        StatusCode::OK,
+        "ops may read it"
+    );
+    let release = carol
+        .post(
+            &format!("/v1/reservations/{id}/release"),
+            &key(),
+            &serde_json::json!({}),
+        )
+        .await;
+    assert_eq!(release.status, StatusCode::NOT_FOUND, "{release:?}");
+    assert_eq!(
+        shop.alice.get(&format!("/v1/reservations/{id}")).await.body["status"],
+        "held"
+    );
+    assert_eq!(shop.levels("MUG").await, (10, 2, 8));
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive() {
+    let shop = shop();
+    let token = commerce_tests::token("acme", "alice", &["customer"]);
+    for scheme in ["Bearer", "bearer", "BEARER", "beARer"] {
+        let answer = reqwest::Client::new()
+            .get(format!("{}/v1/products", shop.server.base))
+            .header("authorization", format!("{scheme} {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), StatusCode::OK, "{scheme}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_not_valid_yet_is_refused() {
+    let shop = shop();
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = serde_json::json!({
+        "sub": "admin-1", "tenant": "acme", "roles": ["admin"], "iss": "commerce-local",
+        "aud": "commerce", "iat": now, "exp": now + 3600, "nbf": now + 600,
+    });
+    let early = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(commerce_tests::SECRET.as_bytes()),
+    )
+    .unwrap();
+    let answer = Client::new(&shop.server.base, Some(early))
+        .get("/v1/products")
+        .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{answer:?}");
+}
+
+/// An empty or short signing secret would let anyone mint admin tokens: the server refuses it.
+#[test]
+fn the_server_refuses_a_short_signing_secret() {
+    for secret in ["", "short-secret"] {
+        let dir = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new(commerce_tests::server_binary())
+            .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("COMMERCE_JWT_SECRET", secret)
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{secret:?} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("at least 32 bytes"), "{stderr}");
+    }
+}
+
+#[cfg(unix)]
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// The data directory holds contact data and the signing key: only its owner may read it.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_data_directory_is_private() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 10).await;
+    let dir = &shop.server.data_dir;
+    assert_eq!(mode(dir), 0o700);
+    for file in ["commerce.db", "commerce.db-wal"] {
+        assert_eq!(mode(&dir.join(file)), 0o600, "{file}");
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("jwt-secret");
+    std::fs::write(&secret, "an-old-secret-from-an-earlier-run-0123456789").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let output = std::process::Command::new(commerce_tests::server_binary())
+        .args(["token", "--data-dir"])
+        .arg(dir.path())
+        .env_remove("COMMERCE_JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        mode(&secret),
+        0o600,
+        "an existing secret file is narrowed too"
+    );
+    assert_eq!(mode(dir.path()), 0o700);
 }

@@ -191,3 +191,90 @@ async fn every_documented_operation_is_served() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_path_segment_that_is_not_utf8_is_a_problem() {
+    let shop = crate::shop();
+    for path in [
+        "/v1/products/%FF",
+        "/v1/orders/%C3%28",
+        "/v1/reservations/%E2%82/release",
+    ] {
+        let answer = if path.ends_with("release") {
+            shop.alice
+                .post(path, &commerce_tests::key(), &serde_json::json!({}))
+                .await
+        } else {
+            shop.alice.get(path).await
+        };
+        assert_eq!(
+            answer.status,
+            reqwest::StatusCode::BAD_REQUEST,
+            "{path}: {answer:?}"
+        );
+        assert_eq!(answer.problem(), "bad-request", "{path}");
+    }
+}
+
+/// Cursors are opaque and sealed to their list: made-up, altered or borrowed ones are 400.
+#[tokio::test]
+async fn a_cursor_the_api_never_gave_out_is_refused() {
+    let shop = crate::shop();
+    shop.stocked("MUG", 500, 100).await;
+    for _ in 0..3 {
+        let placed = shop
+            .alice
+            .post(
+                "/v1/orders",
+                &commerce_tests::key(),
+                &crate::order_body(&[("MUG", 1)], "tok_visa"),
+            )
+            .await;
+        assert_eq!(placed.status, reqwest::StatusCode::CREATED);
+    }
+    let first = shop.alice.get("/v1/orders?limit=1").await;
+    let cursor = first.body["next_cursor"].as_str().unwrap().to_owned();
+    let next = shop
+        .alice
+        .get(&format!("/v1/orders?limit=1&cursor={cursor}"))
+        .await;
+    assert_eq!(
+        next.status,
+        reqwest::StatusCode::OK,
+        "a cursor given out works"
+    );
+    assert_ne!(next.body["items"][0]["id"], first.body["items"][0]["id"]);
+
+    let id = first.body["items"][0]["id"].as_str().unwrap();
+    let (position, tag) = cursor.split_once('.').unwrap();
+    let flipped = format!(
+        "{position}.{}{}",
+        &tag[..tag.len() - 1],
+        if tag.ends_with('0') { '1' } else { '0' }
+    );
+    for bad in [
+        id.to_owned(),
+        "MUG".to_owned(),
+        flipped,
+        format!("{position}."),
+    ] {
+        let answer = shop.alice.get(&format!("/v1/orders?cursor={bad}")).await;
+        assert_eq!(
+            answer.status,
+            reqwest::StatusCode::BAD_REQUEST,
+            "{bad}: {answer:?}"
+        );
+        assert_eq!(answer.problem(), "bad-request");
+    }
+    let borrowed = shop.bob.get(&format!("/v1/orders?cursor={cursor}")).await;
+    assert_eq!(
+        borrowed.status,
+        reqwest::StatusCode::BAD_REQUEST,
+        "a cursor belongs to the list that gave it out"
+    );
+    let elsewhere = shop
+        .alice
+        .get(&format!("/v1/products?cursor={cursor}"))
+        .await;
+    assert_eq!(elsewhere.status, reqwest::StatusCode::BAD_REQUEST);
+}

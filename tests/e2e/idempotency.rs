@@ -132,3 +132,68 @@ async fn concurrent_duplicates_act_once() {
     assert_eq!(replay.status, StatusCode::CREATED);
     assert!(created.contains(replay.body["id"].as_str().unwrap()));
 }
+
+/// The same JSON is the same request, whatever its spacing or key order.
+#[tokio::test]
+async fn the_same_json_spelled_differently_replays() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 10).await;
+    let k = key();
+    let spellings = [
+        r#"{"lines":[{"sku":"MUG","quantity":2}],"payment_token":"tok_visa"}"#,
+        r#"{ "payment_token": "tok_visa",
+             "lines": [ { "quantity": 2, "sku": "MUG" } ] }"#,
+    ];
+    let mut answers = Vec::new();
+    for body in spellings {
+        answers.push(
+            shop.alice
+                .post_raw(
+                    "/v1/orders",
+                    &[
+                        ("idempotency-key", &k),
+                        ("content-type", "application/json"),
+                    ],
+                    body.as_bytes().to_vec(),
+                )
+                .await,
+        );
+    }
+    assert_eq!(answers[0].status, StatusCode::CREATED);
+    assert_eq!(answers[1].body, answers[0].body, "replayed, not refused");
+    assert_eq!(shop.levels("MUG").await, (10, 2, 8));
+}
+
+/// Contact details live in one erasable place: idempotency records keep answers without them,
+/// and a replay fetches the contact from where it is kept.
+#[tokio::test]
+async fn idempotency_records_keep_no_contact_data() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 10).await;
+    let k = key();
+    let mut body = order_body(&[("MUG", 1)], "tok_visa");
+    body["contact"] = json!({"name": "Alice Example", "email": "alice@example.test", "phone": "+44 20 0000 0000"});
+    let placed = shop.alice.post("/v1/orders", &k, &body).await;
+    assert_eq!(placed.status, StatusCode::CREATED);
+    assert_eq!(placed.body["contact"]["email"], "alice@example.test");
+
+    let db = rusqlite::Connection::open(shop.server.data_dir.join("commerce.db")).unwrap();
+    let records: Vec<String> = db
+        .prepare("SELECT CAST(data AS TEXT) FROM items WHERE pk LIKE '%#idempotency#%'")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(!records.is_empty());
+    for record in &records {
+        for personal in ["alice@example.test", "Alice Example", "+44 20"] {
+            assert!(!record.contains(personal), "personal data in {record}");
+        }
+    }
+    let replay = shop.alice.post("/v1/orders", &k, &body).await;
+    assert_eq!(
+        replay.body, placed.body,
+        "the replay still shows the contact"
+    );
+}

@@ -3,7 +3,7 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
-use crate::shop;
+use crate::{order_body, shop};
 use commerce_tests::key;
 
 #[tokio::test]
@@ -179,4 +179,192 @@ async fn reservation_ttl_and_lines_are_checked() {
         StatusCode::FORBIDDEN
     );
     assert_eq!(shop.levels("MUG").await, (10, 0, 10));
+}
+
+/// One account cannot lock up a sale: holds, units per SKU, units in all and the longest hold
+/// are capped per customer, and a refused hold takes nothing.
+#[tokio::test]
+async fn hold_limits_stop_one_customer_locking_up_the_stock() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 10_000).await;
+    shop.stocked("CAP", 500, 10_000).await;
+    let reserve = |sku: &str, quantity: u32, ttl: u32| json!({"lines": [{"sku": sku, "quantity": quantity}], "ttl_seconds": ttl});
+    let big = shop
+        .alice
+        .post("/v1/reservations", &key(), &reserve("MUG", 100, 600))
+        .await;
+    assert_eq!(big.status, StatusCode::CREATED, "{big:?}");
+    let more = shop
+        .alice
+        .post("/v1/reservations", &key(), &reserve("MUG", 1, 600))
+        .await;
+    assert_eq!(more.status, StatusCode::CONFLICT);
+    assert_eq!(more.problem(), "hold-limit-reached");
+    let by_order = shop
+        .alice
+        .post("/v1/orders", &key(), &order_body(&[("MUG", 1)], "tok_visa"))
+        .await;
+    assert_eq!(
+        by_order.problem(),
+        "hold-limit-reached",
+        "an order's own hold counts too"
+    );
+    let long = shop
+        .bob
+        .post("/v1/reservations", &key(), &reserve("CAP", 1, 7200))
+        .await;
+    assert_eq!(long.status, StatusCode::UNPROCESSABLE_ENTITY, "{long:?}");
+    for n in 0..9 {
+        let held = shop
+            .bob
+            .post("/v1/reservations", &key(), &reserve("CAP", 1, 600))
+            .await;
+        assert_eq!(held.status, StatusCode::CREATED, "hold {n}: {held:?}");
+    }
+    let tenth = shop
+        .bob
+        .post("/v1/reservations", &key(), &reserve("MUG", 1, 600))
+        .await;
+    assert_eq!(tenth.status, StatusCode::CREATED);
+    let eleventh = shop
+        .bob
+        .post("/v1/reservations", &key(), &reserve("MUG", 1, 600))
+        .await;
+    assert_eq!(eleventh.problem(), "hold-limit-reached");
+    assert_eq!(shop.levels("MUG").await, (10_000, 101, 9_899));
+    assert_eq!(shop.levels("CAP").await, (10_000, 9, 9_991));
+
+    let released = shop
+        .alice
+        .post(
+            &format!(
+                "/v1/reservations/{}/release",
+                big.body["id"].as_str().unwrap()
+            ),
+            &key(),
+            &json!({}),
+        )
+        .await;
+    assert_eq!(released.status, StatusCode::OK);
+    let again = shop
+        .alice
+        .post("/v1/reservations", &key(), &reserve("MUG", 100, 600))
+        .await;
+    assert_eq!(
+        again.status,
+        StatusCode::CREATED,
+        "a released hold counts no more"
+    );
+}
+
+/// A cart that could never become an order is refused at once, holding nothing.
+#[tokio::test]
+async fn a_reservation_in_two_currencies_is_refused() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 10).await;
+    shop.product("HAT", 700, "USD").await;
+    shop.admin
+        .put("/v1/inventory/HAT", &json!({"on_hand": 10}))
+        .await;
+    let mixed = shop
+        .alice
+        .post(
+            "/v1/reservations",
+            &key(),
+            &json!({"lines": [{"sku": "MUG", "quantity": 1}, {"sku": "HAT", "quantity": 1}]}),
+        )
+        .await;
+    assert_eq!(mixed.status, StatusCode::UNPROCESSABLE_ENTITY, "{mixed:?}");
+    assert_eq!(mixed.problem(), "currency-mismatch");
+    assert_eq!(shop.levels("MUG").await, (10, 0, 10));
+    assert_eq!(shop.levels("HAT").await, (10, 0, 10));
+}
+
+/// Orders racing for one reservation under different keys: one pays, the others are refused,
+/// and the customer is authorized once.
+#[tokio::test]
+async fn two_keys_cannot_both_pay_for_one_reservation() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 10).await;
+    let held = shop
+        .alice
+        .post(
+            "/v1/reservations",
+            &key(),
+            &json!({"lines": [{"sku": "MUG", "quantity": 3}]}),
+        )
+        .await;
+    let id = held.body["id"].as_str().unwrap().to_owned();
+    let mut racing = Vec::new();
+    for _ in 0..8 {
+        let (alice, id) = (shop.alice.clone(), id.clone());
+        racing.push(tokio::spawn(async move {
+            alice
+                .post(
+                    "/v1/orders",
+                    &key(),
+                    &json!({"reservation_id": id, "payment_token": "tok_slow"}),
+                )
+                .await
+        }));
+    }
+    let mut placed = 0;
+    for run in racing {
+        let answer = run.await.unwrap();
+        match answer.status {
+            StatusCode::CREATED => placed += 1,
+            StatusCode::CONFLICT => assert!(
+                ["reservation-in-checkout", "reservation-not-held"].contains(&answer.problem()),
+                "{answer:?}"
+            ),
+            other => panic!("unexpected {other}: {answer:?}"),
+        }
+    }
+    assert_eq!(placed, 1);
+    assert_eq!(
+        shop.alice.get("/v1/orders").await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(shop.levels("MUG").await, (10, 3, 7));
+}
+
+/// A declined payment is the order's failure, not the reservation's: it stays held and can
+/// still be ordered with another payment method.
+#[tokio::test]
+async fn a_declined_order_leaves_its_reservation_held() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 10).await;
+    let held = shop
+        .alice
+        .post(
+            "/v1/reservations",
+            &key(),
+            &json!({"lines": [{"sku": "MUG", "quantity": 2}]}),
+        )
+        .await;
+    let id = held.body["id"].as_str().unwrap();
+    let declined = shop
+        .alice
+        .post(
+            "/v1/orders",
+            &key(),
+            &json!({"reservation_id": id, "payment_token": "tok_decline"}),
+        )
+        .await;
+    assert_eq!(declined.status, StatusCode::PAYMENT_REQUIRED);
+    let reservation = shop.alice.get(&format!("/v1/reservations/{id}")).await;
+    assert_eq!(reservation.body["status"], "held");
+    assert_eq!(shop.levels("MUG").await, (10, 2, 8));
+    let paid = shop
+        .alice
+        .post(
+            "/v1/orders",
+            &key(),
+            &json!({"reservation_id": id, "payment_token": "tok_visa"}),
+        )
+        .await;
+    assert_eq!(paid.status, StatusCode::CREATED, "{paid:?}");
 }

@@ -146,6 +146,7 @@ impl Drop for Server {
 
 pub fn token(tenant: &str, sub: &str, roles: &[&str]) -> String {
     Auth::local(SECRET.as_bytes())
+        .unwrap()
         .mint(tenant, sub, roles, 3600)
         .unwrap()
 }

@@ -16,6 +16,13 @@ use crate::problem::ApiError;
 
 pub const ISSUER: &str = "commerce-local";
 pub const AUDIENCE: &str = "commerce";
+/// The shortest signing secret accepted: HS256 keys shorter than its hash are guessable.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The signing secret is too short to be safe.
+#[derive(Debug, thiserror::Error)]
+#[error("the token signing secret must be at least {MIN_SECRET_BYTES} bytes, not {0}")]
+pub struct WeakSecret(pub usize);
 
 /// Claims some trusted front door already verified.
 #[derive(Debug, Clone)]
@@ -57,21 +64,26 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
-    /// Verifies HS256 tokens signed with `secret` (the local server).
-    pub fn local(secret: &[u8]) -> Self {
+    /// Verifies HS256 tokens signed with `secret` (the local server). An empty or short secret
+    /// is refused: anyone could sign admin tokens with it.
+    pub fn local(secret: &[u8]) -> Result<Self, WeakSecret> {
+        if secret.len() < MIN_SECRET_BYTES {
+            return Err(WeakSecret(secret.len()));
+        }
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+        validation.validate_nbf = true;
         // The server checks tokens it issued itself, on its own clock: little skew to allow for.
         validation.leeway = 5;
-        Self {
+        Ok(Self {
             local: Some(Arc::new(LocalKeys {
                 encoding: EncodingKey::from_secret(secret),
                 decoding: DecodingKey::from_secret(secret),
                 validation,
             })),
-        }
+        })
     }
 
     /// Trusts only claims verified upstream (Lambda behind API Gateway's JWT authorizer).
@@ -120,10 +132,7 @@ impl Auth {
         let token = header
             .to_str()
             .ok()
-            .and_then(|h| {
-                h.strip_prefix("Bearer ")
-                    .or_else(|| h.strip_prefix("bearer "))
-            })
+            .and_then(bearer_token)
             .ok_or_else(|| ApiError::unauthorized("send Authorization: Bearer <token>"))?;
         let data =
             jsonwebtoken::decode::<DevClaims>(token.trim(), &keys.decoding, &keys.validation)
@@ -134,6 +143,16 @@ impl Auth {
             roles: data.claims.roles,
         })
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header; the scheme is case-insensitive
+/// (RFC 9110, section 11.1).
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Reads roles as API Gateway passes them too: a JSON array, or `[a b]`, or `a,b` in a string.
@@ -186,9 +205,63 @@ mod tests {
         assert!(parse_roles("").is_empty());
     }
 
+    const ONE: &[u8] = b"secret-one-secret-one-secret-one-1";
+    const TWO: &[u8] = b"secret-two-secret-two-secret-two-2";
+
+    fn parts_with(authorization: &str) -> Parts {
+        let request = axum::http::Request::builder()
+            .header("authorization", authorization)
+            .body(())
+            .unwrap();
+        request.into_parts().0
+    }
+
+    #[test]
+    fn short_secrets_are_refused() {
+        assert!(Auth::local(b"").is_err());
+        assert!(Auth::local(&[b'x'; MIN_SECRET_BYTES - 1]).is_err());
+        assert!(Auth::local(&[b'x'; MIN_SECRET_BYTES]).is_ok());
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        let auth = Auth::local(ONE).unwrap();
+        let token = auth.mint("acme", "alice", &["customer"], 60).unwrap();
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            assert!(
+                auth.verify(&parts_with(&format!("{scheme} {token}")))
+                    .is_ok(),
+                "{scheme}"
+            );
+        }
+        for bad in [format!("Basic {token}"), token.clone(), "Bearer ".into()] {
+            assert!(auth.verify(&parts_with(&bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_token_not_yet_valid_is_refused() {
+        let auth = Auth::local(ONE).unwrap();
+        let now = jsonwebtoken::get_current_timestamp();
+        let claims = serde_json::json!({
+            "sub": "alice", "tenant": "acme", "roles": ["customer"], "iss": ISSUER,
+            "aud": AUDIENCE, "iat": now, "exp": now + 3600, "nbf": now + 600,
+        });
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(ONE),
+        )
+        .unwrap();
+        assert!(
+            auth.verify(&parts_with(&format!("Bearer {token}")))
+                .is_err()
+        );
+    }
+
     #[test]
     fn minted_tokens_verify_and_foreign_ones_do_not() {
-        let auth = Auth::local(b"secret-one");
+        let auth = Auth::local(ONE).unwrap();
         let token = auth.mint("acme", "alice", &["customer"], 60).unwrap();
         let request = axum::http::Request::builder()
             .header("authorization", format!("Bearer {token}"))
@@ -200,7 +273,7 @@ mod tests {
             (claims.tenant.as_str(), claims.sub.as_str()),
             ("acme", "alice")
         );
-        assert!(Auth::local(b"secret-two").verify(&parts).is_err());
+        assert!(Auth::local(TWO).unwrap().verify(&parts).is_err());
         assert!(
             Auth::upstream().verify(&parts).is_err(),
             "upstream mode never trusts a bearer header"

@@ -133,8 +133,8 @@ fn parse_json(headers: &HeaderMap, bytes: &[u8]) -> Result<serde_json::Value, Ap
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct Listing {
-    /// `next_cursor` of the previous page.
-    #[param(min_length = 1, max_length = 200)]
+    /// `next_cursor` of the previous page, as given.
+    #[param(min_length = 1, max_length = 512)]
     pub cursor: Option<String>,
     /// Page size, 1 to 100 (default 20).
     #[param(minimum = 1, maximum = 100)]
@@ -157,11 +157,29 @@ impl<S: Send + Sync> FromRequestParts<S> for Listing {
         if listing
             .cursor
             .as_ref()
-            .is_some_and(|c| c.is_empty() || c.len() > 200)
+            .is_some_and(|c| c.is_empty() || c.len() > 512)
         {
             return Err(ApiError::bad_request("cursor is not one this API gave out"));
         }
         Ok(listing)
+    }
+}
+
+/// One path segment as text. A segment that is not UTF-8 gets a problem, not axum's plain text.
+#[derive(Debug)]
+pub struct Segment(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(segment)| Segment(segment))
+            .map_err(|e| ApiError::bad_request(format!("bad path: {}", e.body_text())))
     }
 }
 

@@ -7,7 +7,7 @@ mod openapi;
 mod problem;
 mod routes;
 
-pub use auth::{Auth, DevClaims, VerifiedClaims, parse_roles};
+pub use auth::{Auth, DevClaims, MIN_SECRET_BYTES, VerifiedClaims, WeakSecret, parse_roles};
 pub use openapi::ApiDoc;
 pub use problem::ApiError;
 pub use routes::{BODY_LIMIT, router};

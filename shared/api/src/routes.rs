@@ -1,6 +1,6 @@
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -10,7 +10,7 @@ use commerce_app::{Clock, PaymentGateway, Shop, Table};
 use commerce_domain::{OrderId, ReservationId, Sku};
 
 use crate::auth::{Auth, Authenticated};
-use crate::extract::{Command, JsonBody, Listing, NoParameters};
+use crate::extract::{Command, JsonBody, Listing, NoParameters, Segment};
 use crate::openapi;
 use crate::openapi::IdempotencyKeyHeader;
 use crate::problem::{ApiError, json_response};
@@ -127,7 +127,7 @@ async fn list_products<T: Table, P: PaymentGateway, C: Clock>(
 async fn get_product<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Authenticated(caller): Authenticated,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
 ) -> Answer {
     Ok(ok(&shop.product(&caller, &sku(&raw)?).await?))
 }
@@ -136,7 +136,7 @@ async fn get_product<T: Table, P: PaymentGateway, C: Clock>(
 async fn get_inventory<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Authenticated(caller): Authenticated,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
 ) -> Answer {
     Ok(ok(&shop.inventory(&caller, &sku(&raw)?).await?))
 }
@@ -144,7 +144,7 @@ async fn get_inventory<T: Table, P: PaymentGateway, C: Clock>(
 #[utoipa::path(put, path = "/v1/inventory/{sku}", tag = "inventory", params(("sku" = String, Path)), request_body = StockLevel, responses((status = 200, description = "Stock after the count", body = InventoryView), (status = 400, description = "Malformed request or missing Idempotency-Key", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller's role may not do this", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json"), (status = 409, description = "On hand would be below reserved", body = Problem, content_type = "application/problem+json")))]
 async fn set_stock<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
     JsonBody(caller, level): JsonBody<StockLevel>,
 ) -> Answer {
     Ok(reply(shop.set_stock(&caller, &sku(&raw)?, level).await?))
@@ -153,7 +153,7 @@ async fn set_stock<T: Table, P: PaymentGateway, C: Clock>(
 #[utoipa::path(post, path = "/v1/inventory/{sku}/receipts", tag = "inventory", params(("sku" = String, Path), IdempotencyKeyHeader), request_body = StockReceipt, responses((status = 200, description = "Stock after the receipt", body = InventoryView), (status = 400, description = "Malformed request or missing Idempotency-Key", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "The caller's role may not do this", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid values", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such product", body = Problem, content_type = "application/problem+json")))]
 async fn receive_stock<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
     command: Command<StockReceipt>,
 ) -> Answer {
     Ok(reply(
@@ -197,7 +197,7 @@ fn reservation_id(raw: &str) -> Result<ReservationId, ApiError> {
 async fn get_reservation<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Authenticated(caller): Authenticated,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
 ) -> Answer {
     Ok(ok(&shop
         .reservation(&caller, &reservation_id(&raw)?)
@@ -207,7 +207,7 @@ async fn get_reservation<T: Table, P: PaymentGateway, C: Clock>(
 #[utoipa::path(post, path = "/v1/reservations/{id}/release", tag = "reservations", params(("id" = String, Path), IdempotencyKeyHeader), responses((status = 200, description = "Released; the stock is available again", body = ReservationView), (status = 400, description = "Missing Idempotency-Key", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Only customers release their holds", body = Problem, content_type = "application/problem+json"), (status = 422, description = "A body other than none or {}", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such reservation for this caller", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Not held any more", body = Problem, content_type = "application/problem+json")))]
 async fn release_reservation<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
     command: Command<NoParameters>,
 ) -> Answer {
     Ok(reply(
@@ -242,7 +242,7 @@ async fn list_orders<T: Table, P: PaymentGateway, C: Clock>(
 async fn get_order<T: Table, P: PaymentGateway, C: Clock>(
     State(shop): Shared<T, P, C>,
     Authenticated(caller): Authenticated,
-    Path(raw): Path<String>,
+    Segment(raw): Segment,
 ) -> Answer {
     let id = OrderId::parse(raw).map_err(|_| ApiError::not_found())?;
     Ok(ok(&shop.order(&caller, &id).await?))

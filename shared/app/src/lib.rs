@@ -8,6 +8,7 @@
 pub mod clock;
 #[cfg(any(test, feature = "contract"))]
 pub mod contract;
+pub mod cursor;
 mod error;
 pub mod event_store;
 pub mod idempotency;
@@ -18,8 +19,9 @@ pub mod table;
 pub mod views;
 
 pub use clock::{Clock, SystemClock};
+pub use cursor::Cursors;
 pub use error::AppError;
-pub use idempotency::IdempotencyKey;
+pub use idempotency::{IdempotencyKey, Outcome, Reply};
 pub use payments::{PaymentError, PaymentGateway, SandboxPayments};
 pub use shop::{Caller, PlaceOrder, Role, Shop, ShopConfig};
 pub use table::{Condition, Item, Page, Query, StoreError, Table, Write};

@@ -1,7 +1,7 @@
 //! What every Lambda shares. A function's `main` calls [`serve_api`] or [`run_sweeper`]; all
 //! set-up (tracing, SDK clients, the shop) happens once per cold start, before the first event.
 //!
-//! Environment: `TABLE_NAME` (required); `TENANT_CLAIM` (default `tenant`) and `ROLES_CLAIM`
+//! Environment: `TABLE_NAME` and `CURSOR_SECRET` (required); `TENANT_CLAIM` (default `tenant`) and `ROLES_CLAIM`
 //! (default `roles`) name the JWT claims API Gateway's authorizer passes on.
 
 use std::sync::Arc;
@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use commerce_api::{Auth, VerifiedClaims, parse_roles, router};
 use commerce_app::shop::SweepSummary;
-use commerce_app::{SandboxPayments, Shop, ShopConfig, SystemClock};
+use commerce_app::{Cursors, SandboxPayments, Shop, ShopConfig, SystemClock};
 use commerce_dynamodb::DynamoTable;
 use lambda_http::request::RequestContext;
 use lambda_http::{Error, LambdaEvent, service_fn};
@@ -30,16 +30,24 @@ pub fn init_tracing() {
         .init();
 }
 
-/// The shop on the table named by `TABLE_NAME`.
+/// The shop on the table named by `TABLE_NAME`, its page cursors sealed with `CURSOR_SECRET`.
 pub async fn shop() -> Result<Arc<LambdaShop>, Error> {
     let table = std::env::var("TABLE_NAME").map_err(|_| "TABLE_NAME is not set")?;
+    let secret = std::env::var("CURSOR_SECRET").map_err(|_| "CURSOR_SECRET is not set")?;
+    if secret.len() < 32 {
+        return Err("CURSOR_SECRET must be at least 32 bytes".into());
+    }
     let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let client = aws_sdk_dynamodb::Client::new(&config);
+    let shop_config = ShopConfig {
+        cursors: Cursors::new(secret.as_bytes()),
+        ..ShopConfig::default()
+    };
     Ok(Arc::new(Shop::new(
         DynamoTable::new(client, table),
         SandboxPayments::default(),
         SystemClock,
-        ShopConfig::default(),
+        shop_config,
     )))
 }
 

@@ -12,9 +12,9 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
-use commerce_api::{Auth, router};
+use commerce_api::{Auth, MIN_SECRET_BYTES, router};
 use commerce_app::shop::SweepSummary;
-use commerce_app::{SandboxPayments, Shop, ShopConfig, SystemClock};
+use commerce_app::{Cursors, SandboxPayments, Shop, ShopConfig, SystemClock};
 use commerce_sqlite::SqliteTable;
 
 #[derive(Parser)]
@@ -85,7 +85,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Token(token)) => {
-            let auth = Auth::local(&secret(&token.data.data_dir)?);
+            let auth = Auth::local(&secret(&token.data.data_dir)?)?;
             let roles: Vec<&str> = token.roles.split(',').map(str::trim).collect();
             println!(
                 "{}",
@@ -101,14 +101,22 @@ async fn main() -> anyhow::Result<()> {
 
 async fn run(serve: Serve) -> anyhow::Result<()> {
     let dir = &serve.data.data_dir;
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let table = SqliteTable::open(dir.join("commerce.db")).context("cannot open the database")?;
-    let auth = Auth::local(&secret(dir)?);
+    private_dir(dir)?;
+    let database = dir.join("commerce.db");
+    // SQLite gives the WAL and shared-memory files the database file's permissions.
+    private_file(&database)?;
+    let table = SqliteTable::open(&database).context("cannot open the database")?;
+    let secret = secret(dir)?;
+    let auth = Auth::local(&secret)?;
+    let config = ShopConfig {
+        cursors: Cursors::new(&secret),
+        ..ShopConfig::default()
+    };
     let shop = Arc::new(Shop::new(
         table.clone(),
         SandboxPayments::default(),
         SystemClock,
-        ShopConfig::default(),
+        config,
     ));
     tokio::spawn(sweep(
         shop.clone(),
@@ -173,30 +181,57 @@ fn secret(dir: &Path) -> anyhow::Result<Vec<u8>> {
     if let Ok(secret) = std::env::var("COMMERCE_JWT_SECRET") {
         return Ok(secret.into_bytes());
     }
-    std::fs::create_dir_all(dir)?;
+    private_dir(dir)?;
     let path = dir.join("jwt-secret");
     match std::fs::read(&path) {
-        Ok(secret) if secret.len() >= 32 => Ok(secret),
+        Ok(secret) if secret.len() >= MIN_SECRET_BYTES => {
+            private_file(&path)?;
+            Ok(secret)
+        }
         _ => {
             let secret = format!(
                 "{}{}",
                 uuid::Uuid::new_v4().simple(),
                 uuid::Uuid::new_v4().simple()
             );
-            write_private(&path, secret.as_bytes())
+            private_file(&path)?;
+            std::fs::write(&path, secret.as_bytes())
                 .with_context(|| format!("cannot write {}", path.display()))?;
             Ok(secret.into_bytes())
         }
     }
 }
 
-/// Writes a file only its owner can read: it holds the key that signs tokens.
-fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+/// The data directory, readable by its owner only: it holds customers' contact data and the
+/// key that signs tokens.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// A file only its owner can read and write, created empty if missing; an existing file's
+/// permissions are narrowed too.
+fn private_file(path: &Path) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
+    options.write(true).create(true).truncate(false);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?.write_all(bytes)
+    options
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {}", path.display()))?;
+    }
+    Ok(())
 }
 
 async fn shutdown() {

@@ -20,6 +20,7 @@ use commerce_domain::HoldLimits;
 
 use crate::AppError;
 use crate::clock::Clock;
+use crate::cursor::Cursors;
 use crate::event_store::{Changes, CommitError};
 use crate::idempotency::{self, Begin, Guard, IdempotencyKey, Outcome};
 use crate::payments::PaymentGateway;
@@ -99,6 +100,8 @@ pub struct ShopConfig {
     pub duplicate_wait_ms: u64,
     /// Most holds and units one customer may keep at once.
     pub limits: HoldLimits,
+    /// Seals page cursors; every process serving the same lists needs the same key.
+    pub cursors: Cursors,
 }
 
 impl Default for ShopConfig {
@@ -113,6 +116,7 @@ impl Default for ShopConfig {
             lease_ms: 30_000,
             duplicate_wait_ms: 3_000,
             limits: HoldLimits::default(),
+            cursors: Cursors::ephemeral(),
         }
     }
 }
@@ -153,7 +157,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         self.clock.now_ms()
     }
 
-    /// One page of a list partition, each item a stored view.
+    /// One page of a list partition, each item a stored view. Cursors are sealed to the list.
     async fn list<V: serde::de::DeserializeOwned>(
         &self,
         pk: &str,
@@ -161,12 +165,15 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         limit: Option<usize>,
         descending: bool,
     ) -> Result<ListPage<V>, AppError> {
+        let after = cursor
+            .map(|c| self.config.cursors.open(pk, c))
+            .transpose()?;
         let page = self
             .table
             .query(Query {
                 pk,
                 prefix: "",
-                after: cursor,
+                after: after.as_deref(),
                 limit: page_limit(limit),
                 descending,
             })
@@ -181,7 +188,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             .collect::<Result<_, _>>()?;
         Ok(ListPage {
             items,
-            next_cursor: page.next,
+            next_cursor: page.next.map(|next| self.config.cursors.seal(pk, &next)),
         })
     }
 
