@@ -1,5 +1,6 @@
-//! The DynamoDB adapter, through the real aws-sdk client against moto server: the same table
-//! contract the SQLite adapter passes, and the shop's order race on top of it.
+//! The shop on the DynamoDB adapter, through the real aws-sdk client against moto server: the
+//! order race, the sweeper and the Lambda path. The table contract itself runs in
+//! `shared/dynamodb/tests/contract.rs`.
 
 #![allow(
     clippy::unwrap_used,
@@ -16,9 +17,7 @@ use commerce_app::{AppError, Caller, Clock, Role, SandboxPayments, Shop, ShopCon
 use commerce_domain::{
     Currency, CustomerId, DomainError, Line, Money, ProductName, Quantity, Sku, TenantId,
 };
-use commerce_tests::moto::fresh_table;
-
-commerce_app::table_contract!(async { (fresh_table().await, ()) });
+use commerce_dynamodb::moto::fresh_table;
 
 fn caller(sub: &str, role: Role) -> Caller {
     Caller {

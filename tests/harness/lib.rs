@@ -10,8 +10,6 @@
     clippy::indexing_slicing
 )]
 
-pub mod moto;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -20,6 +20,9 @@ use commerce_app::table::{
     Condition, Item, Page, Query, StoreError, Table, Write, check_transaction,
 };
 
+#[cfg(feature = "moto")]
+pub mod moto;
+
 const PK: &str = "pk";
 const SK: &str = "sk";
 const VERSION: &str = "v";

@@ -1,8 +1,11 @@
-//! moto server, the AWS-API emulator the DynamoDB adapter is tested against.
+//! moto server, the AWS-API emulator the DynamoDB adapter is tested against (feature `moto`,
+//! for tests only).
 //!
 //! `MOTO_ENDPOINT` points at a running one (the test script starts one for the whole run).
 //! Without it, the first test in a process starts its own on a free port, and a shell watchdog
 //! stops it when the test process exits. No moto means a loud failure, never a skipped test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -10,8 +13,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::DynamoTable;
 use aws_sdk_dynamodb::config::{Credentials, Region};
-use commerce_dynamodb::DynamoTable;
 
 static OWN_SERVER: Mutex<Option<Child>> = Mutex::new(None);
 
@@ -55,7 +58,7 @@ fn moto_binary() -> PathBuf {
     if let Ok(path) = std::env::var("MOTO_SERVER") {
         return PathBuf::from(path);
     }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.tools/venv/bin/moto_server");
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.tools/venv/bin/moto_server");
     if venv.exists() {
         return venv;
     }
