@@ -5,8 +5,11 @@
 //!   and latency.
 //! * `--mode hot`: every client buys one SKU with limited stock until it is sold out; checks
 //!   that no unit is sold twice.
+//! * `--mode soak`: spread for at least 60 seconds, watching the SQLite WAL's size: sustained
+//!   load must not make it grow without bound.
 //!
-//! Prints a summary, then one JSON line: orders_per_s, p50_ms, p95_ms, p99_ms, oversold.
+//! Prints a summary, then one JSON line: orders_per_s, p50_ms, p95_ms, p99_ms, oversold,
+//! wal_peak_mb.
 
 #![allow(
     clippy::unwrap_used,
@@ -46,7 +49,11 @@ struct Args {
 enum Mode {
     Spread,
     Hot,
+    Soak,
 }
+
+/// The shortest soak that shows whether the WAL stays bounded.
+const SOAK_SECONDS: u64 = 60;
 
 #[derive(Default)]
 struct Tally {
@@ -58,7 +65,10 @@ struct Tally {
 
 #[tokio::main]
 async fn main() {
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.mode == Mode::Soak {
+        args.seconds = args.seconds.max(SOAK_SECONDS);
+    }
     eprintln!("building and starting the release server…");
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start_binary(&build_server(true), dir.path());
@@ -71,7 +81,7 @@ async fn main() {
     let admin = token("bench", "admin", &["admin"]);
 
     let skus: Vec<String> = match args.mode {
-        Mode::Spread => (0..args.skus).map(|n| format!("SKU-{n:05}")).collect(),
+        Mode::Spread | Mode::Soak => (0..args.skus).map(|n| format!("SKU-{n:05}")).collect(),
         Mode::Hot => vec!["HOT".to_owned()],
     };
     let stock = if args.mode == Mode::Hot {
@@ -102,10 +112,10 @@ async fn main() {
         assert_eq!(stocked.status(), 200, "stocking {sku}");
     }
 
-    let warmup = if args.mode == Mode::Spread {
-        Duration::from_secs(2)
-    } else {
+    let warmup = if args.mode == Mode::Hot {
         Duration::ZERO
+    } else {
+        Duration::from_secs(2)
     };
     let started = Instant::now();
     let measure_from = started + warmup;
@@ -128,7 +138,7 @@ async fn main() {
             let mut seed = client as u64 * 7919 + 1;
             loop {
                 let now = Instant::now();
-                if (mode == Mode::Spread && now >= stop_at)
+                if (mode != Mode::Hot && now >= stop_at)
                     || (mode == Mode::Hot && sold_out.load(Ordering::Relaxed))
                 {
                     return tally;
@@ -189,6 +199,18 @@ async fn main() {
             }
         }));
     }
+    let wal = dir.path().join("commerce.db-wal");
+    let wal_peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (wal, wal_peak, sold_out) = (wal.clone(), wal_peak.clone(), sold_out.clone());
+        tokio::spawn(async move {
+            while Instant::now() < stop_at && !sold_out.load(Ordering::Relaxed) {
+                let size = std::fs::metadata(&wal).map_or(0, |m| m.len());
+                wal_peak.fetch_max(size, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
     let mut all = Tally::default();
     for task in tasks {
         let t = task.await.unwrap();
@@ -197,8 +219,11 @@ async fn main() {
         all.out_of_stock += t.out_of_stock;
         all.other += t.other;
     }
+    sold_out.store(true, Ordering::Relaxed);
+    sampler.await.unwrap();
+    let wal_peak_mb = wal_peak.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0);
     let elapsed = match args.mode {
-        Mode::Spread => Duration::from_secs(args.seconds),
+        Mode::Spread | Mode::Soak => Duration::from_secs(args.seconds),
         Mode::Hot => started.elapsed(),
     };
 
@@ -238,10 +263,10 @@ async fn main() {
         all.latencies_us[at] as f64 / 1000.0
     };
     let per_second = all.placed as f64 / elapsed.as_secs_f64();
-    let mode = if args.mode == Mode::Hot {
-        "hot"
-    } else {
-        "spread"
+    let mode = match args.mode {
+        Mode::Hot => "hot",
+        Mode::Spread => "spread",
+        Mode::Soak => "soak",
     };
     println!(
         "mode {mode}, {} clients, {:.1} s: {} orders placed ({:.0} orders/s), {} out of stock, {} other answers",
@@ -258,8 +283,9 @@ async fn main() {
         pct(0.95),
         pct(0.99)
     );
+    println!("WAL peak: {wal_peak_mb:.1} MB");
     println!(
         "{}",
-        json!({"mode": mode, "clients": args.clients, "orders_per_s": per_second.round(), "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "oversold": oversold, "errors": all.other})
+        json!({"mode": mode, "clients": args.clients, "orders_per_s": per_second.round(), "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "oversold": oversold, "errors": all.other, "wal_peak_mb": (wal_peak_mb * 10.0).round() / 10.0})
     );
 }

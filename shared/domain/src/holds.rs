@@ -9,7 +9,7 @@ use crate::{DomainError, Line, ReservationId, Sku};
 pub struct HoldLimits {
     /// Longest hold a reservation may ask for, in seconds.
     pub max_ttl_seconds: u32,
-    /// Holds (reservations, and orders being paid for) at once.
+    /// Reservations held at once.
     pub max_holds: usize,
     /// Units of one SKU held at once.
     pub max_units_per_sku: u64,
@@ -78,9 +78,10 @@ impl CustomerHolds {
         Ok(())
     }
 
-    /// The hold ended (ordered, released or expired); its units count no more.
-    pub fn remove(&mut self, id: &ReservationId) {
-        self.holds.remove(id);
+    /// The hold ended (ordered, released or expired); its units count no more. Says whether
+    /// it was counted at all.
+    pub fn remove(&mut self, id: &ReservationId) -> bool {
+        self.holds.remove(id).is_some()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -29,8 +29,16 @@ async fn on_a_full_disk_each_answer_tells_the_truth() {
         max_size_bytes: Some(256 * 1024),
     };
     let table = SqliteTable::open_with(&path, limits).unwrap();
+    let mut outcomes = Vec::new();
+    for n in 0..20 {
+        let write = Write::Put {
+            item: item(n, 3000),
+            condition: Condition::Absent,
+        };
+        outcomes.push((n, table.transact(vec![write]).await.is_ok()));
+    }
     let mut tasks = Vec::new();
-    for n in 0..300 {
+    for n in 20..300 {
         let table = table.clone();
         tasks.push(tokio::spawn(async move {
             let write = Write::Put {
@@ -40,7 +48,6 @@ async fn on_a_full_disk_each_answer_tells_the_truth() {
             (n, table.transact(vec![write]).await.is_ok())
         }));
     }
-    let mut outcomes = Vec::new();
     for task in tasks {
         outcomes.push(task.await.unwrap());
     }

@@ -79,7 +79,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     }
 
     /// The writes that hold stock for a new reservation: its stream, every line's stock, the
-    /// customer's open holds (within the shop's limits) and its place in the expiry queue.
+    /// customer's open reservations (within the shop's limits) and its place in the expiry queue.
     pub(super) async fn hold(
         &self,
         caller: &Caller,
@@ -99,13 +99,17 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             window,
             request.checkout.clone(),
         )?;
-        let mut holds = self.customer_holds(&caller.tenant, &caller.subject).await?;
-        holds.state.add(id, request.lines, &self.config.limits)?;
         let mut changes = Changes::new();
+        // A customer's reservations count against the shop's limits. An order's own hold lasts
+        // only while it pays, so it does not, and orders never queue on their customer.
+        if request.checkout.is_none() {
+            let mut holds = self.customer_holds(&caller.tenant, &caller.subject).await?;
+            holds.state.add(id, request.lines, &self.config.limits)?;
+            changes.put_versioned(&holds)?;
+        }
         self.reserve_lines(&mut changes, &caller.tenant, id, request.lines)
             .await?;
         changes.append(&mut reservation, events, self.now_ms())?;
-        changes.put_versioned(&holds)?;
         let expires_at = reservation.state.held.as_ref().map_or(0, |h| h.expires_at);
         changes.put_read_model(
             keys::holds(keys::hold_shard(id)),
@@ -209,8 +213,9 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         expires_at: i64,
     ) -> Result<(), AppError> {
         let mut holds = self.customer_holds(tenant, owner).await?;
-        holds.state.remove(id);
-        changes.put_versioned(&holds)?;
+        if holds.state.remove(id) {
+            changes.put_versioned(&holds)?;
+        }
         changes.delete_read_model(
             keys::holds(keys::hold_shard(id)),
             keys::hold_sk(expires_at, tenant, id),
