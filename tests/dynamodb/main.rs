@@ -260,3 +260,52 @@ async fn the_sweeper_releases_expired_holds() {
     let stock = shop.inventory(&admin, &sku).await.unwrap();
     assert_eq!((stock.on_hand, stock.reserved, stock.available), (10, 2, 8));
 }
+
+/// Contact data lives in the personal table, which has no stream: the main table, whose stream
+/// feeds every consumer, never holds it.
+#[tokio::test]
+async fn contact_data_stays_out_of_the_streamed_table() {
+    let sku = Sku::parse("MUG").unwrap();
+    let shop = Arc::new(stocked(SystemClock, &sku, 5, 0).await);
+    let order = PlaceOrder {
+        lines: Some(vec![Line {
+            sku: sku.clone(),
+            quantity: Quantity::new(1).unwrap(),
+        }]),
+        reservation_id: None,
+        payment_token: "tok_visa".into(),
+        contact: Some(commerce_app::views::Contact {
+            email: Some("alice@example.test".into()),
+            ..Default::default()
+        }),
+    };
+    let alice = caller("alice", Role::Customer);
+    let placed = shop.place_order(alice.clone(), None, order).await.unwrap();
+    let id = commerce_domain::OrderId::parse(placed.body["id"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        shop.order(&alice, &id)
+            .await
+            .unwrap()
+            .contact
+            .unwrap()
+            .email
+            .as_deref(),
+        Some("alice@example.test")
+    );
+    let (main, personal) = shop.table().names();
+    let client = commerce_dynamodb::moto::client().await;
+    for (name, holds) in [(main, false), (personal, true)] {
+        let items = client
+            .scan()
+            .table_name(name)
+            .send()
+            .await
+            .unwrap()
+            .items
+            .unwrap_or_default();
+        let found = items
+            .iter()
+            .any(|item| format!("{item:?}").contains("alice@example.test"));
+        assert_eq!(found, holds, "contact data in {name}: {found}");
+    }
+}

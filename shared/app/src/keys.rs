@@ -1,7 +1,10 @@
 //! Every key the shop writes, in one place. Each starts with the tenant, so no query can cross
-//! shops. `#` separates parts; no identifier may contain it.
+//! shops, or with [`PERSONAL`] then the tenant, for personal data. `#` separates parts; no
+//! identifier may contain it.
 
 use commerce_domain::{CustomerId, OrderId, ReservationId, Sku, TenantId};
+
+use crate::table::PERSONAL;
 
 pub const HEAD: &str = "head";
 pub const EVENT_PREFIX: &str = "event#";
@@ -51,9 +54,10 @@ pub fn tenant_orders(tenant: &TenantId) -> String {
     format!("{tenant}#orders")
 }
 
-/// Contact details kept apart from events, so they can be erased without rewriting history.
+/// Contact details kept apart from events, idempotency records and the change stream, so they
+/// can be erased in one place without rewriting history.
 pub fn order_contact(tenant: &TenantId, id: &OrderId) -> String {
-    format!("{tenant}#contact#order#{id}")
+    format!("{PERSONAL}{tenant}#contact#order#{id}")
 }
 
 pub fn idempotency(tenant: &TenantId, customer: &CustomerId, key: &str) -> String {

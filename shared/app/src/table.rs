@@ -98,6 +98,15 @@ pub enum StoreError {
     Failure(String),
 }
 
+/// Partitions whose key starts with this hold personal data (a customer's contact details).
+/// Adapters keep them apart from everything else: never in a change stream, so no consumer
+/// ever holds a copy, and erased in one place. They take part in transactions like any other.
+pub const PERSONAL: &str = "personal#";
+
+pub fn is_personal(pk: &str) -> bool {
+    pk.starts_with(PERSONAL)
+}
+
 /// Most writes in one transaction (DynamoDB's TransactWriteItems limit).
 pub const MAX_TRANSACTION_WRITES: usize = 100;
 

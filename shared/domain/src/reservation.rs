@@ -138,6 +138,10 @@ pub struct Held {
     /// should the hold end without that order.
     #[serde(default)]
     pub checkout: Option<OrderId>,
+    /// Made by an order for its basket, not reserved by the customer: it does not count
+    /// against the customer's limits.
+    #[serde(default)]
+    pub for_basket: bool,
 }
 
 impl Reservation {
@@ -284,6 +288,7 @@ impl Aggregate for Reservation {
                     status: ReservationStatus::Held,
                     order: None,
                     checkout: checkout.clone(),
+                    for_basket: checkout.is_some(),
                 });
             }
             (ReservationEvent::CheckoutStarted { order }, Some(held)) => {

@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::types::{
 };
 use commerce_app::clock::now_seconds;
 use commerce_app::table::{
-    Condition, Item, Page, Query, StoreError, Table, Write, check_transaction,
+    Condition, Item, Page, Query, StoreError, Table, Write, check_transaction, is_personal,
 };
 
 #[cfg(feature = "moto")]
@@ -30,24 +30,48 @@ const DATA: &str = "d";
 const TTL: &str = "ttl";
 const OWNER: &str = "o";
 
-/// The shop's table in DynamoDB.
+/// The shop's tables in DynamoDB: the main one, whose stream carries events to consumers, and
+/// one without a stream for personal partitions ([`is_personal`]), so contact data never leaves
+/// through the stream and is erased in one place. A transaction may span both.
 #[derive(Debug, Clone)]
 pub struct DynamoTable {
     client: Client,
     table: String,
+    personal: String,
 }
 
 impl DynamoTable {
-    pub fn new(client: Client, table: impl Into<String>) -> Self {
+    pub fn new(client: Client, table: impl Into<String>, personal: impl Into<String>) -> Self {
         Self {
             client,
             table: table.into(),
+            personal: personal.into(),
         }
     }
 
-    /// Creates the table as `template.yaml` declares it (key, on-demand billing, stream, TTL).
-    /// For tests and local emulators; deployments create it from the template.
+    /// The names of the main table and of the personal-data table.
+    pub fn names(&self) -> (&str, &str) {
+        (&self.table, &self.personal)
+    }
+
+    /// The table an item of partition `pk` lives in.
+    fn table_of(&self, pk: &str) -> &str {
+        if is_personal(pk) {
+            &self.personal
+        } else {
+            &self.table
+        }
+    }
+
+    /// Creates both tables as `template.yaml` declares them (key, on-demand billing, TTL; a
+    /// stream on the main table only). For tests and local emulators; deployments create them
+    /// from the template.
     pub async fn create(&self) -> Result<(), StoreError> {
+        self.create_one(&self.table, true).await?;
+        self.create_one(&self.personal, false).await
+    }
+
+    async fn create_one(&self, name: &str, stream: bool) -> Result<(), StoreError> {
         let key = |name: &str, kind: KeyType| {
             KeySchemaElement::builder()
                 .attribute_name(name)
@@ -62,27 +86,28 @@ impl DynamoTable {
                 .build()
                 .map_err(build_failure)
         };
-        self.client
+        let mut create = self
+            .client
             .create_table()
-            .table_name(&self.table)
+            .table_name(name)
             .key_schema(key(PK, KeyType::Hash)?)
             .key_schema(key(SK, KeyType::Range)?)
             .attribute_definitions(attribute(PK)?)
             .attribute_definitions(attribute(SK)?)
-            .billing_mode(BillingMode::PayPerRequest)
-            .stream_specification(
+            .billing_mode(BillingMode::PayPerRequest);
+        if stream {
+            create = create.stream_specification(
                 StreamSpecification::builder()
                     .stream_enabled(true)
                     .stream_view_type(StreamViewType::NewImage)
                     .build()
                     .map_err(build_failure)?,
-            )
-            .send()
-            .await
-            .map_err(sdk_failure)?;
+            );
+        }
+        create.send().await.map_err(sdk_failure)?;
         self.client
             .update_time_to_live()
-            .table_name(&self.table)
+            .table_name(name)
             .time_to_live_specification(
                 TimeToLiveSpecification::builder()
                     .enabled(true)
@@ -102,7 +127,7 @@ impl Table for DynamoTable {
         let output = self
             .client
             .get_item()
-            .table_name(&self.table)
+            .table_name(self.table_of(pk))
             .key(PK, AttributeValue::S(pk.into()))
             .key(SK, AttributeValue::S(sk.into()))
             .consistent_read(true)
@@ -121,7 +146,7 @@ impl Table for DynamoTable {
         let mut request = self
             .client
             .query()
-            .table_name(&self.table)
+            .table_name(self.table_of(q.pk))
             .consistent_read(true)
             .scan_index_forward(!q.descending)
             .limit(i32::try_from(q.limit).unwrap_or(i32::MAX))
@@ -162,7 +187,7 @@ impl Table for DynamoTable {
         }
         let items = writes
             .iter()
-            .map(|w| transact_item(&self.table, w, now))
+            .map(|w| transact_item(self.table_of(w.key().0), w, now))
             .collect::<Result<Vec<_>, _>>()?;
         match self
             .client
@@ -213,7 +238,7 @@ impl DynamoTable {
                 let (expression, names, values) = condition_parts(condition, now);
                 self.client
                     .put_item()
-                    .table_name(&self.table)
+                    .table_name(self.table_of(&item.pk))
                     .set_item(Some(to_attributes(item)?))
                     .set_condition_expression(expression)
                     .set_expression_attribute_names(names)
@@ -226,7 +251,7 @@ impl DynamoTable {
                 let (expression, names, values) = condition_parts(condition, now);
                 self.client
                     .delete_item()
-                    .table_name(&self.table)
+                    .table_name(self.table_of(pk))
                     .set_key(Some(key(pk, sk)))
                     .set_condition_expression(expression)
                     .set_expression_attribute_names(names)
@@ -236,7 +261,7 @@ impl DynamoTable {
                     .map_err(single_write_failure)?;
             }
             Write::Check { .. } => {
-                let item = transact_item(&self.table, write, now)?;
+                let item = transact_item(self.table_of(write.key().0), write, now)?;
                 return match self
                     .client
                     .transact_write_items()

@@ -86,15 +86,19 @@ pub async fn client() -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::new(&config)
 }
 
-/// A new, empty table with a unique name.
+/// New, empty tables (main and personal) with unique names.
 pub async fn fresh_table() -> DynamoTable {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    // Process ids come back across runs, and a moto server may outlive one: add the time.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let name = format!(
-        "commerce-{}-{}",
+        "commerce-{}-{nanos}-{}",
         std::process::id(),
         NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     );
-    let table = DynamoTable::new(client().await, name);
+    let table = DynamoTable::new(client().await, &name, format!("{name}-personal"));
     table.create().await.expect("cannot create a table in moto");
     table
 }

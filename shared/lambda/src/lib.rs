@@ -1,7 +1,7 @@
 //! What every Lambda shares. A function's `main` calls [`serve_api`] or [`run_sweeper`]; all
 //! set-up (tracing, SDK clients, the shop) happens once per cold start, before the first event.
 //!
-//! Environment: `TABLE_NAME` and `CURSOR_SECRET` (required); `TENANT_CLAIM` (default `tenant`) and `ROLES_CLAIM`
+//! Environment: `TABLE_NAME`, `PERSONAL_TABLE_NAME` and `CURSOR_SECRET` (required); `TENANT_CLAIM` (default `tenant`) and `ROLES_CLAIM`
 //! (default `roles`) name the JWT claims API Gateway's authorizer passes on.
 
 use std::sync::Arc;
@@ -30,9 +30,12 @@ pub fn init_tracing() {
         .init();
 }
 
-/// The shop on the table named by `TABLE_NAME`, its page cursors sealed with `CURSOR_SECRET`.
+/// The shop on the tables named by `TABLE_NAME` and `PERSONAL_TABLE_NAME`, its page cursors
+/// sealed with `CURSOR_SECRET`.
 pub async fn shop() -> Result<Arc<LambdaShop>, Error> {
     let table = std::env::var("TABLE_NAME").map_err(|_| "TABLE_NAME is not set")?;
+    let personal =
+        std::env::var("PERSONAL_TABLE_NAME").map_err(|_| "PERSONAL_TABLE_NAME is not set")?;
     let secret = std::env::var("CURSOR_SECRET").map_err(|_| "CURSOR_SECRET is not set")?;
     if secret.len() < 32 {
         return Err("CURSOR_SECRET must be at least 32 bytes".into());
@@ -44,7 +47,7 @@ pub async fn shop() -> Result<Arc<LambdaShop>, Error> {
         ..ShopConfig::default()
     };
     Ok(Arc::new(Shop::new(
-        DynamoTable::new(client, table),
+        DynamoTable::new(client, table, personal),
         SandboxPayments::default(),
         SystemClock,
         shop_config,

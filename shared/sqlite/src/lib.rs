@@ -23,11 +23,11 @@ const MAX_BATCH: usize = 512;
 /// Expired items deleted per writer job.
 const PURGE_CHUNK: usize = 500;
 /// How often the WAL is copied back into the database file, off the write path.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 /// Once the WAL holds this many bytes, the writer restarts it between two batches. Passive
 /// checkpoints alone never restart a WAL that readers keep using, so under sustained load it
 /// would grow without bound.
-const WAL_BOUND_BYTES: i64 = 16 * 1024 * 1024;
+const WAL_BOUND_BYTES: i64 = 32 * 1024 * 1024;
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 /// Above any key the shop writes: the upper bound of an unbounded range.

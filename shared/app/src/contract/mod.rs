@@ -30,6 +30,7 @@ macro_rules! table_contract {
             transactions_are_all_or_nothing,
             deletes_and_checks_honour_conditions,
             only_the_owner_token_passes_an_owner_condition,
+            personal_partitions_take_part_in_transactions,
             two_writes_to_one_key_are_refused,
             expired_items_are_gone,
             queries_page_through_one_partition,

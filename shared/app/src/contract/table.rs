@@ -257,6 +257,61 @@ pub async fn only_the_owner_token_passes_an_owner_condition<T: Table>(table: &T)
     assert_eq!(table.get("k", "key").await.unwrap(), None);
 }
 
+/// Personal partitions live apart in the adapter, yet read and commit like any other.
+pub async fn personal_partitions_take_part_in_transactions<T: Table>(table: &T) {
+    let personal = format!("{}acme#contact", crate::table::PERSONAL);
+    table
+        .transact(vec![put(item("p", "taken", 1), Condition::Absent)])
+        .await
+        .unwrap();
+    let refused = table
+        .transact(vec![
+            put(item(&personal, "a", 1), Condition::Absent),
+            put(item("p", "taken", 1), Condition::Absent),
+        ])
+        .await;
+    assert!(matches!(
+        refused,
+        Err(StoreError::ConditionFailed { index: 1 })
+    ));
+    assert_eq!(
+        table.get(&personal, "a").await.unwrap(),
+        None,
+        "all or nothing"
+    );
+    table
+        .transact(vec![
+            put(item(&personal, "a", 1), Condition::Absent),
+            put(item("p", "other", 1), Condition::Absent),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        table.get(&personal, "a").await.unwrap(),
+        Some(item(&personal, "a", 1))
+    );
+    let page = table
+        .query(Query {
+            pk: &personal,
+            prefix: "",
+            after: None,
+            limit: 10,
+            descending: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 1);
+    table
+        .transact(vec![Write::Delete {
+            pk: personal.clone(),
+            sk: "a".into(),
+            condition: Condition::VersionIs(1),
+        }])
+        .await
+        .unwrap();
+    assert_eq!(table.get(&personal, "a").await.unwrap(), None, "erased");
+}
+
 pub async fn two_writes_to_one_key_are_refused<T: Table>(table: &T) {
     let result = table
         .transact(vec![

@@ -141,6 +141,11 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         }
     }
 
+    /// The store the shop runs on.
+    pub fn table(&self) -> &T {
+        &self.table
+    }
+
     /// Store reachable: the health check.
     pub async fn health(&self) -> Result<(), AppError> {
         Ok(self.table.ping().await?)

@@ -443,7 +443,11 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         let confirmed = reservation
             .state
             .confirm(attempt.order.clone(), self.now_ms())?;
-        let expires_at = reservation.state.held.as_ref().map_or(0, |h| h.expires_at);
+        let held = reservation
+            .state
+            .held
+            .clone()
+            .ok_or(AppError::NotFound("reservation"))?;
         let mut order = Stream::<Order>::fresh(keys::order(tenant, &attempt.order));
         let placed = order.state.place(NewOrder {
             id: attempt.order.clone(),
@@ -457,14 +461,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         let mut changes = Changes::new();
         changes.append(&mut reservation, confirmed, self.now_ms())?;
         changes.append(&mut order, placed, self.now_ms())?;
-        self.forget_hold(
-            &mut changes,
-            tenant,
-            &caller.subject,
-            &attempt.reservation,
-            expires_at,
-        )
-        .await?;
+        self.forget_hold(&mut changes, tenant, &held).await?;
         let placed = order
             .state
             .placed

@@ -1,5 +1,5 @@
 use commerce_domain::{
-    CustomerHolds, HoldWindow, Line, OrderId, Reservation, ReservationEvent, ReservationId,
+    CustomerHolds, Held, HoldWindow, Line, OrderId, Reservation, ReservationEvent, ReservationId,
     TenantId,
 };
 use serde::Deserialize;
@@ -190,16 +190,16 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         reservation: &mut Stream<Reservation>,
         events: Vec<ReservationEvent>,
     ) -> Result<Changes, AppError> {
-        let (id, owner, lines, expires_at) = match &reservation.state.held {
-            Some(h) => (h.id.clone(), h.owner.clone(), h.lines.clone(), h.expires_at),
-            None => return Err(AppError::NotFound("reservation")),
-        };
+        let held = reservation
+            .state
+            .held
+            .clone()
+            .ok_or(AppError::NotFound("reservation"))?;
         let mut changes = Changes::new();
-        self.release_lines(&mut changes, tenant, &id, &lines)
+        self.release_lines(&mut changes, tenant, &held.id, &held.lines)
             .await?;
         changes.append(reservation, events, self.now_ms())?;
-        self.forget_hold(&mut changes, tenant, &owner, &id, expires_at)
-            .await?;
+        self.forget_hold(&mut changes, tenant, &held).await?;
         Ok(changes)
     }
 
@@ -208,17 +208,17 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         &self,
         changes: &mut Changes,
         tenant: &TenantId,
-        owner: &commerce_domain::CustomerId,
-        id: &ReservationId,
-        expires_at: i64,
+        held: &Held,
     ) -> Result<(), AppError> {
-        let mut holds = self.customer_holds(tenant, owner).await?;
-        if holds.state.remove(id) {
-            changes.put_versioned(&holds)?;
+        if !held.for_basket {
+            let mut holds = self.customer_holds(tenant, &held.owner).await?;
+            if holds.state.remove(&held.id) {
+                changes.put_versioned(&holds)?;
+            }
         }
         changes.delete_read_model(
-            keys::holds(keys::hold_shard(id)),
-            keys::hold_sk(expires_at, tenant, id),
+            keys::holds(keys::hold_shard(&held.id)),
+            keys::hold_sk(held.expires_at, tenant, &held.id),
         );
         Ok(())
     }
