@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 use commerce_app::clock::now_seconds;
 use commerce_app::table::{
@@ -23,11 +24,13 @@ const MAX_BATCH: usize = 512;
 /// Expired items deleted per writer job.
 const PURGE_CHUNK: usize = 500;
 /// How often the WAL is copied back into the database file, off the write path.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// Once the WAL holds this many bytes, the writer restarts it between two batches. Passive
 /// checkpoints alone never restart a WAL that readers keep using, so under sustained load it
-/// would grow without bound.
+/// would grow without bound. The WAL file is kept at most twice this size.
 const WAL_BOUND_BYTES: i64 = 32 * 1024 * 1024;
+/// How long a connection waits for a lock another holds.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle read connections kept open.
 const MAX_IDLE_READERS: usize = 8;
 /// Above any key the shop writes: the upper bound of an unbounded range.
@@ -91,6 +94,7 @@ impl SqliteTable {
     pub fn open_with(path: impl AsRef<Path>, limits: Limits) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let writer = Connection::open(&path).map_err(failure)?;
+        let wal_limit = 2 * WAL_BOUND_BYTES;
         writer
             .execute_batch(&format!(
                 "PRAGMA journal_mode = WAL;
@@ -98,7 +102,7 @@ impl SqliteTable {
                  PRAGMA busy_timeout = 5000;
                  PRAGMA mmap_size = 1073741824;
                  PRAGMA wal_autocheckpoint = 0;
-                 PRAGMA journal_size_limit = {WAL_BOUND_BYTES};
+                 PRAGMA journal_size_limit = {wal_limit};
                  {FULLFSYNC}
                  CREATE TABLE IF NOT EXISTS items (
                      pk TEXT NOT NULL,
@@ -327,8 +331,9 @@ impl Writer {
     }
 
     /// Restarts the WAL once it passes its bound, so the next commits write from its start.
-    /// This waits (within the busy timeout) for readers still using the old frames; the
-    /// passive checkpoints in the background have usually copied them already.
+    /// A restart must wait for readers still using old frames; waiting would stall every
+    /// commit queued behind the writer, so it is first tried without waiting, after each batch,
+    /// until it finds a moment with no such reader. Only past twice the bound does it wait.
     fn bound_wal(&mut self) {
         let bytes = self
             .wal_frames
@@ -337,16 +342,27 @@ impl Writer {
         if bytes < WAL_BOUND_BYTES {
             return;
         }
-        match self
+        let must = bytes >= 2 * WAL_BOUND_BYTES;
+        let wait = if must { BUSY_TIMEOUT } else { Duration::ZERO };
+        if let Err(e) = self.conn.busy_timeout(wait) {
+            tracing::warn!(error = %e, "cannot set the busy timeout");
+            return;
+        }
+        let restarted = self
             .conn
-            .wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::RESTART)
-        {
+            .wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::RESTART);
+        if let Err(e) = self.conn.busy_timeout(BUSY_TIMEOUT) {
+            tracing::warn!(error = %e, "cannot restore the busy timeout");
+        }
+        match restarted {
             Ok(_) => self
                 .wal_frames
                 .store(0, std::sync::atomic::Ordering::Relaxed),
-            Err(e) => {
+            Err(e) if must => {
                 tracing::warn!(error = %e, wal_bytes = bytes, "WAL restart failed; will retry")
             }
+            // Readers still on old frames: try again after the next batch.
+            Err(_) => {}
         }
     }
 }
