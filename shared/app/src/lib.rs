@@ -19,6 +19,7 @@ pub mod table;
 pub mod views;
 
 pub use clock::{Clock, SystemClock};
+pub use commerce_domain::HoldLimits;
 pub use cursor::Cursors;
 pub use error::AppError;
 pub use idempotency::{IdempotencyKey, Outcome, Reply};

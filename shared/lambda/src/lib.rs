@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use commerce_api::{Auth, VerifiedClaims, parse_roles, router};
 use commerce_app::shop::SweepSummary;
-use commerce_app::{Cursors, SandboxPayments, Shop, ShopConfig, SystemClock};
+use commerce_app::{Cursors, HoldLimits, SandboxPayments, Shop, ShopConfig, SystemClock};
 use commerce_dynamodb::DynamoTable;
 use lambda_http::request::RequestContext;
 use lambda_http::{Error, LambdaEvent, service_fn};
@@ -44,6 +44,7 @@ pub async fn shop() -> Result<Arc<LambdaShop>, Error> {
     let client = aws_sdk_dynamodb::Client::new(&config);
     let shop_config = ShopConfig {
         cursors: Cursors::new(secret.as_bytes()),
+        limits: limits_from_env()?,
         ..ShopConfig::default()
     };
     Ok(Arc::new(Shop::new(
@@ -52,6 +53,26 @@ pub async fn shop() -> Result<Arc<LambdaShop>, Error> {
         SystemClock,
         shop_config,
     )))
+}
+
+/// The hold limits, from `COMMERCE_MAX_HOLD_SECONDS`, `COMMERCE_MAX_RESERVATIONS`,
+/// `COMMERCE_MAX_UNITS_PER_SKU` and `COMMERCE_MAX_UNITS` where set (as the local server reads them).
+fn limits_from_env() -> Result<HoldLimits, Error> {
+    fn var<V: std::str::FromStr>(name: &str, default: V) -> Result<V, Error> {
+        match std::env::var(name) {
+            Ok(value) => value
+                .parse()
+                .map_err(|_| format!("{name} is not a number: {value}").into()),
+            Err(_) => Ok(default),
+        }
+    }
+    let default = HoldLimits::default();
+    Ok(HoldLimits {
+        max_ttl_seconds: var("COMMERCE_MAX_HOLD_SECONDS", default.max_ttl_seconds)?,
+        max_holds: var("COMMERCE_MAX_RESERVATIONS", default.max_holds)?,
+        max_units_per_sku: var("COMMERCE_MAX_UNITS_PER_SKU", default.max_units_per_sku)?,
+        max_units: var("COMMERCE_MAX_UNITS", default.max_units)?,
+    })
 }
 
 /// Serves the API router behind API Gateway (HTTP API, JWT authorizer).

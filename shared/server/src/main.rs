@@ -14,7 +14,7 @@ use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
 use commerce_api::{Auth, MIN_SECRET_BYTES, router};
 use commerce_app::shop::SweepSummary;
-use commerce_app::{Cursors, SandboxPayments, Shop, ShopConfig, SystemClock};
+use commerce_app::{Cursors, HoldLimits, SandboxPayments, Shop, ShopConfig, SystemClock};
 use commerce_sqlite::SqliteTable;
 
 #[derive(Parser)]
@@ -50,6 +50,36 @@ struct Serve {
     /// How often expired reservations are released.
     #[arg(long, env = "COMMERCE_SWEEP_INTERVAL_MS", default_value_t = 1000)]
     sweep_interval_ms: u64,
+    #[command(flatten)]
+    limits: Limits,
+}
+
+/// What one customer may hold at once (reservations; an order's own hold is not counted).
+#[derive(Args, Clone)]
+struct Limits {
+    /// Longest hold a reservation may ask for, in seconds.
+    #[arg(long, env = "COMMERCE_MAX_HOLD_SECONDS", default_value_t = HoldLimits::default().max_ttl_seconds)]
+    max_hold_seconds: u32,
+    /// Reservations one customer may hold at once.
+    #[arg(long, env = "COMMERCE_MAX_RESERVATIONS", default_value_t = HoldLimits::default().max_holds)]
+    max_reservations: usize,
+    /// Units of one SKU one customer may hold at once.
+    #[arg(long, env = "COMMERCE_MAX_UNITS_PER_SKU", default_value_t = HoldLimits::default().max_units_per_sku)]
+    max_units_per_sku: u64,
+    /// Units of all SKUs one customer may hold at once.
+    #[arg(long, env = "COMMERCE_MAX_UNITS", default_value_t = HoldLimits::default().max_units)]
+    max_units: u64,
+}
+
+impl From<Limits> for HoldLimits {
+    fn from(l: Limits) -> Self {
+        Self {
+            max_ttl_seconds: l.max_hold_seconds,
+            max_holds: l.max_reservations,
+            max_units_per_sku: l.max_units_per_sku,
+            max_units: l.max_units,
+        }
+    }
 }
 
 #[derive(Args, Clone)]
@@ -110,6 +140,7 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
     let auth = Auth::local(&secret)?;
     let config = ShopConfig {
         cursors: Cursors::new(&secret),
+        limits: serve.limits.clone().into(),
         ..ShopConfig::default()
     };
     let shop = Arc::new(Shop::new(

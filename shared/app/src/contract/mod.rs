@@ -43,6 +43,7 @@ macro_rules! table_contract {
             a_decline_after_a_lost_lease_still_gives_the_stock_back,
             a_reservation_survives_an_outage_and_the_retry_orders_it,
             concurrent_duplicates_place_one_order,
+            a_store_failure_after_payment_is_retried,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -61,6 +61,10 @@ pub struct Cut {
     provider_down: AtomicBool,
     /// Cut at the first authorization instead, before it reaches the provider.
     in_provider: bool,
+    /// Transactions seen, and how many of them, from the `fail_from`-th on, fail.
+    transacts: AtomicUsize,
+    fail_from: usize,
+    failing: AtomicUsize,
 }
 
 impl Cut {
@@ -82,6 +86,28 @@ impl Cut {
             in_provider: true,
             ..Self::default()
         })
+    }
+
+    /// A run whose transactions fail, as a store that is down would, `times` times in a row
+    /// from the `from`-th transaction on.
+    pub fn failing_store(from: usize, times: usize) -> Arc<Self> {
+        Arc::new(Self {
+            fail_from: from,
+            failing: AtomicUsize::new(times),
+            ..Self::default()
+        })
+    }
+
+    /// Whether this transaction is one that fails.
+    fn store_fails(&self) -> bool {
+        let n = self.transacts.fetch_add(1, Ordering::SeqCst);
+        n >= self.fail_from
+            && self
+                .failing
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok()
     }
 
     async fn call<F: Future>(&self, io: F) -> F::Output {
@@ -132,6 +158,9 @@ impl<T: Table> Table for CutTable<T> {
     }
 
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        if self.cut.store_fails() {
+            return Err(StoreError::Failure("the store is down for the test".into()));
+        }
         self.cut.call(self.inner.transact(writes)).await
     }
 
@@ -578,6 +607,48 @@ pub async fn a_reservation_survives_an_outage_and_the_retry_orders_it<T: Table +
         }
     );
     assert_eq!(world.stock().await, (10, 2, 8));
+}
+
+/// The store fails the commit that records an authorized order: it is tried again, and the
+/// order is placed once. When it keeps failing, the answer is an error, and the retry with
+/// the same key finishes the order without a second authorization.
+pub async fn a_store_failure_after_payment_is_retried<T: Table + Clone>(table: &T) {
+    let world = World::new(table, "storefail", 10).await;
+    let body = order_from(Some(world.lines(2)), None, "tok_visa");
+    let key = world.key(&body, "k1");
+    // Transaction 0 holds the stock and claims the key; 1 records the order.
+    let reply = world
+        .shop(Cut::failing_store(1, 2))
+        .place(&world.alice(), Some(&key), body.clone())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 201);
+    assert_eq!(world.orders().await.len(), 1);
+
+    let body = order_from(Some(world.lines(3)), None, "tok_visa");
+    let key = world.key(&body, "k2");
+    // Every try at recording fails; the attempt is then parked for the retry.
+    let tries = usize::try_from(world.config.store_attempts).unwrap();
+    let failed = world
+        .shop(Cut::failing_store(1, tries))
+        .place(&world.alice(), Some(&key), body.clone())
+        .await;
+    assert!(matches!(failed, Err(AppError::Store(_))), "{failed:?}");
+    let retry = world
+        .shop(Cut::never())
+        .place(&world.alice(), Some(&key), body)
+        .await
+        .unwrap();
+    assert_eq!(retry.status, 201);
+    assert_eq!(world.orders().await.len(), 2);
+    assert_eq!(
+        world.counts(),
+        SandboxCounts {
+            authorizations: 2,
+            voids: 0
+        }
+    );
+    assert_eq!(world.stock().await, (10, 5, 5));
 }
 
 /// Sixteen copies of one request at once: each answer is the same order, placed once.
