@@ -167,6 +167,9 @@ struct Record {
     /// While in flight: what the work has done so far, for a run that takes over.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     progress: Option<Value>,
+    /// How records written before outcomes were typed kept a finished answer.
+    #[serde(default, skip_serializing)]
+    response: Option<Reply>,
 }
 
 /// What an earlier use of the key means for this request.
@@ -203,13 +206,14 @@ where
         if record.fingerprint != key.fingerprint {
             return Err(AppError::IdempotencyMismatch);
         }
-        if let Some(outcome) = record.outcome {
+        if let Some(outcome) = record.outcome.or(record.response.map(Outcome::Done)) {
             return Ok(Begin::Replay(outcome));
         }
+        // A claim from before claims had owners cannot be taken over; it expires within a minute.
+        let Some(owner) = item.owner else {
+            return Err(AppError::IdempotencyInFlight);
+        };
         if record.lease_until <= clock.now_ms() {
-            let owner = item.owner.ok_or_else(|| {
-                StoreError::Failure("an idempotency claim without an owner".into())
-            })?;
             let progress = record
                 .progress
                 .map(serde_json::from_value)
@@ -291,6 +295,7 @@ impl<P: Serialize> Guard<P> {
             outcome: None,
             lease_until: now_ms.saturating_add(lease_ms),
             progress: Some(serde_json::to_value(&progress).map_err(encode)?),
+            response: None,
         };
         self.commit(table, changes, record, Some(token.clone()), now_ms)
             .await?;
@@ -321,6 +326,7 @@ impl<P: Serialize> Guard<P> {
                 .map(serde_json::to_value)
                 .transpose()
                 .map_err(encode)?,
+            response: None,
         };
         self.commit(table, changes, record, Some(token), now_ms)
             .await?;
@@ -375,6 +381,7 @@ impl<P: Serialize> Guard<P> {
             outcome,
             lease_until: 0,
             progress: None,
+            response: None,
         };
         self.commit(table, changes, record, None, now_ms).await?;
         self.claim = Claim::Closed;
@@ -510,6 +517,20 @@ mod tests {
         assert_ne!(step.pk, key(json!({})).pk);
         assert!(IdempotencyKey::for_step(&tenant, "re#fund", "x", &json!({})).is_err());
         assert!(IdempotencyKey::for_step(&tenant, "refund", "", &json!({})).is_err());
+    }
+
+    #[test]
+    fn records_from_before_typed_outcomes_still_replay() {
+        let old = r#"{"fingerprint":"f","response":{"status":201,"body":{"id":"o1"}}}"#;
+        let record: Record = serde_json::from_str(old).unwrap();
+        let outcome = record.outcome.or(record.response.map(Outcome::Done));
+        assert_eq!(
+            outcome,
+            Some(Outcome::Done(Reply {
+                status: 201,
+                body: json!({"id": "o1"})
+            }))
+        );
     }
 
     #[test]
