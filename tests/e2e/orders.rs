@@ -157,8 +157,8 @@ async fn an_unavailable_provider_is_retried_then_surfaced() {
     assert_eq!(down.problem(), "payment-unavailable");
     assert_eq!(
         shop.levels("MUG").await,
-        (10, 3, 7),
-        "the basket's stock stays held for a retry with the same key"
+        (10, 1, 9),
+        "the basket's stock goes back; a retry with the same key holds it again"
     );
     let retry = shop
         .alice
@@ -175,8 +175,8 @@ async fn an_unavailable_provider_is_retried_then_surfaced() {
     );
     assert_eq!(
         shop.levels("MUG").await,
-        (10, 3, 7),
-        "the retry resumes the same attempt: nothing is held twice"
+        (10, 1, 9),
+        "the retry resumes the same attempt and gives the stock back again"
     );
 }
 

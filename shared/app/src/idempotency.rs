@@ -232,6 +232,48 @@ where
     }
 }
 
+/// The claim on a key whose run stopped, for the reconciler to take over: `None` when the key
+/// is free or finished, [`AppError::IdempotencyInFlight`] while a run still holds its lease.
+pub async fn stalled<P, T, C>(
+    table: &T,
+    clock: &C,
+    record_pk: &str,
+) -> Result<Option<Guard<P>>, AppError>
+where
+    P: DeserializeOwned,
+    T: Table,
+    C: Clock,
+{
+    let Some(item) = table.get(record_pk, SK).await? else {
+        return Ok(None);
+    };
+    let record: Record = serde_json::from_slice(&item.data)
+        .map_err(|e| StoreError::Failure(format!("corrupt idempotency record: {e}")))?;
+    if record.outcome.is_some() || record.response.is_some() {
+        return Ok(None);
+    }
+    let Some(owner) = item.owner else {
+        return Err(AppError::IdempotencyInFlight);
+    };
+    if record.lease_until > clock.now_ms() {
+        return Err(AppError::IdempotencyInFlight);
+    }
+    let progress = record
+        .progress
+        .map(serde_json::from_value)
+        .transpose()
+        .map_err(|e| StoreError::Failure(format!("corrupt progress: {e}")))?;
+    let key = IdempotencyKey {
+        pk: record_pk.to_owned(),
+        fingerprint: record.fingerprint,
+    };
+    Ok(Some(Guard::new(
+        Some(&key),
+        Claim::Abandoned(owner),
+        progress,
+    )))
+}
+
 /// Where a guard stands with its key's record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Claim {
@@ -262,6 +304,11 @@ impl<P> Guard<P> {
             claim,
             progress,
         }
+    }
+
+    /// Where the key's record lives; `None` for a request without a key.
+    pub fn record_pk(&self) -> Option<&str> {
+        self.key.as_ref().map(|k| k.pk.as_str())
     }
 
     /// What an earlier run recorded before it stopped; `None` on a first run.

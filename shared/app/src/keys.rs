@@ -86,3 +86,22 @@ pub fn hold_shard(id: &ReservationId) -> u32 {
 pub fn hold_sk(expires_at_ms: i64, tenant: &TenantId, id: &ReservationId) -> String {
     format!("{expires_at_ms:015}#{tenant}#{id}")
 }
+
+/// Placements in flight, each checked once its time to finish is up; sort key = when it is
+/// due, then the partition of its idempotency record.
+pub const ATTEMPT_SHARDS: u32 = 8;
+
+pub fn attempts(shard: u32) -> String {
+    format!("attempts#{shard}")
+}
+
+pub fn attempt_shard(record_pk: &str) -> u32 {
+    record_pk
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+        % ATTEMPT_SHARDS
+}
+
+pub fn attempt_sk(due_ms: i64, record_pk: &str) -> String {
+    format!("{due_ms:015}#{record_pk}")
+}

@@ -29,7 +29,8 @@ pub trait PaymentGateway: Send + Sync + 'static {
         token: &str,
     ) -> impl Future<Output = Result<PaymentAuthorization, PaymentError>> + Send;
 
-    /// Lets go of whatever is held for `order`, if anything; repeating it is harmless.
+    /// Lets go of whatever is held for `order`, if anything; repeating it is harmless. An order
+    /// once voided is not authorized afterwards, so a late request cannot undo the void.
     fn void(&self, order: &OrderId) -> impl Future<Output = Result<(), PaymentError>> + Send;
 }
 
@@ -57,9 +58,10 @@ struct Ledger {
     failed_tries: HashMap<OrderId, u32>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Entry {
-    authorization: PaymentAuthorization,
+    authorization: Option<PaymentAuthorization>,
+    /// Voided orders are never authorized again, even if the void came first.
     voided: bool,
 }
 
@@ -86,7 +88,12 @@ impl PaymentGateway for SandboxPayments {
         token: &str,
     ) -> Result<PaymentAuthorization, PaymentError> {
         if let Some(entry) = self.ledger()?.by_order.get(order) {
-            return Ok(entry.authorization.clone());
+            if entry.voided {
+                return Err(PaymentError::Declined("order_voided".into()));
+            }
+            if let Some(authorization) = &entry.authorization {
+                return Ok(authorization.clone());
+            }
         }
         match token {
             "tok_decline" => return Err(PaymentError::Declined("card_declined".into())),
@@ -107,23 +114,25 @@ impl PaymentGateway for SandboxPayments {
             _ => return Err(PaymentError::Declined("invalid_token".into())),
         }
         let mut ledger = self.ledger()?;
-        let entry = ledger
-            .by_order
-            .entry(order.clone())
-            .or_insert_with(|| Entry {
-                authorization: PaymentAuthorization {
-                    id: format!("auth_{order}"),
-                    amount,
-                },
-                voided: false,
+        let entry = ledger.by_order.entry(order.clone()).or_default();
+        if entry.voided {
+            return Err(PaymentError::Declined("order_voided".into()));
+        }
+        let authorization = entry
+            .authorization
+            .get_or_insert_with(|| PaymentAuthorization {
+                id: format!("auth_{order}"),
+                amount,
             });
-        Ok(entry.authorization.clone())
+        Ok(authorization.clone())
     }
 
     async fn void(&self, order: &OrderId) -> Result<(), PaymentError> {
-        if let Some(entry) = self.ledger()?.by_order.get_mut(order) {
-            entry.voided = true;
-        }
+        self.ledger()?
+            .by_order
+            .entry(order.clone())
+            .or_default()
+            .voided = true;
         Ok(())
     }
 }
@@ -147,18 +156,29 @@ impl SandboxPayments {
     pub fn counts(&self) -> SandboxCounts {
         self.ledger
             .lock()
-            .map(|ledger| SandboxCounts {
-                authorizations: ledger.by_order.len(),
-                voids: ledger.by_order.values().filter(|e| e.voided).count(),
+            .map(|ledger| {
+                let authorized = || {
+                    ledger
+                        .by_order
+                        .values()
+                        .filter(|e| e.authorization.is_some())
+                };
+                SandboxCounts {
+                    authorizations: authorized().count(),
+                    voids: authorized().filter(|e| e.voided).count(),
+                }
             })
             .unwrap_or_default()
     }
 
     /// Whether the authorization for `order` stands (made and not voided).
     pub fn is_authorized(&self, order: &OrderId) -> bool {
-        self.ledger
-            .lock()
-            .is_ok_and(|ledger| ledger.by_order.get(order).is_some_and(|e| !e.voided))
+        self.ledger.lock().is_ok_and(|ledger| {
+            ledger
+                .by_order
+                .get(order)
+                .is_some_and(|e| e.authorization.is_some() && !e.voided)
+        })
     }
 }
 
@@ -190,6 +210,11 @@ mod tests {
         sandbox.void(&order("o1")).await.unwrap();
         sandbox.void(&order("o1")).await.unwrap();
         sandbox.void(&order("never")).await.unwrap();
+        assert_eq!(
+            sandbox.authorize(&order("never"), eur(5), "tok_visa").await,
+            Err(PaymentError::Declined("order_voided".into())),
+            "an order voided first is never authorized after"
+        );
         assert_eq!(
             sandbox.counts(),
             SandboxCounts {

@@ -189,10 +189,13 @@ impl Table for DynamoTable {
             .iter()
             .map(|w| transact_item(self.table_of(w.key().0), w, now))
             .collect::<Result<Vec<_>, _>>()?;
+        // The token makes the SDK's own retries of this call idempotent: a retry of a
+        // transaction that did commit succeeds instead of failing its conditions.
         match self
             .client
             .transact_write_items()
             .set_transact_items(Some(items))
+            .client_request_token(uuid::Uuid::new_v4().to_string())
             .send()
             .await
         {

@@ -59,7 +59,8 @@ pub struct Cut {
     go: Notify,
     /// While set, the provider is down.
     provider_down: AtomicBool,
-    /// Cut at the first authorization instead, before it reaches the provider.
+    /// Cut at the first authorization instead, before it reaches the provider (or, with
+    /// `after`, once it has acted).
     in_provider: bool,
     /// Transactions seen, and how many of them, from the `fail_from`-th on, fail.
     transacts: AtomicUsize,
@@ -84,6 +85,15 @@ impl Cut {
     pub fn in_provider() -> Arc<Self> {
         Arc::new(Self {
             in_provider: true,
+            ..Self::default()
+        })
+    }
+
+    /// A run that stops once the provider has authorized, before it hears the answer.
+    pub fn in_provider_after() -> Arc<Self> {
+        Arc::new(Self {
+            in_provider: true,
+            after: true,
             ..Self::default()
         })
     }
@@ -184,10 +194,12 @@ impl PaymentGateway for CutPayments {
         token: &str,
     ) -> Result<PaymentAuthorization, PaymentError> {
         let down = self.cut.provider_down.load(Ordering::SeqCst);
-        if self.cut.in_provider && !self.cut.hit.load(Ordering::SeqCst) {
+        let stall = self.cut.in_provider && !self.cut.hit.load(Ordering::SeqCst);
+        if stall && !self.cut.after {
             self.cut.stop().await;
         }
-        self.cut
+        let answer = self
+            .cut
             .call(async {
                 if down {
                     Err(PaymentError::Unavailable("down for the test".into()))
@@ -195,10 +207,17 @@ impl PaymentGateway for CutPayments {
                     self.inner.authorize(order, amount, token).await
                 }
             })
-            .await
+            .await;
+        if stall && self.cut.after {
+            self.cut.stop().await;
+        }
+        answer
     }
 
     async fn void(&self, order: &OrderId) -> Result<(), PaymentError> {
+        if self.cut.provider_down.load(Ordering::SeqCst) {
+            return Err(PaymentError::Unavailable("down for the test".into()));
+        }
         self.cut.call(self.inner.void(order)).await
     }
 }
@@ -432,45 +451,59 @@ pub async fn an_interrupted_reservation_order_resumes_once<T: Table + Clone>(tab
     interrupted_then_retried(table, true).await;
 }
 
-/// Cut short and never retried: once the holds are due, the sweeper gives the stock back and
-/// voids whatever was authorized. Nothing is left held or authorized without an order.
-pub async fn an_interrupted_order_without_retry_is_undone<T: Table + Clone>(table: &T) {
+/// Cut short and never retried: once its time is up, the sweeper gives the stock back, voids
+/// whatever was authorized and frees the customer's reservation. Nothing is left held or
+/// authorized without an order, and the key starts afresh.
+async fn interrupted_and_left<T: Table + Clone>(table: &T, from_reservation: bool) {
     let mut at = 0;
     loop {
         let mut finished = 0;
         for after in [false, true] {
-            let world = World::new(table, &format!("gone{at}{}", u8::from(after)), 10).await;
-            let body = order_from(Some(world.lines(2)), None, "tok_visa");
+            let name = format!("gone{}{at}{}", u8::from(from_reservation), u8::from(after));
+            let world = World::new(table, &name, 10).await;
+            let reservation = if from_reservation {
+                Some(world.reserve(2).await)
+            } else {
+                None
+            };
+            let lines = (!from_reservation).then(|| world.lines(2));
+            let body = order_from(lines, reservation.clone(), "tok_visa");
             let key = world.key(&body, "k1");
-            let first = run_until_cut(&world, Cut::at(at, after), &key, body).await;
-            if let Some(result) = first {
+            if let Some(result) = run_until_cut(&world, Cut::at(at, after), &key, body).await {
                 finished += 1;
                 assert_eq!(result.unwrap().status, 201);
                 continue;
             }
+            let hold_ms = i64::from(world.config.order_hold_seconds) * 1000;
             world
                 .clock
-                .advance(i64::from(world.config.order_hold_seconds) * 1000 + 1);
+                .advance(hold_ms.max(world.config.reconcile_after_ms) + 1);
             world.sweep().await;
             let counts = world.counts();
-            if world.orders().await.is_empty() {
-                assert_eq!(
-                    world.stock().await,
-                    (10, 0, 10),
-                    "cut at {at} (after: {after}): stock back"
-                );
-                assert_eq!(
-                    counts.voids, counts.authorizations,
-                    "cut at {at} (after: {after}): every authorization voided"
-                );
-            } else {
+            let case = format!("cut at {at} (after: {after})");
+            if !world.orders().await.is_empty() {
                 // Cut after the order's own commit: the order stands, whole.
-                assert_eq!(
-                    world.stock().await,
-                    (10, 2, 8),
-                    "cut at {at} (after: {after})"
-                );
-                assert_eq!((counts.authorizations, counts.voids), (1, 0));
+                assert_eq!(world.stock().await, (10, 2, 8), "{case}");
+                assert_eq!((counts.authorizations, counts.voids), (1, 0), "{case}");
+                continue;
+            }
+            assert_eq!(
+                counts.voids, counts.authorizations,
+                "{case}: every authorization voided"
+            );
+            match &reservation {
+                None => assert_eq!(world.stock().await, (10, 0, 10), "{case}: stock back"),
+                Some(id) => {
+                    let released = world
+                        .shop(Cut::never())
+                        .release_reservation(&world.alice(), None, id)
+                        .await;
+                    assert!(
+                        released.is_ok(),
+                        "{case}: the reservation is free again: {released:?}"
+                    );
+                    assert_eq!(world.stock().await, (10, 0, 10), "{case}");
+                }
             }
         }
         if finished == 2 {
@@ -478,6 +511,92 @@ pub async fn an_interrupted_order_without_retry_is_undone<T: Table + Clone>(tabl
         }
         at += 1;
     }
+}
+
+pub async fn an_interrupted_basket_order_without_retry_is_undone<T: Table + Clone>(table: &T) {
+    interrupted_and_left(table, false).await;
+}
+
+pub async fn an_interrupted_reservation_order_without_retry_is_undone<T: Table + Clone>(table: &T) {
+    interrupted_and_left(table, true).await;
+}
+
+/// Run A stalls before its authorization reaches the provider, so long that the reconciler
+/// gives its order up and a retry places another. When A's request finally arrives, the
+/// provider refuses the voided order: no authorization is left without an order.
+pub async fn a_run_stalled_past_its_time_leaves_no_authorization<T: Table + Clone>(table: &T) {
+    let world = Arc::new(World::new(table, "stalled", 10).await);
+    let body = order_from(Some(world.lines(2)), None, "tok_visa");
+    let key = world.key(&body, "k1");
+    let stall = Cut::in_provider();
+    let a = {
+        let (world, stall, key, body) = (world.clone(), stall.clone(), key.clone(), body.clone());
+        tokio::spawn(async move {
+            world
+                .shop(stall)
+                .place(&world.alice(), Some(&key), body)
+                .await
+        })
+    };
+    stall.reached().await;
+    world.clock.advance(world.config.reconcile_after_ms + 1);
+    world.sweep().await;
+    let b = world
+        .shop(Cut::never())
+        .place(&world.alice(), Some(&key), body)
+        .await
+        .unwrap();
+    assert_eq!(b.status, 201);
+    stall.go.notify_waiters();
+    let a = a.await.unwrap();
+    assert!(a.is_err(), "the stalled run places nothing: {a:?}");
+    assert_eq!(world.orders().await.len(), 1);
+    let counts = world.counts();
+    assert_eq!(
+        counts.authorizations - counts.voids,
+        1,
+        "the one live authorization is the order's: {counts:?}"
+    );
+    assert_eq!(world.stock().await, (10, 2, 8));
+}
+
+/// The provider cannot void when the reconciler first tries: the attempt stays queued, and a
+/// later pass voids it.
+pub async fn a_void_that_fails_is_tried_again<T: Table + Clone>(table: &T) {
+    let world = World::new(table, "voidlater", 10).await;
+    let body = order_from(Some(world.lines(2)), None, "tok_visa");
+    let key = world.key(&body, "k1");
+    // Cut right after the authorization: the order is never recorded.
+    let cut = Cut::in_provider_after();
+    assert!(run_until_cut(&world, cut, &key, body).await.is_none());
+    world.clock.advance(world.config.reconcile_after_ms + 1);
+    let down = Cut::never();
+    down.provider_down.store(true, Ordering::SeqCst);
+    let first = world.shop(down).sweep(100).await;
+    assert_eq!((first.voided, first.failed), (0, 1), "{first:?}");
+    assert_eq!(
+        world.counts(),
+        SandboxCounts {
+            authorizations: 1,
+            voids: 0
+        }
+    );
+    world.clock.advance(world.config.lease_ms + 1);
+    let again = world.shop(Cut::never()).sweep(100).await;
+    assert_eq!(again.voided, 1, "{again:?}");
+    assert_eq!(
+        world.counts(),
+        SandboxCounts {
+            authorizations: 1,
+            voids: 1
+        }
+    );
+    assert_eq!(world.stock().await, (10, 0, 10));
+    assert_eq!(
+        world.shop(Cut::never()).sweep(100).await.voided,
+        0,
+        "voided once"
+    );
 }
 
 /// Run A stalls inside the provider until its lease is out; run B takes the key over and

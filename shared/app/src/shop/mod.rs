@@ -98,6 +98,9 @@ pub struct ShopConfig {
     pub lease_ms: i64,
     /// How long a duplicate request waits for the first run to finish before answering 409.
     pub duplicate_wait_ms: u64,
+    /// How long a placement may stay unfinished (a retry with its key may resume it meanwhile)
+    /// before the reconciler voids its authorization and gives its key back.
+    pub reconcile_after_ms: i64,
     /// Most holds and units one customer may keep at once.
     pub limits: HoldLimits,
     /// Seals page cursors; every process serving the same lists needs the same key.
@@ -115,6 +118,7 @@ impl Default for ShopConfig {
             payment_deadline_ms: 10_000,
             lease_ms: 30_000,
             duplicate_wait_ms: 3_000,
+            reconcile_after_ms: 120_000,
             limits: HoldLimits::default(),
             cursors: Cursors::ephemeral(),
         }

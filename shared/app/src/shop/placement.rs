@@ -17,8 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use commerce_domain::{
-    Line, Money, NewOrder, Order, OrderId, OrderLine, PaymentAuthorization, Reservation,
-    ReservationId, ReservationStatus,
+    Line, Money, NewOrder, Order, OrderId, OrderLine, PaymentAuthorization, Quantity, Reservation,
+    ReservationId, ReservationStatus, TenantId,
 };
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,7 @@ impl PlaceOrder {
 /// What the key's record keeps of a placement, so a run that takes over can resume it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Attempt {
+    tenant: TenantId,
     order: OrderId,
     reservation: ReservationId,
     /// The hold was made for this order from a basket, and goes when its payment fails. A
@@ -80,6 +81,9 @@ pub(crate) struct Attempt {
     own_hold: bool,
     lines: Vec<OrderLine>,
     total: Money,
+    /// When the reconciler looks at the attempt (Unix ms): if it has not ended by then, its
+    /// authorization is voided and its key given back.
+    check_at: i64,
 }
 
 /// A claim on the key: the attempt to carry on with, or another run got it first.
@@ -149,11 +153,13 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 Line::check_all(lines)?;
                 let (priced, total) = self.price(caller, lines).await?;
                 let attempt = Attempt {
+                    tenant: caller.tenant.clone(),
                     order,
                     reservation: ReservationId::parse(uuid::Uuid::now_v7().to_string())?,
                     own_hold: true,
                     lines: priced,
                     total,
+                    check_at: self.now_ms().saturating_add(self.config.reconcile_after_ms),
                 };
                 self.claim_basket(caller, guard, attempt, lines).await
             }
@@ -166,11 +172,13 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     .ok_or(AppError::NotFound("reservation"))?;
                 let (priced, total) = self.price(caller, &lines).await?;
                 let attempt = Attempt {
+                    tenant: caller.tenant.clone(),
                     order,
                     reservation: id.clone(),
                     own_hold: false,
                     lines: priced,
                     total,
+                    check_at: self.now_ms().saturating_add(self.config.reconcile_after_ms),
                 };
                 self.claim_checkout(caller, guard, attempt).await
             }
@@ -227,14 +235,25 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         Err(AppError::Contention)
     }
 
-    /// Commits `changes` with the claim. `None`: a stream moved, build the changes again.
+    /// Commits `changes` with the claim; the first claim of a key also puts the attempt in
+    /// the reconciler's queue. `None`: a stream moved, build the changes again.
     async fn claim(
         &self,
         guard: &mut Guard<Attempt>,
-        changes: Changes,
+        mut changes: Changes,
         attempt: &Attempt,
     ) -> Result<Option<Claimed>, AppError> {
         let held_before = guard.holds_claim();
+        if !held_before
+            && guard.progress().is_none()
+            && let Some(pk) = guard.record_pk()
+        {
+            changes.put_read_model(
+                keys::attempts(keys::attempt_shard(pk)),
+                keys::attempt_sk(attempt.check_at, pk),
+                &(),
+            )?;
+        }
         match guard
             .claim(
                 &self.table,
@@ -278,42 +297,98 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 && (h.checkout.as_ref() == Some(&attempt.order)
                     || (!attempt.own_hold && h.checkout.is_none()))
         });
-        if waiting {
-            return if attempt.own_hold {
-                Ok(self
-                    .claim(guard, Changes::new(), &attempt)
-                    .await?
-                    .unwrap_or(Claimed::Raced))
-            } else {
-                self.claim_checkout(caller, guard, attempt).await
-            };
-        }
-        tracing::info!(order = %attempt.order, "resumed placement found its hold gone; starting over");
-        match self.undo_payment(guard, &attempt).await {
-            Ok(()) | Err(AppError::IdempotencyInFlight) => Ok(Claimed::Raced),
-            Err(e) => Err(e),
+        match (waiting, attempt.own_hold) {
+            (true, true) => Ok(self
+                .claim(guard, Changes::new(), &attempt)
+                .await?
+                .unwrap_or(Claimed::Raced)),
+            (true, false) => self.claim_checkout(caller, guard, attempt).await,
+            // The basket's hold was given back (the provider was down) or ran out: hold the
+            // stock again for the same order, which keeps its id and so its authorization.
+            (false, true) => {
+                let lines: Vec<Line> = attempt
+                    .lines
+                    .iter()
+                    .map(|l| {
+                        Ok(Line {
+                            sku: l.sku.clone(),
+                            quantity: Quantity::new(l.quantity)?,
+                        })
+                    })
+                    .collect::<Result<_, commerce_domain::DomainError>>()?;
+                let again = Attempt {
+                    reservation: ReservationId::parse(uuid::Uuid::now_v7().to_string())?,
+                    ..attempt
+                };
+                self.claim_basket(caller, guard, again, &lines).await
+            }
+            (false, false) => {
+                tracing::info!(order = %attempt.order, "resumed placement found its reservation gone");
+                match self.undo_payment(guard, &attempt, Changes::new()).await {
+                    Ok(()) | Err(AppError::IdempotencyInFlight) => Ok(Claimed::Raced),
+                    Err(e) => Err(e),
+                }
+            }
         }
     }
 
-    /// Voids the attempt's authorization and gives the key back, once the hold it was for is
-    /// gone. The claim is taken (or renewed) first: only its owner may void, since another run
-    /// may be using the same authorization for the order. Stopped half way, a later run does it
-    /// again; voids repeat harmlessly.
+    /// Voids the attempt's authorization, then commits `changes` with the key given back and
+    /// the attempt out of the reconciler's queue. The claim is taken (or renewed) first: only its
+    /// owner may void, since another run may be using the same authorization for the order. A
+    /// void that fails leaves everything as it was, for the reconciler to try again; stopped half
+    /// way, a later run does it again (voids repeat harmlessly, and the provider authorizes no
+    /// voided order).
     async fn undo_payment(
         &self,
         guard: &mut Guard<Attempt>,
         attempt: &Attempt,
+        mut changes: Changes,
     ) -> Result<(), AppError> {
         match self.claim(guard, Changes::new(), attempt).await? {
             Some(Claimed::Attempt(_)) => {}
             _ => return Err(AppError::IdempotencyInFlight),
         }
-        self.void(&attempt.order).await;
-        match guard.abandon(&self.table, Changes::new()).await {
+        if !self.void(&attempt.order).await {
+            return Err(AppError::PaymentUnavailable);
+        }
+        self.forget_attempt(&mut changes, guard, attempt);
+        match guard.abandon(&self.table, changes).await {
             Ok(()) => Ok(()),
             Err(CommitError::KeyTaken) => Err(AppError::IdempotencyInFlight),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// The attempt has ended: it leaves the reconciler's queue in the commit that ends it.
+    fn forget_attempt(&self, changes: &mut Changes, guard: &Guard<Attempt>, attempt: &Attempt) {
+        if let Some(pk) = guard.record_pk() {
+            changes.delete_read_model(
+                keys::attempts(keys::attempt_shard(pk)),
+                keys::attempt_sk(attempt.check_at, pk),
+            );
+        }
+    }
+
+    /// The reconciler's part: a placement that has not ended by its check time is given up.
+    /// Its authorization is voided, its hold or checkout ends, and its key is given back, so a
+    /// late retry starts afresh. Returns whether it was given up (false: a run got to it first).
+    pub(super) async fn give_up(
+        &self,
+        guard: &mut Guard<Attempt>,
+        attempt: &Attempt,
+    ) -> Result<bool, AppError> {
+        let mut attempts = self.attempts();
+        while attempts.next().await {
+            let changes = self.end_checkout(&attempt.tenant, attempt, true).await?;
+            match self.undo_payment(guard, attempt, changes).await {
+                Ok(()) => return Ok(true),
+                Err(AppError::IdempotencyInFlight) => return Ok(false),
+                // A stream moved under the commit: read again.
+                Err(AppError::Contention) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(AppError::Contention)
     }
 
     async fn pay_and_record(
@@ -391,13 +466,14 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         let mut failures = 0;
         let mut attempts = self.attempts();
         while attempts.next().await {
-            let (changes, view) = match self
+            let (mut changes, view) = match self
                 .order_changes(caller, attempt, &authorization, contact)
                 .await
             {
                 Err(AppError::Domain(why)) => return self.hold_lost(guard, attempt, why).await,
                 other => other?,
             };
+            self.forget_attempt(&mut changes, guard, attempt);
             let stored = Reply {
                 status: 201,
                 body: serde_json::to_value(&view)
@@ -493,7 +569,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         attempt: &Attempt,
         why: commerce_domain::DomainError,
     ) -> Result<Reply, AppError> {
-        self.undo_payment(guard, attempt).await?;
+        self.undo_payment(guard, attempt, Changes::new()).await?;
         Err(why.into())
     }
 
@@ -507,7 +583,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     ) -> Result<Reply, AppError> {
         let mut attempts = self.attempts();
         while attempts.next().await {
-            let changes = self.end_checkout(caller, attempt, true).await?;
+            let mut changes = self.end_checkout(&caller.tenant, attempt, true).await?;
+            self.forget_attempt(&mut changes, guard, attempt);
             let outcome = Outcome::Declined {
                 reason: reason.clone(),
             };
@@ -525,8 +602,9 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     }
 
     /// The provider is down: the attempt is kept for a retry with the same key, which resumes
-    /// at once. A basket's hold stays for it (the sweeper ends it, and voids, if no retry comes);
-    /// a reservation's checkout ends, so its customer may release it meanwhile.
+    /// at once under the same order id. A basket's stock goes back meanwhile (the retry holds
+    /// it again), and a reservation leaves checkout, so nothing stays locked for a retry that may
+    /// never come; the reconciler voids the order's authorization, if any, when its time is up.
     async fn pause(
         &self,
         caller: &Caller,
@@ -535,7 +613,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     ) -> Result<(), AppError> {
         let mut attempts = self.attempts();
         while attempts.next().await {
-            let changes = self.end_checkout(caller, attempt, false).await?;
+            let changes = self.end_checkout(&caller.tenant, attempt, true).await?;
             match guard.park(&self.table, changes, self.now_ms()).await {
                 Ok(()) => return Ok(()),
                 Err(CommitError::StreamConflict) => {}
@@ -550,24 +628,19 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     /// own hold is given back when `give_back_basket`, kept otherwise.
     async fn end_checkout(
         &self,
-        caller: &Caller,
+        tenant: &TenantId,
         attempt: &Attempt,
         give_back_basket: bool,
     ) -> Result<Changes, AppError> {
         if attempt.own_hold && !give_back_basket {
             return Ok(Changes::new());
         }
-        let mut reservation = load::<Reservation, _>(
-            &self.table,
-            keys::reservation(&caller.tenant, &attempt.reservation),
-        )
-        .await?;
+        let mut reservation =
+            load::<Reservation, _>(&self.table, keys::reservation(tenant, &attempt.reservation))
+                .await?;
         if attempt.own_hold {
             return match reservation.state.give_back(&attempt.order) {
-                Ok(events) => {
-                    self.end_hold(&caller.tenant, &mut reservation, events)
-                        .await
-                }
+                Ok(events) => self.end_hold(tenant, &mut reservation, events).await,
                 // Already ended (expired): nothing left to give back.
                 Err(_) => Ok(Changes::new()),
             };

@@ -1,13 +1,16 @@
-//! The sweeper: releases holds whose time is up, and voids the authorization of any order that
-//! was paying for a hold when it ended. One pass serves both runtimes: a task in the local
-//! server, a scheduled Lambda on AWS.
+//! The sweeper: releases holds whose time is up, and reconciles placements that did not end
+//! in time (a crash, a timeout, a retry that never came): their authorization is voided, their
+//! hold or checkout ends and their key is given back. One pass serves both runtimes: a task in
+//! the local server, a scheduled Lambda on AWS.
 
 use commerce_domain::{OrderId, Reservation, ReservationId, ReservationStatus, TenantId};
 use futures_util::StreamExt;
 use serde::Serialize;
 
 use super::Shop;
+use super::placement::Attempt;
 use crate::event_store::{Changes, CommitError, load};
+use crate::idempotency;
 use crate::keys;
 use crate::table::Query;
 use crate::{AppError, Clock, PaymentGateway, Table};
@@ -20,7 +23,7 @@ const CONCURRENCY: usize = 16;
 pub struct SweepSummary {
     /// Holds released because their time was up.
     pub expired: usize,
-    /// Authorizations voided because the order paying for a hold never came to be.
+    /// Placements given up, their authorization voided, because they did not end in time.
     pub voided: usize,
     /// Entries that could not be handled this time (logged); the next pass tries again.
     pub failed: usize,
@@ -29,47 +32,42 @@ pub struct SweepSummary {
 }
 
 enum Swept {
-    Expired { voided: bool },
+    Expired,
     AlreadyEnded,
 }
 
+enum Reconciled {
+    GivenUp,
+    /// A run holds the key or finished it meanwhile: nothing to do now.
+    Left,
+}
+
 impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
-    /// Releases up to `batch` due holds per queue shard, several at once. A bad entry or a
-    /// failing hold is counted and skipped; it never stops the pass.
+    /// Reconciles up to `batch` due placements and releases up to `batch` due holds per queue
+    /// shard, several at once. A bad entry or a failing one is counted and skipped; it never
+    /// stops the pass.
     pub async fn sweep(&self, batch: usize) -> SweepSummary {
-        let now = self.now_ms();
+        let mut summary = self.reconcile(batch).await;
+        let holds = self.expire_holds(batch).await;
+        summary.expired = holds.expired;
+        summary.failed += holds.failed;
+        summary.more |= holds.more;
+        summary
+    }
+
+    async fn reconcile(&self, batch: usize) -> SweepSummary {
         let mut summary = SweepSummary::default();
-        for shard in 0..keys::HOLD_SHARDS {
-            let pk = keys::holds(shard);
-            let query = Query {
-                pk: &pk,
-                prefix: "",
-                after: None,
-                limit: batch,
-                descending: false,
+        for shard in 0..keys::ATTEMPT_SHARDS {
+            let pk = keys::attempts(shard);
+            let Some(due) = self.due(&pk, batch, &mut summary).await else {
+                continue;
             };
-            let page = match self.table.query(query).await {
-                Ok(page) => page,
-                Err(e) => {
-                    tracing::error!(shard, error = %e, "cannot read the expiry queue");
-                    summary.failed += 1;
-                    continue;
-                }
-            };
-            let full = page.next.is_some();
-            let read = page.items.len();
-            let due: Vec<_> = page
-                .items
-                .into_iter()
-                .filter(|item| due_at(&item.sk).is_none_or(|at| at <= now))
-                .collect();
-            summary.more |= full && due.len() == read;
             let outcomes: Vec<_> = futures_util::stream::iter(due)
-                .map(|item| {
+                .map(|sk| {
                     let pk = pk.clone();
                     async move {
-                        let result = self.sweep_one(&pk, &item.sk).await;
-                        (item.sk, result)
+                        let result = self.reconcile_one(&pk, &sk).await;
+                        (sk, result)
                     }
                 })
                 .buffer_unordered(CONCURRENCY)
@@ -77,10 +75,102 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 .await;
             for (sk, outcome) in outcomes {
                 match outcome {
-                    Ok(Swept::Expired { voided }) => {
-                        summary.expired += 1;
-                        summary.voided += usize::from(voided);
+                    Ok(Reconciled::GivenUp) => summary.voided += 1,
+                    Ok(Reconciled::Left) => {}
+                    Err(e) => {
+                        tracing::error!(entry = %sk, error = %e, "cannot reconcile a placement; will retry");
+                        summary.failed += 1;
                     }
+                }
+            }
+        }
+        summary
+    }
+
+    /// The due entries of one queue partition; `None` (counted as failed) when it cannot be read.
+    async fn due(&self, pk: &str, batch: usize, summary: &mut SweepSummary) -> Option<Vec<String>> {
+        let query = Query {
+            pk,
+            prefix: "",
+            after: None,
+            limit: batch,
+            descending: false,
+        };
+        let page = match self.table.query(query).await {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::error!(queue = pk, error = %e, "cannot read a queue");
+                summary.failed += 1;
+                return None;
+            }
+        };
+        let now = self.now_ms();
+        let read = page.items.len();
+        let due: Vec<String> = page
+            .items
+            .into_iter()
+            .map(|item| item.sk)
+            .filter(|sk| due_at(sk).is_none_or(|at| at <= now))
+            .collect();
+        summary.more |= page.next.is_some() && due.len() == read;
+        Some(due)
+    }
+
+    async fn reconcile_one(&self, queue_pk: &str, sk: &str) -> Result<Reconciled, AppError> {
+        let record_pk = sk
+            .split_once('#')
+            .map(|(_, pk)| pk)
+            .ok_or_else(|| AppError::BadRequest(format!("bad attempts queue entry {sk}")))?;
+        let stalled =
+            idempotency::stalled::<Attempt, _, _>(&self.table, &self.clock, record_pk).await;
+        match stalled {
+            Ok(Some(mut guard)) => {
+                let Some(attempt) = guard.progress().cloned() else {
+                    return Ok(Reconciled::Left);
+                };
+                if self.give_up(&mut guard, &attempt).await? {
+                    tracing::warn!(
+                        key = record_pk,
+                        "placement did not end in time; authorization voided, key given back"
+                    );
+                    Ok(Reconciled::GivenUp)
+                } else {
+                    Ok(Reconciled::Left)
+                }
+            }
+            // Finished or given back without its entry (a record past its lifetime): drop it.
+            Ok(None) => {
+                let mut changes = Changes::new();
+                changes.delete_read_model(queue_pk.to_owned(), sk.to_owned());
+                changes.commit(&self.table).await?;
+                Ok(Reconciled::Left)
+            }
+            Err(AppError::IdempotencyInFlight) => Ok(Reconciled::Left),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn expire_holds(&self, batch: usize) -> SweepSummary {
+        let mut summary = SweepSummary::default();
+        for shard in 0..keys::HOLD_SHARDS {
+            let pk = keys::holds(shard);
+            let Some(due) = self.due(&pk, batch, &mut summary).await else {
+                continue;
+            };
+            let outcomes: Vec<_> = futures_util::stream::iter(due)
+                .map(|sk| {
+                    let pk = pk.clone();
+                    async move {
+                        let result = self.sweep_one(&pk, &sk).await;
+                        (sk, result)
+                    }
+                })
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            for (sk, outcome) in outcomes {
+                match outcome {
+                    Ok(Swept::Expired) => summary.expired += 1,
                     Ok(Swept::AlreadyEnded) => {}
                     Err(e) => {
                         tracing::error!(entry = %sk, error = %e, "cannot expire a hold; will retry");
@@ -99,7 +189,6 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             let mut reservation =
                 load::<Reservation, _>(&self.table, keys::reservation(&tenant, &id)).await?;
             let held = reservation.state.held.as_ref();
-            let checkout = held.and_then(|h| h.checkout.clone());
             let still_held = held.is_some_and(|h| h.status == ReservationStatus::Held);
             let changes = if still_held {
                 let events = reservation.state.expire(self.now_ms())?;
@@ -111,13 +200,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 changes
             };
             match changes.commit(&self.table).await {
-                Ok(()) if still_held => {
-                    let voided = match checkout {
-                        Some(order) => self.void(&order).await,
-                        None => false,
-                    };
-                    return Ok(Swept::Expired { voided });
-                }
+                // An order paying for the hold is left to the reconciler, which owns its key.
+                Ok(()) if still_held => return Ok(Swept::Expired),
                 Ok(()) => return Ok(Swept::AlreadyEnded),
                 Err(CommitError::StreamConflict) => continue,
                 Err(e) => return Err(e.into()),
@@ -127,8 +211,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     }
 
     /// Lets go of whatever the provider holds for `order`, retrying a provider that is down.
-    /// Returns whether the void went through; a failure is logged for operators, and the
-    /// authorization lapses at the provider in the end.
+    /// Returns whether the void went through; when it did not, the caller leaves its attempt in
+    /// place for the reconciler's next pass.
     pub(super) async fn void(&self, order: &OrderId) -> bool {
         let mut backoff = std::time::Duration::from_millis(self.config.payment_backoff_ms);
         for attempt in 1..=self.config.payment_attempts {
