@@ -143,7 +143,7 @@ pub async fn run_sweeper() -> Result<(), Error> {
                 total.expired += pass.expired;
                 total.voided += pass.voided;
                 total.failed += pass.failed;
-                if !pass.more || pass.expired == 0 {
+                if !pass.more || pass.expired + pass.voided == 0 {
                     break;
                 }
             }
