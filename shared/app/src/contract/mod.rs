@@ -42,6 +42,8 @@ macro_rules! table_contract {
             an_interrupted_reservation_order_without_retry_is_undone,
             a_run_stalled_past_its_time_leaves_no_authorization,
             a_void_that_fails_is_tried_again,
+            a_late_void_never_cancels_a_placed_order,
+            a_retry_never_holds_a_basket_twice,
             a_lease_lost_mid_payment_lets_only_one_run_act,
             a_decline_after_a_lost_lease_still_gives_the_stock_back,
             a_reservation_survives_an_outage_and_the_retry_orders_it,

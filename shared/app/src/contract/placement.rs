@@ -62,6 +62,8 @@ pub struct Cut {
     /// Cut at the first authorization instead, before it reaches the provider (or, with
     /// `after`, once it has acted).
     in_provider: bool,
+    /// Stall at the first void, before it reaches the provider.
+    in_void: bool,
     /// Transactions seen, and how many of them, from the `fail_from`-th on, fail.
     transacts: AtomicUsize,
     fail_from: usize,
@@ -85,6 +87,14 @@ impl Cut {
     pub fn in_provider() -> Arc<Self> {
         Arc::new(Self {
             in_provider: true,
+            ..Self::default()
+        })
+    }
+
+    /// A run that stalls when it asks the provider to void.
+    pub fn in_void() -> Arc<Self> {
+        Arc::new(Self {
+            in_void: true,
             ..Self::default()
         })
     }
@@ -215,6 +225,9 @@ impl PaymentGateway for CutPayments {
     }
 
     async fn void(&self, order: &OrderId) -> Result<(), PaymentError> {
+        if self.cut.in_void && !self.cut.hit.load(Ordering::SeqCst) {
+            self.cut.stop().await;
+        }
         if self.cut.provider_down.load(Ordering::SeqCst) {
             return Err(PaymentError::Unavailable("down for the test".into()));
         }
@@ -558,6 +571,82 @@ pub async fn a_run_stalled_past_its_time_leaves_no_authorization<T: Table + Clon
         "the one live authorization is the order's: {counts:?}"
     );
     assert_eq!(world.stock().await, (10, 2, 8));
+}
+
+/// The reconciler's void of order X is slow to reach the provider; meanwhile its lease runs out
+/// and the customer retries. The retry sees X being given up, finishes that and places a new
+/// order Y, and X's late void cannot touch Y's payment.
+pub async fn a_late_void_never_cancels_a_placed_order<T: Table + Clone>(table: &T) {
+    let world = Arc::new(World::new(table, "latevoid", 10).await);
+    let body = order_from(Some(world.lines(2)), None, "tok_visa");
+    let key = world.key(&body, "k1");
+    assert!(
+        run_until_cut(&world, Cut::in_provider_after(), &key, body.clone())
+            .await
+            .is_none()
+    );
+    world.clock.advance(world.config.reconcile_after_ms + 1);
+    let slow = Cut::in_void();
+    let sweeping = {
+        let (world, slow) = (world.clone(), slow.clone());
+        tokio::spawn(async move { world.shop(slow).sweep(100).await })
+    };
+    slow.reached().await;
+    world.clock.advance(world.config.lease_ms + 1);
+    let retry = world
+        .shop(Cut::never())
+        .place(&world.alice(), Some(&key), body)
+        .await
+        .unwrap();
+    assert_eq!(retry.status, 201);
+    let placed = OrderId::parse(retry.body["id"].as_str().unwrap()).unwrap();
+    slow.go.notify_waiters();
+    sweeping.await.unwrap();
+    assert!(
+        world.provider.is_authorized(&placed),
+        "the placed order's payment stands"
+    );
+    assert_eq!(world.orders().await, vec![placed.to_string()]);
+    let counts = world.counts();
+    assert_eq!(counts.authorizations - counts.voids, 1, "{counts:?}");
+    assert_eq!(world.stock().await, (10, 2, 8));
+}
+
+/// The order's hold ran out before the sweeper saw it, and the run was cut short: the retry
+/// gives the stale hold back before holding again, so the basket is never held twice.
+pub async fn a_retry_never_holds_a_basket_twice<T: Table + Clone>(table: &T) {
+    let world = World::new(table, "twice", 2).await;
+    let body = order_from(Some(world.lines(2)), None, "tok_visa");
+    let key = world.key(&body, "k1");
+    // Calls: begin, price, stock, claim commit; cut after the claim.
+    assert!(
+        run_until_cut(&world, Cut::at(3, true), &key, body.clone())
+            .await
+            .is_none()
+    );
+    world
+        .clock
+        .advance(i64::from(world.config.order_hold_seconds) * 1000 + 1);
+    let retry = world
+        .shop(Cut::never())
+        .place(&world.alice(), Some(&key), body)
+        .await
+        .unwrap();
+    assert_eq!(retry.status, 201, "all the stock there is, once");
+    assert_eq!(world.stock().await, (2, 2, 0));
+    world.sweep().await;
+    assert_eq!(
+        world.stock().await,
+        (2, 2, 0),
+        "the stale hold was already given back"
+    );
+    assert_eq!(
+        world.counts(),
+        SandboxCounts {
+            authorizations: 1,
+            voids: 0
+        }
+    );
 }
 
 /// The provider cannot void when the reconciler first tries: the attempt stays queued, and a

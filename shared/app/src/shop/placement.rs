@@ -84,6 +84,17 @@ pub(crate) struct Attempt {
     /// When the reconciler looks at the attempt (Unix ms): if it has not ended by then, its
     /// authorization is voided and its key given back.
     check_at: i64,
+    /// The order is being given up: its void may be on its way to the provider. A run that
+    /// takes such an attempt over only finishes the void; it never authorizes or places it.
+    #[serde(default)]
+    voiding: bool,
+}
+
+impl Attempt {
+    /// When the reconciler looks at it (Unix ms).
+    pub(crate) fn check_at(&self) -> i64 {
+        self.check_at
+    }
 }
 
 /// A claim on the key: the attempt to carry on with, or another run got it first.
@@ -160,6 +171,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     lines: priced,
                     total,
                     check_at: self.now_ms().saturating_add(self.config.reconcile_after_ms),
+                    voiding: false,
                 };
                 self.claim_basket(caller, guard, attempt, lines).await
             }
@@ -179,6 +191,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     lines: priced,
                     total,
                     check_at: self.now_ms().saturating_add(self.config.reconcile_after_ms),
+                    voiding: false,
                 };
                 self.claim_checkout(caller, guard, attempt).await
             }
@@ -282,75 +295,126 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         guard: &mut Guard<Attempt>,
         attempt: Attempt,
     ) -> Result<Claimed, AppError> {
+        if attempt.voiding {
+            // Its void may still be on the wire: finish giving it up, then start afresh.
+            tracing::info!(order = %attempt.order, "resumed placement was being given up");
+            return self.give_up_for_retry(guard, &attempt).await;
+        }
         let reservation = load::<Reservation, _>(
             &self.table,
             keys::reservation(&caller.tenant, &attempt.reservation),
         )
         .await?;
-        // Time enough left to pay before the hold runs out, or it counts as gone.
-        let pay_by = self
-            .now_ms()
-            .saturating_add(self.config.payment_deadline_ms as i64);
-        let waiting = reservation.state.held.as_ref().is_some_and(|h| {
-            h.status == ReservationStatus::Held
-                && h.expires_at > pay_by
-                && (h.checkout.as_ref() == Some(&attempt.order)
-                    || (!attempt.own_hold && h.checkout.is_none()))
-        });
-        match (waiting, attempt.own_hold) {
-            (true, true) => Ok(self
-                .claim(guard, Changes::new(), &attempt)
-                .await?
-                .unwrap_or(Claimed::Raced)),
-            (true, false) => self.claim_checkout(caller, guard, attempt).await,
-            // The basket's hold was given back (the provider was down) or ran out: hold the
-            // stock again for the same order, which keeps its id and so its authorization.
-            (false, true) => {
-                let lines: Vec<Line> = attempt
-                    .lines
-                    .iter()
-                    .map(|l| {
-                        Ok(Line {
-                            sku: l.sku.clone(),
-                            quantity: Quantity::new(l.quantity)?,
-                        })
-                    })
-                    .collect::<Result<_, commerce_domain::DomainError>>()?;
-                let again = Attempt {
-                    reservation: ReservationId::parse(uuid::Uuid::now_v7().to_string())?,
-                    ..attempt
-                };
-                self.claim_basket(caller, guard, again, &lines).await
-            }
-            (false, false) => {
-                tracing::info!(order = %attempt.order, "resumed placement found its reservation gone");
-                match self.undo_payment(guard, &attempt, Changes::new()).await {
-                    Ok(()) | Err(AppError::IdempotencyInFlight) => Ok(Claimed::Raced),
-                    Err(e) => Err(e),
+        let held = reservation
+            .state
+            .held
+            .as_ref()
+            .filter(|h| h.status == ReservationStatus::Held);
+        let now = self.now_ms();
+        if attempt.own_hold {
+            return match held {
+                Some(h) if h.checkout.as_ref() == Some(&attempt.order) && h.expires_at > now => {
+                    Ok(self
+                        .claim(guard, Changes::new(), &attempt)
+                        .await?
+                        .unwrap_or(Claimed::Raced))
                 }
-            }
+                _ => self.hold_again(caller, guard, attempt, reservation).await,
+            };
+        }
+        // Time enough left to pay before the reservation runs out, or it counts as gone.
+        let pay_by = now.saturating_add(self.config.payment_deadline_ms as i64);
+        let waiting = held.is_some_and(|h| {
+            h.expires_at > pay_by
+                && (h.checkout.is_none() || h.checkout.as_ref() == Some(&attempt.order))
+        });
+        if waiting {
+            return self.claim_checkout(caller, guard, attempt).await;
+        }
+        tracing::info!(order = %attempt.order, "resumed placement found its reservation gone");
+        self.give_up_for_retry(guard, &attempt).await
+    }
+
+    /// Gives the attempt up (void, key back) so the caller's next look starts afresh.
+    async fn give_up_for_retry(
+        &self,
+        guard: &mut Guard<Attempt>,
+        attempt: &Attempt,
+    ) -> Result<Claimed, AppError> {
+        match self.give_up(guard, attempt).await {
+            Ok(_) | Err(AppError::IdempotencyInFlight) => Ok(Claimed::Raced),
+            Err(e) => Err(e),
         }
     }
 
-    /// Voids the attempt's authorization, then commits `changes` with the key given back and
-    /// the attempt out of the reconciler's queue. The claim is taken (or renewed) first: only its
-    /// owner may void, since another run may be using the same authorization for the order. A
-    /// void that fails leaves everything as it was, for the reconciler to try again; stopped half
-    /// way, a later run does it again (voids repeat harmlessly, and the provider authorizes no
-    /// voided order).
-    async fn undo_payment(
+    /// The basket's hold was given back (the provider was down) or ran out: hold the stock
+    /// again for the same order, which keeps its id and so its authorization. An old hold not
+    /// swept yet is given back first, in a commit of its own (one commit cannot write a SKU's
+    /// stock twice), so the customer never holds the basket twice.
+    async fn hold_again(
+        &self,
+        caller: &Caller,
+        guard: &mut Guard<Attempt>,
+        attempt: Attempt,
+        mut old: Stream<Reservation>,
+    ) -> Result<Claimed, AppError> {
+        if let Ok(events) = old.state.give_back(&attempt.order) {
+            let changes = self.end_hold(&caller.tenant, &mut old, events).await?;
+            match self.claim(guard, changes, &attempt).await? {
+                Some(Claimed::Attempt(_)) => {}
+                // A stream moved or another run got the key: look again from the start.
+                _ => return Ok(Claimed::Raced),
+            }
+        }
+        let lines: Vec<Line> = attempt
+            .lines
+            .iter()
+            .map(|l| {
+                Ok(Line {
+                    sku: l.sku.clone(),
+                    quantity: Quantity::new(l.quantity)?,
+                })
+            })
+            .collect::<Result<_, commerce_domain::DomainError>>()?;
+        let again = Attempt {
+            reservation: ReservationId::parse(uuid::Uuid::now_v7().to_string())?,
+            ..attempt
+        };
+        self.claim_basket(caller, guard, again, &lines).await
+    }
+
+    /// Voids the attempt's authorization. The claim is taken (or renewed) first, marking the
+    /// attempt as being given up: only the claim's owner may void, since another run may be using
+    /// the same authorization, and whoever takes the attempt over after that mark only finishes
+    /// the void. A void that fails leaves the attempt as it was, for the reconciler to try again;
+    /// voids repeat harmlessly, and the provider authorizes no voided order.
+    async fn void_attempt(
+        &self,
+        guard: &mut Guard<Attempt>,
+        attempt: &Attempt,
+    ) -> Result<(), AppError> {
+        let voiding = Attempt {
+            voiding: true,
+            ..attempt.clone()
+        };
+        match self.claim(guard, Changes::new(), &voiding).await? {
+            Some(Claimed::Attempt(_)) => {}
+            _ => return Err(AppError::IdempotencyInFlight),
+        }
+        if self.void(&attempt.order).await {
+            Ok(())
+        } else {
+            Err(AppError::PaymentUnavailable)
+        }
+    }
+
+    /// Commits `changes` with the key given back and the attempt out of the reconciler's queue.
+    async fn abandon_attempt(
         &self,
         guard: &mut Guard<Attempt>,
         attempt: &Attempt,
         mut changes: Changes,
     ) -> Result<(), AppError> {
-        match self.claim(guard, Changes::new(), attempt).await? {
-            Some(Claimed::Attempt(_)) => {}
-            _ => return Err(AppError::IdempotencyInFlight),
-        }
-        if !self.void(&attempt.order).await {
-            return Err(AppError::PaymentUnavailable);
-        }
         self.forget_attempt(&mut changes, guard, attempt);
         match guard.abandon(&self.table, changes).await {
             Ok(()) => Ok(()),
@@ -369,18 +433,24 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         }
     }
 
-    /// The reconciler's part: a placement that has not ended by its check time is given up.
-    /// Its authorization is voided, its hold or checkout ends, and its key is given back, so a
-    /// late retry starts afresh. Returns whether it was given up (false: a run got to it first).
+    /// Gives a placement up: its authorization is voided, its hold or checkout ends, and its key
+    /// is given back, so a late retry starts afresh. The reconciler does this to a placement not
+    /// ended by its check time; a run does it when the hold it was paying for is gone. Returns
+    /// whether it was given up (false: another run got to the key first).
     pub(super) async fn give_up(
         &self,
         guard: &mut Guard<Attempt>,
         attempt: &Attempt,
     ) -> Result<bool, AppError> {
+        match self.void_attempt(guard, attempt).await {
+            Ok(()) => {}
+            Err(AppError::IdempotencyInFlight) => return Ok(false),
+            Err(e) => return Err(e),
+        }
         let mut attempts = self.attempts();
         while attempts.next().await {
             let changes = self.end_checkout(&attempt.tenant, attempt, true).await?;
-            match self.undo_payment(guard, attempt, changes).await {
+            match self.abandon_attempt(guard, attempt, changes).await {
                 Ok(()) => return Ok(true),
                 Err(AppError::IdempotencyInFlight) => return Ok(false),
                 // A stream moved under the commit: read again.
@@ -569,8 +639,12 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         attempt: &Attempt,
         why: commerce_domain::DomainError,
     ) -> Result<Reply, AppError> {
-        self.undo_payment(guard, attempt, Changes::new()).await?;
-        Err(why.into())
+        if self.give_up(guard, attempt).await? {
+            Err(why.into())
+        } else {
+            // Another run holds the key now: its answer is the key's.
+            Err(AppError::IdempotencyInFlight)
+        }
     }
 
     /// A decline is final for the key: a basket's hold goes, a reservation stays held.

@@ -12,6 +12,7 @@ use super::placement::Attempt;
 use crate::event_store::{Changes, CommitError, load};
 use crate::idempotency;
 use crate::keys;
+use crate::payments::PaymentError;
 use crate::table::Query;
 use crate::{AppError, Clock, PaymentGateway, Table};
 
@@ -47,11 +48,12 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     /// shard, several at once. A bad entry or a failing one is counted and skipped; it never
     /// stops the pass.
     pub async fn sweep(&self, batch: usize) -> SweepSummary {
-        let mut summary = self.reconcile(batch).await;
-        let holds = self.expire_holds(batch).await;
-        summary.expired = holds.expired;
-        summary.failed += holds.failed;
-        summary.more |= holds.more;
+        // Holds first: a provider slow to void must not keep stock from coming back.
+        let mut summary = self.expire_holds(batch).await;
+        let reconciled = self.reconcile(batch).await;
+        summary.voided = reconciled.voided;
+        summary.failed += reconciled.failed;
+        summary.more |= reconciled.more;
         summary
     }
 
@@ -128,6 +130,11 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 let Some(attempt) = guard.progress().cloned() else {
                     return Ok(Reconciled::Left);
                 };
+                if due_at(sk) != Some(attempt.check_at()) {
+                    // The entry outlived its attempt; the key holds another one now.
+                    self.drop_entry(queue_pk, sk).await?;
+                    return Ok(Reconciled::Left);
+                }
                 if self.give_up(&mut guard, &attempt).await? {
                     tracing::warn!(
                         key = record_pk,
@@ -140,14 +147,18 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             }
             // Finished or given back without its entry (a record past its lifetime): drop it.
             Ok(None) => {
-                let mut changes = Changes::new();
-                changes.delete_read_model(queue_pk.to_owned(), sk.to_owned());
-                changes.commit(&self.table).await?;
+                self.drop_entry(queue_pk, sk).await?;
                 Ok(Reconciled::Left)
             }
             Err(AppError::IdempotencyInFlight) => Ok(Reconciled::Left),
             Err(e) => Err(e),
         }
+    }
+
+    async fn drop_entry(&self, queue_pk: &str, sk: &str) -> Result<(), AppError> {
+        let mut changes = Changes::new();
+        changes.delete_read_model(queue_pk.to_owned(), sk.to_owned());
+        Ok(changes.commit(&self.table).await?)
     }
 
     async fn expire_holds(&self, batch: usize) -> SweepSummary {
@@ -214,9 +225,13 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     /// Returns whether the void went through; when it did not, the caller leaves its attempt in
     /// place for the reconciler's next pass.
     pub(super) async fn void(&self, order: &OrderId) -> bool {
+        let deadline = std::time::Duration::from_millis(self.config.payment_deadline_ms);
         let mut backoff = std::time::Duration::from_millis(self.config.payment_backoff_ms);
         for attempt in 1..=self.config.payment_attempts {
-            match self.payments.void(order).await {
+            let answer = tokio::time::timeout(deadline, self.payments.void(order))
+                .await
+                .unwrap_or_else(|_| Err(PaymentError::Unavailable("no answer in time".into())));
+            match answer {
                 Ok(()) => return true,
                 Err(e) if attempt < self.config.payment_attempts => {
                     tracing::warn!(%order, attempt, error = %e, "void failed, retrying");
@@ -224,7 +239,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     backoff *= 2;
                 }
                 Err(e) => {
-                    tracing::error!(%order, error = %e, "could not void an authorization without an order");
+                    tracing::error!(%order, error = %e, "could not void an authorization; the reconciler will try again");
                 }
             }
         }
