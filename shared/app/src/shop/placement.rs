@@ -10,8 +10,9 @@
 //!
 //! The work runs in a task of its own, so a client that goes away does not stop it. A run that
 //! stops anyway (crash, timeout) leaves its claim; once the lease is out, a retry with the same
-//! key takes it over and resumes from the attempt. A hold that ends without its order (expired,
-//! or found gone on resume) has that order's authorization voided.
+//! key takes it over and resumes from the attempt. Every attempt is queued for the reconciler
+//! (the sweeper) in its first commit and leaves the queue in the commit that ends it; one still
+//! there at its check time is given up: voided, its hold or checkout ended, its key freed.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,17 +163,9 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         match (&request.lines, &request.reservation_id) {
             (Some(lines), None) => {
                 Line::check_all(lines)?;
-                let (priced, total) = self.price(caller, lines).await?;
-                let attempt = Attempt {
-                    tenant: caller.tenant.clone(),
-                    order,
-                    reservation: ReservationId::parse(uuid::Uuid::now_v7().to_string())?,
-                    own_hold: true,
-                    lines: priced,
-                    total,
-                    check_at: self.now_ms().saturating_add(self.config.reconcile_after_ms),
-                    voiding: false,
-                };
+                let priced = self.price(caller, lines).await?;
+                let hold = ReservationId::parse(uuid::Uuid::now_v7().to_string())?;
+                let attempt = self.attempt(caller, order, hold, true, priced);
                 self.claim_basket(caller, guard, attempt, lines).await
             }
             (None, Some(id)) => {
@@ -182,22 +175,34 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     .held
                     .map(|h| h.lines)
                     .ok_or(AppError::NotFound("reservation"))?;
-                let (priced, total) = self.price(caller, &lines).await?;
-                let attempt = Attempt {
-                    tenant: caller.tenant.clone(),
-                    order,
-                    reservation: id.clone(),
-                    own_hold: false,
-                    lines: priced,
-                    total,
-                    check_at: self.now_ms().saturating_add(self.config.reconcile_after_ms),
-                    voiding: false,
-                };
+                let priced = self.price(caller, &lines).await?;
+                let attempt = self.attempt(caller, order, id.clone(), false, priced);
                 self.claim_checkout(caller, guard, attempt).await
             }
             _ => Err(AppError::BadRequest(
                 "give either lines or reservation_id".into(),
             )),
+        }
+    }
+
+    /// A new attempt, due a check by the reconciler if it has not ended in time.
+    fn attempt(
+        &self,
+        caller: &Caller,
+        order: OrderId,
+        reservation: ReservationId,
+        own_hold: bool,
+        (lines, total): (Vec<OrderLine>, Money),
+    ) -> Attempt {
+        Attempt {
+            tenant: caller.tenant.clone(),
+            order,
+            reservation,
+            own_hold,
+            lines,
+            total,
+            check_at: self.now_ms().saturating_add(self.config.reconcile_after_ms),
+            voiding: false,
         }
     }
 
