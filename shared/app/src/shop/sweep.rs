@@ -32,15 +32,13 @@ pub struct SweepSummary {
     pub more: bool,
 }
 
-enum Swept {
-    Expired,
-    AlreadyEnded,
-}
-
-enum Reconciled {
-    GivenUp,
-    /// A run holds the key or finished it meanwhile: nothing to do now.
-    Left,
+/// The queues the sweeper drains, each sharded and sorted by when an entry is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Queue {
+    /// Holds, due when they expire.
+    Holds,
+    /// Placements, due at their check time.
+    Attempts,
 }
 
 impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
@@ -49,18 +47,22 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     /// stops the pass.
     pub async fn sweep(&self, batch: usize) -> SweepSummary {
         // Holds first: a provider slow to void must not keep stock from coming back.
-        let mut summary = self.expire_holds(batch).await;
-        let reconciled = self.reconcile(batch).await;
+        let mut summary = self.drain(Queue::Holds, batch).await;
+        let reconciled = self.drain(Queue::Attempts, batch).await;
         summary.voided = reconciled.voided;
         summary.failed += reconciled.failed;
         summary.more |= reconciled.more;
         summary
     }
 
-    async fn reconcile(&self, batch: usize) -> SweepSummary {
+    async fn drain(&self, queue: Queue, batch: usize) -> SweepSummary {
         let mut summary = SweepSummary::default();
-        for shard in 0..keys::ATTEMPT_SHARDS {
-            let pk = keys::attempts(shard);
+        let (shards, partition): (u32, fn(u32) -> String) = match queue {
+            Queue::Holds => (keys::HOLD_SHARDS, keys::holds),
+            Queue::Attempts => (keys::ATTEMPT_SHARDS, keys::attempts),
+        };
+        for shard in 0..shards {
+            let pk = partition(shard);
             let Some(due) = self.due(&pk, batch, &mut summary).await else {
                 continue;
             };
@@ -68,19 +70,23 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 .map(|sk| {
                     let pk = pk.clone();
                     async move {
-                        let result = self.reconcile_one(&pk, &sk).await;
-                        (sk, result)
+                        let acted = match queue {
+                            Queue::Holds => self.expire_one(&pk, &sk).await,
+                            Queue::Attempts => self.reconcile_one(&pk, &sk).await,
+                        };
+                        (sk, acted)
                     }
                 })
                 .buffer_unordered(CONCURRENCY)
                 .collect()
                 .await;
             for (sk, outcome) in outcomes {
-                match outcome {
-                    Ok(Reconciled::GivenUp) => summary.voided += 1,
-                    Ok(Reconciled::Left) => {}
-                    Err(e) => {
-                        tracing::error!(entry = %sk, error = %e, "cannot reconcile a placement; will retry");
+                match (outcome, queue) {
+                    (Ok(true), Queue::Holds) => summary.expired += 1,
+                    (Ok(true), Queue::Attempts) => summary.voided += 1,
+                    (Ok(false), _) => {}
+                    (Err(e), _) => {
+                        tracing::error!(?queue, entry = %sk, error = %e, "cannot handle a due entry; will retry");
                         summary.failed += 1;
                     }
                 }
@@ -118,7 +124,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         Some(due)
     }
 
-    async fn reconcile_one(&self, queue_pk: &str, sk: &str) -> Result<Reconciled, AppError> {
+    /// Gives up the placement behind an entry if it has not ended; whether it did.
+    async fn reconcile_one(&self, queue_pk: &str, sk: &str) -> Result<bool, AppError> {
         let record_pk = sk
             .split_once('#')
             .map(|(_, pk)| pk)
@@ -128,29 +135,28 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         match stalled {
             Ok(Some(mut guard)) => {
                 let Some(attempt) = guard.progress().cloned() else {
-                    return Ok(Reconciled::Left);
+                    return Ok(false);
                 };
                 if due_at(sk) != Some(attempt.check_at()) {
                     // The entry outlived its attempt; the key holds another one now.
                     self.drop_entry(queue_pk, sk).await?;
-                    return Ok(Reconciled::Left);
+                    return Ok(false);
                 }
-                if self.give_up(&mut guard, &attempt).await? {
+                let given_up = self.give_up(&mut guard, &attempt).await?;
+                if given_up {
                     tracing::warn!(
                         key = record_pk,
                         "placement did not end in time; authorization voided, key given back"
                     );
-                    Ok(Reconciled::GivenUp)
-                } else {
-                    Ok(Reconciled::Left)
                 }
+                Ok(given_up)
             }
             // Finished or given back without its entry (a record past its lifetime): drop it.
             Ok(None) => {
                 self.drop_entry(queue_pk, sk).await?;
-                Ok(Reconciled::Left)
+                Ok(false)
             }
-            Err(AppError::IdempotencyInFlight) => Ok(Reconciled::Left),
+            Err(AppError::IdempotencyInFlight) => Ok(false),
             Err(e) => Err(e),
         }
     }
@@ -161,39 +167,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         Ok(changes.commit(&self.table).await?)
     }
 
-    async fn expire_holds(&self, batch: usize) -> SweepSummary {
-        let mut summary = SweepSummary::default();
-        for shard in 0..keys::HOLD_SHARDS {
-            let pk = keys::holds(shard);
-            let Some(due) = self.due(&pk, batch, &mut summary).await else {
-                continue;
-            };
-            let outcomes: Vec<_> = futures_util::stream::iter(due)
-                .map(|sk| {
-                    let pk = pk.clone();
-                    async move {
-                        let result = self.sweep_one(&pk, &sk).await;
-                        (sk, result)
-                    }
-                })
-                .buffer_unordered(CONCURRENCY)
-                .collect()
-                .await;
-            for (sk, outcome) in outcomes {
-                match outcome {
-                    Ok(Swept::Expired) => summary.expired += 1,
-                    Ok(Swept::AlreadyEnded) => {}
-                    Err(e) => {
-                        tracing::error!(entry = %sk, error = %e, "cannot expire a hold; will retry");
-                        summary.failed += 1;
-                    }
-                }
-            }
-        }
-        summary
-    }
-
-    async fn sweep_one(&self, hold_pk: &str, hold_sk: &str) -> Result<Swept, AppError> {
+    /// Expires the hold behind an entry if it is still held; whether it did.
+    async fn expire_one(&self, hold_pk: &str, hold_sk: &str) -> Result<bool, AppError> {
         let (tenant, id) = parse_entry(hold_sk)?;
         let mut attempts = self.attempts();
         while attempts.next().await {
@@ -212,8 +187,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             };
             match changes.commit(&self.table).await {
                 // An order paying for the hold is left to the reconciler, which owns its key.
-                Ok(()) if still_held => return Ok(Swept::Expired),
-                Ok(()) => return Ok(Swept::AlreadyEnded),
+                Ok(()) => return Ok(still_held),
                 Err(CommitError::StreamConflict) => continue,
                 Err(e) => return Err(e.into()),
             }
