@@ -392,6 +392,27 @@ async fn run_until_cut<T: Table + Clone>(
     }
 }
 
+/// A placement run in a task of its own, stalled as it asks the provider to authorize; the
+/// returned cut lets it go on.
+async fn stalled_in_provider<T: Table + Clone>(
+    world: &Arc<World<T>>,
+    key: &IdempotencyKey,
+    body: &PlaceOrder,
+) -> (tokio::task::JoinHandle<Result<Reply, AppError>>, Arc<Cut>) {
+    let stall = Cut::in_provider();
+    let run = {
+        let (world, stall, key, body) = (world.clone(), stall.clone(), key.clone(), body.clone());
+        tokio::spawn(async move {
+            world
+                .shop(stall)
+                .place(&world.alice(), Some(&key), body)
+                .await
+        })
+    };
+    stall.reached().await;
+    (run, stall)
+}
+
 /// Cuts a placement at each call in turn, before and after it, then retries with the same key.
 async fn interrupted_then_retried<T: Table + Clone>(table: &T, from_reservation: bool) {
     let mut at = 0;
@@ -541,17 +562,7 @@ pub async fn a_run_stalled_past_its_time_leaves_no_authorization<T: Table + Clon
     let world = Arc::new(World::new(table, "stalled", 10).await);
     let body = order_from(Some(world.lines(2)), None, "tok_visa");
     let key = world.key(&body, "k1");
-    let stall = Cut::in_provider();
-    let a = {
-        let (world, stall, key, body) = (world.clone(), stall.clone(), key.clone(), body.clone());
-        tokio::spawn(async move {
-            world
-                .shop(stall)
-                .place(&world.alice(), Some(&key), body)
-                .await
-        })
-    };
-    stall.reached().await;
+    let (a, stall) = stalled_in_provider(&world, &key, &body).await;
     world.clock.advance(world.config.reconcile_after_ms + 1);
     world.sweep().await;
     let b = world
@@ -694,17 +705,7 @@ pub async fn a_lease_lost_mid_payment_lets_only_one_run_act<T: Table + Clone>(ta
     let world = Arc::new(World::new(table, "lease", 10).await);
     let body = order_from(Some(world.lines(3)), None, "tok_visa");
     let key = world.key(&body, "k1");
-    let stall = Cut::in_provider();
-    let a = {
-        let (world, stall, key, body) = (world.clone(), stall.clone(), key.clone(), body.clone());
-        tokio::spawn(async move {
-            world
-                .shop(stall)
-                .place(&world.alice(), Some(&key), body)
-                .await
-        })
-    };
-    stall.reached().await;
+    let (a, stall) = stalled_in_provider(&world, &key, &body).await;
     world.clock.advance(world.config.lease_ms + 1);
     let b = world
         .shop(Cut::never())
@@ -741,17 +742,7 @@ pub async fn a_decline_after_a_lost_lease_still_gives_the_stock_back<T: Table + 
     let world = Arc::new(World::new(table, "declined", 10).await);
     let body = order_from(Some(world.lines(4)), None, "tok_decline");
     let key = world.key(&body, "k1");
-    let stall = Cut::in_provider();
-    let a = {
-        let (world, stall, key, body) = (world.clone(), stall.clone(), key.clone(), body.clone());
-        tokio::spawn(async move {
-            world
-                .shop(stall)
-                .place(&world.alice(), Some(&key), body)
-                .await
-        })
-    };
-    stall.reached().await;
+    let (a, stall) = stalled_in_provider(&world, &key, &body).await;
     world.clock.advance(world.config.lease_ms + 1);
     let b = world
         .shop(Cut::never())
