@@ -27,8 +27,11 @@ const PURGE_CHUNK: usize = 500;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
 /// Once the WAL holds this many bytes, the writer restarts it between two batches. Passive
 /// checkpoints alone never restart a WAL that readers keep using, so under sustained load it
-/// would grow without bound. The WAL file is kept at most twice this size.
+/// would grow without bound. Past [`WAL_HARD_BYTES`] the restart waits for readers, and the
+/// WAL file is cut back to that size.
 const WAL_BOUND_BYTES: i64 = 32 * 1024 * 1024;
+/// The most the WAL may hold before the writer waits for its restart.
+const WAL_HARD_BYTES: i64 = 48 * 1024 * 1024;
 /// How long a connection waits for a lock another holds.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle read connections kept open.
@@ -94,7 +97,7 @@ impl SqliteTable {
     pub fn open_with(path: impl AsRef<Path>, limits: Limits) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let writer = Connection::open(&path).map_err(failure)?;
-        let wal_limit = 2 * WAL_BOUND_BYTES;
+        let wal_limit = WAL_HARD_BYTES;
         writer
             .execute_batch(&format!(
                 "PRAGMA journal_mode = WAL;
@@ -333,7 +336,7 @@ impl Writer {
     /// Restarts the WAL once it passes its bound, so the next commits write from its start.
     /// A restart must wait for readers still using old frames; waiting would stall every
     /// commit queued behind the writer, so it is first tried without waiting, after each batch,
-    /// until it finds a moment with no such reader. Only past twice the bound does it wait.
+    /// until it finds a moment with no such reader. Only past the hard bound does it wait.
     fn bound_wal(&mut self) {
         let bytes = self
             .wal_frames
@@ -342,7 +345,7 @@ impl Writer {
         if bytes < WAL_BOUND_BYTES {
             return;
         }
-        let must = bytes >= 2 * WAL_BOUND_BYTES;
+        let must = bytes >= WAL_HARD_BYTES;
         let wait = if must { BUSY_TIMEOUT } else { Duration::ZERO };
         if let Err(e) = self.conn.busy_timeout(wait) {
             tracing::warn!(error = %e, "cannot set the busy timeout");

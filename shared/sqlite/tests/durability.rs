@@ -110,5 +110,6 @@ async fn the_wal_stays_bounded_under_sustained_writes_and_reads() {
     for r in readers {
         r.await.unwrap();
     }
-    assert!(peak < 48 * 1024 * 1024, "the WAL peaked at {peak} bytes");
+    // 48 MB at the most before a restart, plus the batch that crossed it.
+    assert!(peak < 56 * 1024 * 1024, "the WAL peaked at {peak} bytes");
 }
