@@ -198,37 +198,28 @@ where
     };
     let deadline = tokio::time::Instant::now() + wait;
     loop {
-        let Some(item) = table.get(&key.pk, SK).await? else {
-            return Ok(Begin::Fresh(Guard::new(Some(key), Claim::Unclaimed, None)));
+        let (fingerprint, state) = match look(table, clock, &key.pk).await? {
+            None => return Ok(Begin::Fresh(Guard::new(Some(key), Claim::Unclaimed, None))),
+            Some(found) => found,
         };
-        let record: Record = serde_json::from_slice(&item.data)
-            .map_err(|e| StoreError::Failure(format!("corrupt idempotency record: {e}")))?;
-        if record.fingerprint != key.fingerprint {
+        if fingerprint != key.fingerprint {
             return Err(AppError::IdempotencyMismatch);
         }
-        if let Some(outcome) = record.outcome.or(record.response.map(Outcome::Done)) {
-            return Ok(Begin::Replay(outcome));
+        match state {
+            Found::Done(outcome) => return Ok(Begin::Replay(outcome)),
+            Found::Stalled { owner, progress } => {
+                let progress = decode_progress(progress)?;
+                return Ok(Begin::Fresh(Guard::new(
+                    Some(key),
+                    Claim::Abandoned(owner),
+                    progress,
+                )));
+            }
+            Found::Working if tokio::time::Instant::now() >= deadline => {
+                return Err(AppError::IdempotencyInFlight);
+            }
+            Found::Working => tokio::time::sleep(POLL).await,
         }
-        // A claim from before claims had owners cannot be taken over; it expires within a minute.
-        let Some(owner) = item.owner else {
-            return Err(AppError::IdempotencyInFlight);
-        };
-        if record.lease_until <= clock.now_ms() {
-            let progress = record
-                .progress
-                .map(serde_json::from_value)
-                .transpose()
-                .map_err(|e| StoreError::Failure(format!("corrupt progress: {e}")))?;
-            return Ok(Begin::Fresh(Guard::new(
-                Some(key),
-                Claim::Abandoned(owner),
-                progress,
-            )));
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(AppError::IdempotencyInFlight);
-        }
-        tokio::time::sleep(POLL).await;
     }
 }
 
@@ -244,34 +235,67 @@ where
     T: Table,
     C: Clock,
 {
-    let Some(item) = table.get(record_pk, SK).await? else {
+    match look(table, clock, record_pk).await? {
+        None | Some((_, Found::Done(_))) => Ok(None),
+        Some((_, Found::Working)) => Err(AppError::IdempotencyInFlight),
+        Some((fingerprint, Found::Stalled { owner, progress })) => {
+            let key = IdempotencyKey {
+                pk: record_pk.to_owned(),
+                fingerprint,
+            };
+            let progress = decode_progress(progress)?;
+            Ok(Some(Guard::new(
+                Some(&key),
+                Claim::Abandoned(owner),
+                progress,
+            )))
+        }
+    }
+}
+
+/// What a key's record says, besides its fingerprint.
+enum Found {
+    Done(Outcome),
+    /// A run holds the claim and its lease (or a claim from before claims had owners, which
+    /// cannot be taken over and expires within a minute).
+    Working,
+    /// The claim's lease is out: another run may take it over from `owner`.
+    Stalled {
+        owner: String,
+        progress: Option<Value>,
+    },
+}
+
+/// Reads a key's record: `None` when there is none.
+async fn look<T: Table, C: Clock>(
+    table: &T,
+    clock: &C,
+    pk: &str,
+) -> Result<Option<(String, Found)>, AppError> {
+    let Some(item) = table.get(pk, SK).await? else {
         return Ok(None);
     };
     let record: Record = serde_json::from_slice(&item.data)
         .map_err(|e| StoreError::Failure(format!("corrupt idempotency record: {e}")))?;
-    if record.outcome.is_some() || record.response.is_some() {
-        return Ok(None);
-    }
-    let Some(owner) = item.owner else {
-        return Err(AppError::IdempotencyInFlight);
+    let found = match (
+        record.outcome.or(record.response.map(Outcome::Done)),
+        item.owner,
+    ) {
+        (Some(outcome), _) => Found::Done(outcome),
+        (None, Some(owner)) if record.lease_until <= clock.now_ms() => Found::Stalled {
+            owner,
+            progress: record.progress,
+        },
+        (None, _) => Found::Working,
     };
-    if record.lease_until > clock.now_ms() {
-        return Err(AppError::IdempotencyInFlight);
-    }
-    let progress = record
-        .progress
+    Ok(Some((record.fingerprint, found)))
+}
+
+fn decode_progress<P: DeserializeOwned>(progress: Option<Value>) -> Result<Option<P>, AppError> {
+    progress
         .map(serde_json::from_value)
         .transpose()
-        .map_err(|e| StoreError::Failure(format!("corrupt progress: {e}")))?;
-    let key = IdempotencyKey {
-        pk: record_pk.to_owned(),
-        fingerprint: record.fingerprint,
-    };
-    Ok(Some(Guard::new(
-        Some(&key),
-        Claim::Abandoned(owner),
-        progress,
-    )))
+        .map_err(|e| StoreError::Failure(format!("corrupt progress: {e}")).into())
 }
 
 /// Where a guard stands with its key's record.

@@ -454,7 +454,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         }
         let mut attempts = self.attempts();
         while attempts.next().await {
-            let changes = self.end_checkout(&attempt.tenant, attempt, true).await?;
+            let changes = self.end_checkout(&attempt.tenant, attempt).await?;
             match self.abandon_attempt(guard, attempt, changes).await {
                 Ok(()) => return Ok(true),
                 Err(AppError::IdempotencyInFlight) => return Ok(false),
@@ -662,7 +662,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     ) -> Result<Reply, AppError> {
         let mut attempts = self.attempts();
         while attempts.next().await {
-            let mut changes = self.end_checkout(&caller.tenant, attempt, true).await?;
+            let mut changes = self.end_checkout(&caller.tenant, attempt).await?;
             self.forget_attempt(&mut changes, guard, attempt);
             let outcome = Outcome::Declined {
                 reason: reason.clone(),
@@ -692,7 +692,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     ) -> Result<(), AppError> {
         let mut attempts = self.attempts();
         while attempts.next().await {
-            let changes = self.end_checkout(&caller.tenant, attempt, true).await?;
+            let changes = self.end_checkout(&caller.tenant, attempt).await?;
             match guard.park(&self.table, changes, self.now_ms()).await {
                 Ok(()) => return Ok(()),
                 Err(CommitError::StreamConflict) => {}
@@ -704,16 +704,12 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     }
 
     /// Ends the order's claim on its hold: a customer's reservation leaves checkout; a basket's
-    /// own hold is given back when `give_back_basket`, kept otherwise.
+    /// own hold is given back.
     async fn end_checkout(
         &self,
         tenant: &TenantId,
         attempt: &Attempt,
-        give_back_basket: bool,
     ) -> Result<Changes, AppError> {
-        if attempt.own_hold && !give_back_basket {
-            return Ok(Changes::new());
-        }
         let mut reservation =
             load::<Reservation, _>(&self.table, keys::reservation(tenant, &attempt.reservation))
                 .await?;
