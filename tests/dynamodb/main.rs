@@ -24,6 +24,7 @@ fn caller(sub: &str, role: Role) -> Caller {
         tenant: TenantId::parse("acme").unwrap(),
         subject: CustomerId::parse(sub).unwrap(),
         roles: vec![role],
+        correlation_id: "test".into(),
     }
 }
 

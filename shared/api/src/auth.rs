@@ -13,6 +13,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::problem::ApiError;
+use crate::request_id::RequestId;
 
 pub const ISSUER: &str = "commerce-local";
 pub const AUDIENCE: &str = "commerce";
@@ -185,10 +186,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Authenticated {
         let subject = CustomerId::parse(claims.sub)
             .map_err(|_| ApiError::unauthorized("the token's subject is malformed"))?;
         let roles = claims.roles.iter().filter_map(|r| Role::parse(r)).collect();
+        let correlation_id = parts
+            .extensions
+            .get::<RequestId>()
+            .cloned()
+            .unwrap_or_else(RequestId::fresh)
+            .0;
         Ok(Self(Caller {
             tenant,
             subject,
             roles,
+            correlation_id,
         }))
     }
 }

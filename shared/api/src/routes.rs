@@ -67,6 +67,7 @@ pub fn router<T: Table, P: PaymentGateway, C: Clock>(
             )
         })
         .layer(Extension(auth))
+        .layer(axum::middleware::from_fn(crate::request_id::assign))
         .with_state(shop)
 }
 

@@ -13,14 +13,76 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use crate::keys::{EVENT_PREFIX, HEAD, event_sk};
 use crate::table::{Condition, Item, Query, StoreError, Table, Write};
 
-/// An event as stored and as it later leaves through the change stream.
+/// The version of [`Envelope`]'s own fields; bumped when they change shape, so a consumer can
+/// tell an envelope it does not know from a corrupt one.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// An event as stored and as it leaves through the change feed: what happened (`data`, tagged
+/// with its `type`), to which aggregate at which version, when, by whom and in answer to what.
+/// It carries no personal data: `actor` is the pseudonymous JWT subject.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Recorded<E> {
-    pub stream: String,
-    pub version: u64,
-    /// Unix milliseconds.
-    pub recorded_at: i64,
-    pub event: E,
+pub struct Envelope<E> {
+    /// UUIDv7: unique, and ordered by creation time.
+    pub id: uuid::Uuid,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_version: u32,
+    pub tenant: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    /// Gapless per aggregate, from 1.
+    pub aggregate_version: u64,
+    /// RFC 3339, UTC.
+    pub occurred_at: String,
+    /// The JWT subject of the caller, or `system:<component>`.
+    pub actor: String,
+    pub correlation_id: String,
+    /// The event this one was recorded in answer to, if any.
+    pub causation_id: Option<String>,
+    pub data: E,
+}
+
+impl<E> Envelope<E> {
+    /// The partition of the stream this event belongs to.
+    pub fn stream(&self) -> String {
+        crate::keys::stream(&self.tenant, &self.aggregate_type, &self.aggregate_id)
+    }
+
+    /// Unix milliseconds of `occurred_at`.
+    pub fn occurred_at_ms(&self) -> Option<i64> {
+        crate::views::parse_timestamp(&self.occurred_at)
+    }
+}
+
+/// Who caused a change and in answer to what; every event it records carries this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The JWT subject of the caller, or `system:<component>`.
+    pub actor: String,
+    /// What ties together everything one request set off: its request id, carried through.
+    pub correlation_id: String,
+    /// The event this change answers, when a consumer or saga acts on one.
+    pub causation_id: Option<String>,
+}
+
+impl Origin {
+    /// A change the system makes on its own, such as the sweeper's.
+    pub fn system(component: &str) -> Self {
+        Self {
+            actor: format!("system:{component}"),
+            correlation_id: uuid::Uuid::now_v7().to_string(),
+            causation_id: None,
+        }
+    }
+
+    /// A change made by `component` in answer to `event`: same correlation, caused by it.
+    pub fn answering<E>(component: &str, event: &Envelope<E>) -> Self {
+        Self {
+            actor: format!("system:{component}"),
+            correlation_id: event.correlation_id.clone(),
+            causation_id: Some(event.id.to_string()),
+        }
+    }
 }
 
 /// A stream as loaded: its version and current state. Version 0 means no events yet.
@@ -71,7 +133,7 @@ where
 }
 
 /// Every event of a stream, oldest first, read page by page.
-pub async fn read_events<E, T>(table: &T, pk: &str) -> Result<Vec<Recorded<E>>, StoreError>
+pub async fn read_events<E, T>(table: &T, pk: &str) -> Result<Vec<Envelope<E>>, StoreError>
 where
     E: DeserializeOwned,
     T: Table,
@@ -108,9 +170,9 @@ where
     A::Event: DeserializeOwned,
     T: Table,
 {
-    let events: Vec<Recorded<A::Event>> = read_events(table, pk).await?;
-    let version = events.last().map_or(0, |e| e.version);
-    Ok((version, A::rebuild(events.iter().map(|e| &e.event))))
+    let events: Vec<Envelope<A::Event>> = read_events(table, pk).await?;
+    let version = events.last().map_or(0, |e| e.aggregate_version);
+    Ok((version, A::rebuild(events.iter().map(|e| &e.data))))
 }
 
 /// An item that is not a stream yet must not be overwritten blindly, such as a customer's
@@ -161,8 +223,10 @@ pub enum Purpose {
 }
 
 /// The writes of one command, committed together or not at all.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Changes {
+    /// Stamped on every event appended.
+    origin: Origin,
     writes: Vec<Write>,
     purposes: Vec<Purpose>,
     /// In-process locks this command holds until its commit is done.
@@ -181,15 +245,25 @@ pub enum CommitError {
 }
 
 impl Changes {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(origin: Origin) -> Self {
+        Self {
+            origin,
+            writes: Vec::new(),
+            purposes: Vec::new(),
+            locks: Vec::new(),
+        }
+    }
+
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
     }
 
-    /// Applies `events` to the stream's state and queues them with the new head.
+    /// Applies `events` to the stream's state and queues them, each in its envelope, with the
+    /// new head.
     pub fn append<A>(
         &mut self,
         stream: &mut Stream<A>,
@@ -203,26 +277,43 @@ impl Changes {
         if events.is_empty() {
             return Ok(());
         }
+        let (tenant, aggregate_type, aggregate_id) = crate::keys::stream_parts(&stream.pk)
+            .ok_or_else(|| StoreError::Failure(format!("{} is not a stream", stream.pk)))?;
+        let occurred_at = crate::views::timestamp(now_ms);
         for event in stream.state.apply_all(events) {
             stream.version += 1;
-            let recorded = Recorded {
-                stream: stream.pk.clone(),
-                version: stream.version,
-                recorded_at: now_ms,
-                event,
+            let data = serde_json::to_value(&event)
+                .map_err(|e| StoreError::Failure(format!("cannot encode: {e}")))?;
+            let event_type = data
+                .get("type")
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let envelope = Envelope {
+                id: uuid::Uuid::now_v7(),
+                event_type,
+                schema_version: SCHEMA_VERSION,
+                tenant: tenant.to_owned(),
+                aggregate_type: aggregate_type.to_owned(),
+                aggregate_id: aggregate_id.to_owned(),
+                aggregate_version: stream.version,
+                occurred_at: occurred_at.clone(),
+                actor: self.origin.actor.clone(),
+                correlation_id: self.origin.correlation_id.clone(),
+                causation_id: self.origin.causation_id.clone(),
+                data,
             };
             self.push(
                 Purpose::Event,
-                Write::Put {
+                Write::Event {
                     item: Item {
                         pk: stream.pk.clone(),
                         sk: event_sk(stream.version),
                         version: stream.version,
-                        data: to_json(&recorded)?,
+                        data: to_json(&envelope)?,
                         expires_at: None,
                         owner: None,
                     },
-                    condition: Condition::Absent,
                 },
             );
         }

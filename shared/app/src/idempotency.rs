@@ -522,6 +522,7 @@ mod tests {
             tenant: TenantId::parse("acme").unwrap(),
             subject: CustomerId::parse(sub).unwrap(),
             roles: vec![Role::Customer],
+            correlation_id: "test".into(),
         }
     }
 

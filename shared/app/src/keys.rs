@@ -13,20 +13,34 @@ pub fn event_sk(version: u64) -> String {
     format!("{EVENT_PREFIX}{version:012}")
 }
 
+/// The partition of an aggregate's event stream.
+pub fn stream(tenant: &str, aggregate_type: &str, aggregate_id: &str) -> String {
+    format!("{tenant}#{aggregate_type}#{aggregate_id}")
+}
+
+/// Tenant, aggregate type and id of a stream's partition, the inverse of [`stream`].
+pub fn stream_parts(pk: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = pk.splitn(3, '#');
+    let tenant = parts.next().filter(|p| !p.is_empty())?;
+    let aggregate_type = parts.next().filter(|p| !p.is_empty())?;
+    let id = parts.next().filter(|p| !p.is_empty() && !p.contains('#'))?;
+    Some((tenant, aggregate_type, id))
+}
+
 pub fn product(tenant: &TenantId, sku: &Sku) -> String {
-    format!("{tenant}#product#{sku}")
+    stream(tenant.as_str(), "product", sku.as_str())
 }
 
 pub fn inventory(tenant: &TenantId, sku: &Sku) -> String {
-    format!("{tenant}#inventory#{sku}")
+    stream(tenant.as_str(), "inventory", sku.as_str())
 }
 
 pub fn reservation(tenant: &TenantId, id: &ReservationId) -> String {
-    format!("{tenant}#reservation#{id}")
+    stream(tenant.as_str(), "reservation", id.as_str())
 }
 
 pub fn order(tenant: &TenantId, id: &OrderId) -> String {
-    format!("{tenant}#order#{id}")
+    stream(tenant.as_str(), "order", id.as_str())
 }
 
 /// Catalog listing: one item per product, sort key = SKU.

@@ -13,6 +13,7 @@ mod error;
 pub mod event_store;
 pub mod idempotency;
 pub mod keys;
+pub mod outbox;
 pub mod payments;
 pub mod shop;
 pub mod table;

@@ -56,12 +56,18 @@ pub enum Write {
         sk: String,
         condition: Condition,
     },
+    /// Records an event: puts the item only if absent and, once the transaction commits, hands
+    /// it to the change feed. This marker is the outbox: an event leaves the store if and only
+    /// if the transaction that wrote it committed, with no second write to forget.
+    Event {
+        item: Item,
+    },
 }
 
 impl Write {
     pub fn key(&self) -> (&str, &str) {
         match self {
-            Write::Put { item, .. } => (&item.pk, &item.sk),
+            Write::Put { item, .. } | Write::Event { item } => (&item.pk, &item.sk),
             Write::Delete { pk, sk, .. } | Write::Check { pk, sk, .. } => (pk, sk),
         }
     }
@@ -136,6 +142,14 @@ pub fn check_transaction(writes: &[Write]) -> Result<(), StoreError> {
     }
     let mut keys = std::collections::HashSet::with_capacity(writes.len());
     for write in writes {
+        if let Write::Event { item } = write
+            && is_personal(&item.pk)
+        {
+            return Err(StoreError::Failure(format!(
+                "{} is personal data and never an event",
+                item.pk
+            )));
+        }
         if !keys.insert(write.key()) {
             let (pk, sk) = write.key();
             return Err(StoreError::Failure(format!(

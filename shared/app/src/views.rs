@@ -16,6 +16,12 @@ pub fn timestamp(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// An RFC 3339 timestamp as Unix milliseconds.
+pub fn parse_timestamp(text: &str) -> Option<i64> {
+    let at = OffsetDateTime::parse(text, &Rfc3339).ok()?;
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).ok()
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProductView {

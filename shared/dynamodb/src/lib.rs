@@ -1,7 +1,9 @@
 //! The table port on one DynamoDB table.
 //!
 //! Items keep the port's shape: `pk` and `sk` (the key), `v` (version), `d` (JSON data),
-//! `ttl` (epoch seconds; the table's TTL attribute) and `o` (a claim's owner token). A transaction of one write is a plain
+//! `ttl` (epoch seconds; the table's TTL attribute), `o` (a claim's owner token) and `e`
+//! (true on event items: the outbox marker the stream's event source mapping filters on, see
+//! [`STREAM_FILTER`]). A transaction of one write is a plain
 //! conditional `PutItem`/`DeleteItem`; more writes go in one `TransactWriteItems`, whose
 //! cancellation reasons say which write's condition failed. Expired items that TTL has not yet
 //! deleted are filtered out and count as absent, as in the SQLite adapter.
@@ -29,6 +31,12 @@ const VERSION: &str = "v";
 const DATA: &str = "d";
 const TTL: &str = "ttl";
 const OWNER: &str = "o";
+const EVENT: &str = "e";
+
+/// The filter pattern of the publisher's event source mapping: only inserts of event items
+/// leave through the stream. `template.yaml` carries the same pattern (a check keeps them equal).
+pub const STREAM_FILTER: &str =
+    r#"{"eventName":["INSERT"],"dynamodb":{"NewImage":{"e":{"BOOL":[true]}}}}"#;
 
 /// The shop's tables in DynamoDB: the main one, whose stream carries events to consumers, and
 /// one without a stream for personal partitions ([`is_personal`]), so contact data never leaves
@@ -250,6 +258,17 @@ impl DynamoTable {
                     .await
                     .map_err(single_write_failure)?;
             }
+            Write::Event { item } => {
+                self.client
+                    .put_item()
+                    .table_name(self.table_of(&item.pk))
+                    .set_item(Some(event_attributes(item)?))
+                    .condition_expression("attribute_not_exists(#pk)")
+                    .expression_attribute_names("#pk", PK)
+                    .send()
+                    .await
+                    .map_err(single_write_failure)?;
+            }
             Write::Delete { pk, sk, condition } => {
                 let (expression, names, values) = condition_parts(condition, now);
                 self.client
@@ -358,6 +377,16 @@ fn transact_item(table: &str, write: &Write, now: i64) -> Result<TransactWriteIt
                 .map_err(build_failure)?;
             TransactWriteItem::builder().put(put).build()
         }
+        Write::Event { item } => {
+            let put = Put::builder()
+                .table_name(table)
+                .set_item(Some(event_attributes(item)?))
+                .condition_expression("attribute_not_exists(#pk)")
+                .expression_attribute_names("#pk", PK)
+                .build()
+                .map_err(build_failure)?;
+            TransactWriteItem::builder().put(put).build()
+        }
         Write::Delete { pk, sk, condition } => {
             let (expression, names, values) = condition_parts(condition, now);
             let delete = Delete::builder()
@@ -408,6 +437,14 @@ fn to_attributes(item: &Item) -> Result<HashMap<String, AttributeValue>, StoreEr
     if let Some(owner) = &item.owner {
         attributes.insert(OWNER.into(), AttributeValue::S(owner.clone()));
     }
+    Ok(attributes)
+}
+
+/// An event item carries the outbox marker; events never expire.
+fn event_attributes(item: &Item) -> Result<HashMap<String, AttributeValue>, StoreError> {
+    let mut attributes = to_attributes(item)?;
+    attributes.remove(TTL);
+    attributes.insert(EVENT.into(), AttributeValue::Bool(true));
     Ok(attributes)
 }
 

@@ -102,3 +102,119 @@ pub async fn fresh_table() -> DynamoTable {
     table.create().await.expect("cannot create a table in moto");
     table
 }
+
+/// The table's stream read as the publisher's event source mapping reads it: every shard from
+/// its start, keeping only what [`STREAM_FILTER`](crate::STREAM_FILTER) lets through (inserts of
+/// event items). A position is the last sequence number seen per shard.
+#[derive(Debug, Clone)]
+pub struct StreamFeed {
+    client: aws_sdk_dynamodbstreams::Client,
+    arn: String,
+}
+
+impl StreamFeed {
+    pub async fn of(table: &DynamoTable) -> Self {
+        let described = client()
+            .await
+            .describe_table()
+            .table_name(table.names().0)
+            .send()
+            .await
+            .unwrap();
+        let arn = described
+            .table()
+            .and_then(|t| t.latest_stream_arn())
+            .expect("the main table has a stream")
+            .to_owned();
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(endpoint())
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+            .load()
+            .await;
+        Self {
+            client: aws_sdk_dynamodbstreams::Client::new(&config),
+            arn,
+        }
+    }
+}
+
+impl commerce_app::outbox::ChangeFeed for StreamFeed {
+    async fn read(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<commerce_app::outbox::FeedEvent>, commerce_app::StoreError> {
+        use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, ShardIteratorType};
+        let mut seen: std::collections::BTreeMap<String, String> = after
+            .map(|text| serde_json::from_str(text).unwrap())
+            .unwrap_or_default();
+        let stream = self
+            .client
+            .describe_stream()
+            .stream_arn(&self.arn)
+            .send()
+            .await
+            .unwrap();
+        let shards = stream
+            .stream_description()
+            .map(|d| d.shards().to_vec())
+            .unwrap_or_default();
+        let mut events = Vec::new();
+        for shard in shards {
+            let id = shard.shard_id().unwrap_or_default().to_owned();
+            let request = self
+                .client
+                .get_shard_iterator()
+                .stream_arn(&self.arn)
+                .shard_id(&id);
+            let request = match seen.get(&id) {
+                Some(sequence) => request
+                    .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                    .sequence_number(sequence),
+                None => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            };
+            let mut iterator = request.send().await.unwrap().shard_iterator;
+            while let Some(current) = iterator.take() {
+                let page = self
+                    .client
+                    .get_records()
+                    .shard_iterator(current)
+                    .send()
+                    .await
+                    .unwrap();
+                if page.records().is_empty() {
+                    break;
+                }
+                for record in page.records() {
+                    let Some(change) = record.dynamodb() else {
+                        continue;
+                    };
+                    if let Some(sequence) = change.sequence_number() {
+                        seen.insert(id.clone(), sequence.to_owned());
+                    }
+                    let image = change.new_image();
+                    let is_event = image
+                        .and_then(|i| i.get("e"))
+                        .is_some_and(|e| matches!(e, AttributeValue::Bool(true)));
+                    let inserted = record.event_name() == Some(&OperationType::Insert);
+                    let data = image.and_then(|i| i.get("d")).and_then(|d| d.as_s().ok());
+                    if let (true, true, Some(data)) = (inserted, is_event, data) {
+                        events.push(commerce_app::outbox::FeedEvent {
+                            position: serde_json::to_string(&seen).unwrap(),
+                            envelope: data.clone().into_bytes(),
+                        });
+                    }
+                }
+                iterator = page.next_shard_iterator;
+            }
+        }
+        events.truncate(limit);
+        Ok(events)
+    }
+
+    /// The stream keeps records for a day whatever readers do; nothing to forget.
+    async fn acknowledge(&self, _through: &str) -> Result<(), commerce_app::StoreError> {
+        Ok(())
+    }
+}

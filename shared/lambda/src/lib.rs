@@ -9,7 +9,7 @@ use std::sync::Arc;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use commerce_api::{Auth, VerifiedClaims, parse_roles, router};
+use commerce_api::{Auth, RequestId, VerifiedClaims, parse_roles, router};
 use commerce_app::shop::SweepSummary;
 use commerce_app::{Cursors, HoldLimits, SandboxPayments, Shop, ShopConfig, SystemClock};
 use commerce_dynamodb::DynamoTable;
@@ -124,6 +124,12 @@ impl ClaimNames {
         };
         if let Some(verified) = verified {
             request.extensions_mut().insert(verified);
+        }
+        if let Some(RequestContext::ApiGatewayV2(context)) =
+            request.extensions().get::<RequestContext>()
+            && let Some(id) = context.request_id.clone()
+        {
+            request.extensions_mut().insert(RequestId(id));
         }
         next.run(request).await
     }

@@ -13,6 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use commerce_app::clock::now_seconds;
+use commerce_app::outbox::{ChangeFeed, FeedEvent};
 use commerce_app::table::{
     Condition, Item, Page, Query, StoreError, Table, Write, check_transaction, prefix_end,
 };
@@ -60,6 +61,8 @@ struct Job {
 
 enum Work {
     Writes(Vec<Write>),
+    /// Forgets the change feed's rows up to and including this position.
+    Acknowledge(i64),
     /// Deletes up to this many expired items.
     PurgeExpired(usize),
     /// Aborts the batch's transaction, as SQLite does on some disk-full and I/O errors.
@@ -116,7 +119,14 @@ impl SqliteTable {
                      owner TEXT,
                      PRIMARY KEY (pk, sk)
                  );
-                 CREATE INDEX IF NOT EXISTS items_expiry ON items (expires_at) WHERE expires_at IS NOT NULL;"
+                 CREATE INDEX IF NOT EXISTS items_expiry ON items (expires_at) WHERE expires_at IS NOT NULL;
+                 -- The change feed: one row per event item, written in the event's own savepoint and
+                 -- deleted once acknowledged. AUTOINCREMENT: a position is never handed out twice.
+                 CREATE TABLE IF NOT EXISTS feed (
+                     seq INTEGER PRIMARY KEY AUTOINCREMENT,
+                     pk TEXT NOT NULL,
+                     sk TEXT NOT NULL
+                 );"
             ))
             .map_err(failure)?;
         add_owner_column(&writer)?;
@@ -175,7 +185,10 @@ impl SqliteTable {
             .map_err(|_| StoreError::Failure("the writer thread dropped a job".into()))?
     }
 
-    fn read<R>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R, StoreError> {
+    fn with_reader<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+    ) -> Result<R, StoreError> {
         let pooled = self
             .inner
             .readers
@@ -204,9 +217,43 @@ impl SqliteTable {
     }
 }
 
+/// Events in commit order, as the in-process publisher tails them. A position is the feed
+/// row's sequence number; acknowledged rows are deleted, so what is left is what is unpublished.
+impl ChangeFeed for SqliteTable {
+    async fn read(&self, after: Option<&str>, limit: usize) -> Result<Vec<FeedEvent>, StoreError> {
+        let after: i64 = match after {
+            Some(text) => text
+                .parse()
+                .map_err(|_| StoreError::Failure(format!("bad feed position {text}")))?,
+            None => 0,
+        };
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.with_reader(|c| {
+            c.prepare_cached(
+                "SELECT f.seq, i.data FROM feed f JOIN items i ON i.pk = f.pk AND i.sk = f.sk
+                 WHERE f.seq > ?1 ORDER BY f.seq LIMIT ?2",
+            )?
+            .query_map(params![after, limit], |row| {
+                Ok(FeedEvent {
+                    position: row.get::<_, i64>(0)?.to_string(),
+                    envelope: row.get(1)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    async fn acknowledge(&self, through: &str) -> Result<(), StoreError> {
+        let through = through
+            .parse()
+            .map_err(|_| StoreError::Failure(format!("bad feed position {through}")))?;
+        self.submit(Work::Acknowledge(through)).await.map(|_| ())
+    }
+}
+
 impl Table for SqliteTable {
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
-        self.read(|c| {
+        self.with_reader(|c| {
             c.prepare_cached("SELECT pk, sk, version, data, expires_at, owner FROM items WHERE pk = ?1 AND sk = ?2 AND (expires_at IS NULL OR expires_at > ?3)")?
                 .query_row(params![pk, sk, now_seconds()], row_to_item)
                 .optional()
@@ -220,7 +267,7 @@ impl Table for SqliteTable {
             prefix_end(q.prefix).unwrap_or_else(|| TOP.to_owned())
         };
         let fetch = i64::try_from(q.limit.saturating_add(1)).unwrap_or(i64::MAX);
-        let mut items = self.read(|c| {
+        let mut items = self.with_reader(|c| {
             let (sql, after) = if q.descending {
                 ("SELECT pk, sk, version, data, expires_at, owner FROM items WHERE pk = ?1 AND sk >= ?2 AND sk < ?3 AND sk < ?4 AND (expires_at IS NULL OR expires_at > ?5) ORDER BY sk DESC LIMIT ?6", q.after.unwrap_or(&upper))
             } else {
@@ -243,7 +290,7 @@ impl Table for SqliteTable {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())))
+        self.with_reader(|c| c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())))
     }
 }
 
@@ -432,6 +479,11 @@ fn run_job(tx: &mut rusqlite::Transaction<'_>, work: &Work, now: i64) -> Result<
             Ok(Err(failed)) => Err(failed),
             Err(e) => Err(failure(e)),
         },
+        Work::Acknowledge(through) => sp
+            .prepare_cached("DELETE FROM feed WHERE seq <= ?1")
+            .and_then(|mut delete| delete.execute(params![through]))
+            .and_then(|n| sp.commit().map(|()| n))
+            .map_err(failure),
         Work::PurgeExpired(limit) => purge(&sp, *limit, now)
             .and_then(|n| sp.commit().map(|()| n))
             .map_err(failure),
@@ -471,6 +523,14 @@ fn apply(
                 Condition::Absent => check(tx, pk, sk, &Condition::Absent, now)?,
             },
             Write::Check { pk, sk, condition } => check(tx, pk, sk, condition, now)?,
+            Write::Event { item } => {
+                let added = put(tx, item, &Condition::Absent, now)?;
+                if added {
+                    tx.prepare_cached("INSERT INTO feed (pk, sk) VALUES (?1, ?2)")?
+                        .execute(params![item.pk, item.sk])?;
+                }
+                added
+            }
         };
         if !held {
             return Ok(Err(StoreError::ConditionFailed { index }));

@@ -11,3 +11,11 @@ async fn fresh() -> (SqliteTable, tempfile::TempDir) {
 }
 
 commerce_app::table_contract!(fresh());
+
+/// The outbox cases: the table is its own change feed.
+async fn fresh_with_feed() -> (SqliteTable, SqliteTable, tempfile::TempDir) {
+    let (table, dir) = fresh().await;
+    (table.clone(), table, dir)
+}
+
+commerce_app::feed_contract!(fresh_with_feed());

@@ -13,9 +13,11 @@
     clippy::indexing_slicing
 )]
 
+pub mod feed;
 pub mod placement;
 pub mod table;
 
+pub use feed::*;
 pub use placement::*;
 pub use table::*;
 
@@ -57,6 +59,28 @@ macro_rules! table_contract {
             async fn $case() {
                 let (table, _guard) = $make.await;
                 $crate::contract::$case(&table).await;
+            }
+        )*
+    };
+}
+
+/// Generates one `#[tokio::test]` per outbox case. `$make` is an async expression giving a
+/// fresh table, the change feed of that table, and a guard kept alive until the case ends.
+#[macro_export]
+macro_rules! feed_contract {
+    ($make:expr) => {
+        $crate::feed_contract!(@cases $make;
+            every_committed_event_reaches_the_feed,
+            a_failed_transaction_reaches_no_feed,
+            only_events_reach_the_feed,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (table, feed, _guard) = $make.await;
+                $crate::contract::$case(&table, &feed).await;
             }
         )*
     };

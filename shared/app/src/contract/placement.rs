@@ -298,6 +298,7 @@ impl<T: Table + Clone> World<T> {
             tenant: self.tenant.clone(),
             subject: CustomerId::parse(sub).unwrap(),
             roles: vec![role],
+            correlation_id: "test".into(),
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use commerce_domain::{Inventory, InventoryEvent, Quantity, ReservationId, Sku};
 
 use crate::clock::now_seconds;
-use crate::event_store::{Changes, CommitError, load, read_events, rebuild};
+use crate::event_store::{Changes, CommitError, Origin, load, read_events, rebuild};
 use crate::table::{Condition, Item, Query, StoreError, Table, Write};
 
 fn item(pk: &str, sk: &str, version: u64) -> Item {
@@ -456,7 +456,7 @@ fn sku() -> Sku {
 pub async fn racing_appends_keep_versions_gapless<T: Table + Clone>(table: &T) {
     let pk = "t#inventory#HOT".to_owned();
     let mut stock = load::<Inventory, _>(table, pk.clone()).await.unwrap();
-    let mut changes = Changes::new();
+    let mut changes = Changes::new(Origin::system("contract"));
     let events = stock.state.set_level(10, 0).unwrap();
     changes.append(&mut stock, events, 0).unwrap();
     changes.commit(table).await.unwrap();
@@ -478,7 +478,7 @@ pub async fn racing_appends_keep_versions_gapless<T: Table + Clone>(table: &T) {
                     refused.fetch_add(1, Ordering::SeqCst);
                     return;
                 };
-                let mut changes = Changes::new();
+                let mut changes = Changes::new(Origin::system("contract"));
                 changes.append(&mut stock, events, 0).unwrap();
                 match changes.commit(&table).await {
                     Ok(()) => {
@@ -498,7 +498,7 @@ pub async fn racing_appends_keep_versions_gapless<T: Table + Clone>(table: &T) {
     assert_eq!(refused.load(Ordering::SeqCst), 14);
 
     let events = read_events::<InventoryEvent, _>(table, &pk).await.unwrap();
-    let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+    let versions: Vec<u64> = events.iter().map(|e| e.aggregate_version).collect();
     assert_eq!(
         versions,
         (1..=versions.len() as u64).collect::<Vec<_>>(),
@@ -522,7 +522,7 @@ pub async fn a_stale_stream_stops_the_whole_commit<T: Table>(table: &T) {
     let (a, b) = ("t#inventory#A".to_owned(), "t#inventory#B".to_owned());
     for pk in [&a, &b] {
         let mut stock = load::<Inventory, _>(table, pk.clone()).await.unwrap();
-        let mut changes = Changes::new();
+        let mut changes = Changes::new(Origin::system("contract"));
         let events = stock.state.set_level(5, 0).unwrap();
         changes.append(&mut stock, events, 0).unwrap();
         changes.commit(table).await.unwrap();
@@ -530,14 +530,14 @@ pub async fn a_stale_stream_stops_the_whole_commit<T: Table>(table: &T) {
     let mut stale_b = load::<Inventory, _>(table, b.clone()).await.unwrap();
     {
         let mut fresh_b = load::<Inventory, _>(table, b.clone()).await.unwrap();
-        let mut changes = Changes::new();
+        let mut changes = Changes::new(Origin::system("contract"));
         let events = fresh_b.state.receive(Quantity::new(1).unwrap()).unwrap();
         changes.append(&mut fresh_b, events, 0).unwrap();
         changes.commit(table).await.unwrap();
     }
     let mut stock_a = load::<Inventory, _>(table, a.clone()).await.unwrap();
     let reservation = ReservationId::parse("r1").unwrap();
-    let mut changes = Changes::new();
+    let mut changes = Changes::new(Origin::system("contract"));
     let events = stock_a
         .state
         .reserve(&sku(), &reservation, Quantity::new(2).unwrap())

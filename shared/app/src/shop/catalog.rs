@@ -36,7 +36,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             let events = product
                 .state
                 .create(new.sku.clone(), new.name.clone(), new.price)?;
-            let mut changes = Changes::new();
+            let mut changes = Changes::new(caller.origin());
             changes.append(&mut product, events, self.now_ms())?;
             let view = product
                 .state

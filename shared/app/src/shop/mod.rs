@@ -21,7 +21,7 @@ use commerce_domain::HoldLimits;
 use crate::AppError;
 use crate::clock::Clock;
 use crate::cursor::Cursors;
-use crate::event_store::{Changes, CommitError};
+use crate::event_store::{Changes, CommitError, Origin};
 use crate::idempotency::{self, Begin, Guard, IdempotencyKey, Outcome};
 use crate::payments::PaymentGateway;
 use crate::table::{Query, StoreError, Table};
@@ -56,15 +56,26 @@ impl Role {
     }
 }
 
-/// Who is asking, from verified token claims.
+/// Who is asking, from verified token claims, and in which request.
 #[derive(Debug, Clone)]
 pub struct Caller {
     pub tenant: TenantId,
     pub subject: CustomerId,
     pub roles: Vec<Role>,
+    /// The request's id, carried into every event it records.
+    pub correlation_id: String,
 }
 
 impl Caller {
+    /// What the events this caller's request records say about where they came from.
+    pub fn origin(&self) -> Origin {
+        Origin {
+            actor: self.subject.to_string(),
+            correlation_id: self.correlation_id.clone(),
+            causation_id: None,
+        }
+    }
+
     pub fn has(&self, role: Role) -> bool {
         self.roles.contains(&role)
     }

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use super::reservations::HoldRequest;
 use super::{Caller, Reply, Role, Shop};
-use crate::event_store::{Changes, CommitError, Stream, load};
+use crate::event_store::{Changes, CommitError, Origin, Stream, load};
 use crate::idempotency::{Begin, Guard, IdempotencyKey, Outcome};
 use crate::keys;
 use crate::payments::PaymentError;
@@ -244,7 +244,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             let events = reservation
                 .state
                 .start_checkout(attempt.order.clone(), self.now_ms())?;
-            let mut changes = Changes::new();
+            let mut changes = Changes::new(caller.origin());
             changes.append(&mut reservation, events, self.now_ms())?;
             if let Some(claimed) = self.claim(guard, changes, &attempt).await? {
                 return Ok(claimed);
@@ -303,7 +303,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         if attempt.voiding {
             // Its void may still be on the wire: finish giving it up, then start afresh.
             tracing::info!(order = %attempt.order, "resumed placement was being given up");
-            return self.give_up_for_retry(guard, &attempt).await;
+            return self.give_up_for_retry(caller, guard, &attempt).await;
         }
         let reservation = load::<Reservation, _>(
             &self.table,
@@ -320,7 +320,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             return match held {
                 Some(h) if h.checkout.as_ref() == Some(&attempt.order) && h.expires_at > now => {
                     Ok(self
-                        .claim(guard, Changes::new(), &attempt)
+                        .claim(guard, Changes::new(caller.origin()), &attempt)
                         .await?
                         .unwrap_or(Claimed::Raced))
                 }
@@ -337,16 +337,17 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             return self.claim_checkout(caller, guard, attempt).await;
         }
         tracing::info!(order = %attempt.order, "resumed placement found its reservation gone");
-        self.give_up_for_retry(guard, &attempt).await
+        self.give_up_for_retry(caller, guard, &attempt).await
     }
 
     /// Gives the attempt up (void, key back) so the caller's next look starts afresh.
     async fn give_up_for_retry(
         &self,
+        caller: &Caller,
         guard: &mut Guard<Attempt>,
         attempt: &Attempt,
     ) -> Result<Claimed, AppError> {
-        match self.give_up(guard, attempt).await {
+        match self.give_up(&caller.origin(), guard, attempt).await {
             Ok(_) | Err(AppError::IdempotencyInFlight) => Ok(Claimed::Raced),
             Err(e) => Err(e),
         }
@@ -364,7 +365,9 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         mut old: Stream<Reservation>,
     ) -> Result<Claimed, AppError> {
         if let Ok(events) = old.state.give_back(&attempt.order) {
-            let changes = self.end_hold(&caller.tenant, &mut old, events).await?;
+            let changes = self
+                .end_hold(&caller.tenant, &caller.origin(), &mut old, events)
+                .await?;
             match self.claim(guard, changes, &attempt).await? {
                 Some(Claimed::Attempt(_)) => {}
                 // A stream moved or another run got the key: look again from the start.
@@ -395,6 +398,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     /// voids repeat harmlessly, and the provider authorizes no voided order.
     async fn void_attempt(
         &self,
+        origin: &Origin,
         guard: &mut Guard<Attempt>,
         attempt: &Attempt,
     ) -> Result<(), AppError> {
@@ -402,7 +406,10 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             voiding: true,
             ..attempt.clone()
         };
-        match self.claim(guard, Changes::new(), &voiding).await? {
+        match self
+            .claim(guard, Changes::new(origin.clone()), &voiding)
+            .await?
+        {
             Some(Claimed::Attempt(_)) => {}
             _ => return Err(AppError::IdempotencyInFlight),
         }
@@ -444,17 +451,18 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     /// whether it was given up (false: another run got to the key first).
     pub(super) async fn give_up(
         &self,
+        origin: &Origin,
         guard: &mut Guard<Attempt>,
         attempt: &Attempt,
     ) -> Result<bool, AppError> {
-        match self.void_attempt(guard, attempt).await {
+        match self.void_attempt(origin, guard, attempt).await {
             Ok(()) => {}
             Err(AppError::IdempotencyInFlight) => return Ok(false),
             Err(e) => return Err(e),
         }
         let mut attempts = self.attempts();
         while attempts.next().await {
-            let changes = self.end_checkout(&attempt.tenant, attempt).await?;
+            let changes = self.end_checkout(&attempt.tenant, origin, attempt).await?;
             match self.abandon_attempt(guard, attempt, changes).await {
                 Ok(()) => return Ok(true),
                 Err(AppError::IdempotencyInFlight) => return Ok(false),
@@ -545,7 +553,9 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 .order_changes(caller, attempt, &authorization, contact)
                 .await
             {
-                Err(AppError::Domain(why)) => return self.hold_lost(guard, attempt, why).await,
+                Err(AppError::Domain(why)) => {
+                    return self.hold_lost(caller, guard, attempt, why).await;
+                }
                 other => other?,
             };
             self.forget_attempt(&mut changes, guard, attempt);
@@ -567,7 +577,9 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     if failures >= self.config.store_attempts {
                         // A retry with the key resumes at once; without one, the hold expires
                         // and the sweeper voids the authorization.
-                        let _ = guard.park(&self.table, Changes::new(), self.now_ms()).await;
+                        let _ = guard
+                            .park(&self.table, Changes::new(caller.origin()), self.now_ms())
+                            .await;
                         return Err(e.into());
                     }
                     tokio::time::sleep(Duration::from_millis(10 << failures)).await;
@@ -609,7 +621,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             payment: authorization.clone(),
             placed_at: self.now_ms(),
         })?;
-        let mut changes = Changes::new();
+        let mut changes = Changes::new(caller.origin());
         changes.append(&mut reservation, confirmed, self.now_ms())?;
         changes.append(&mut order, placed, self.now_ms())?;
         self.forget_hold(&mut changes, tenant, &held).await?;
@@ -640,11 +652,12 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     /// authorization goes back. The key is given back too; the caller may try again.
     async fn hold_lost(
         &self,
+        caller: &Caller,
         guard: &mut Guard<Attempt>,
         attempt: &Attempt,
         why: commerce_domain::DomainError,
     ) -> Result<Reply, AppError> {
-        if self.give_up(guard, attempt).await? {
+        if self.give_up(&caller.origin(), guard, attempt).await? {
             Err(why.into())
         } else {
             // Another run holds the key now: its answer is the key's.
@@ -662,7 +675,9 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     ) -> Result<Reply, AppError> {
         let mut attempts = self.attempts();
         while attempts.next().await {
-            let mut changes = self.end_checkout(&caller.tenant, attempt).await?;
+            let mut changes = self
+                .end_checkout(&caller.tenant, &caller.origin(), attempt)
+                .await?;
             self.forget_attempt(&mut changes, guard, attempt);
             let outcome = Outcome::Declined {
                 reason: reason.clone(),
@@ -692,7 +707,9 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     ) -> Result<(), AppError> {
         let mut attempts = self.attempts();
         while attempts.next().await {
-            let changes = self.end_checkout(&caller.tenant, attempt).await?;
+            let changes = self
+                .end_checkout(&caller.tenant, &caller.origin(), attempt)
+                .await?;
             match guard.park(&self.table, changes, self.now_ms()).await {
                 Ok(()) => return Ok(()),
                 Err(CommitError::StreamConflict) => {}
@@ -708,6 +725,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     async fn end_checkout(
         &self,
         tenant: &TenantId,
+        origin: &Origin,
         attempt: &Attempt,
     ) -> Result<Changes, AppError> {
         let mut reservation =
@@ -715,16 +733,19 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 .await?;
         if attempt.own_hold {
             return match reservation.state.give_back(&attempt.order) {
-                Ok(events) => self.end_hold(tenant, &mut reservation, events).await,
+                Ok(events) => {
+                    self.end_hold(tenant, origin, &mut reservation, events)
+                        .await
+                }
                 // Already ended (expired): nothing left to give back.
-                Err(_) => Ok(Changes::new()),
+                Err(_) => Ok(Changes::new(origin.clone())),
             };
         }
         let events = reservation
             .state
             .end_checkout(&attempt.order)
             .unwrap_or_default();
-        let mut changes = Changes::new();
+        let mut changes = Changes::new(origin.clone());
         changes.append(&mut reservation, events, self.now_ms())?;
         Ok(changes)
     }

@@ -5,7 +5,7 @@ use commerce_domain::{
 use serde::Deserialize;
 
 use super::{Caller, Reply, Role, Shop};
-use crate::event_store::{Changes, Stream, Versioned, load, load_versioned};
+use crate::event_store::{Changes, Origin, Stream, Versioned, load, load_versioned};
 use crate::idempotency::Begin;
 use crate::keys;
 use crate::views::ReservationView;
@@ -99,7 +99,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             window,
             request.checkout.clone(),
         )?;
-        let mut changes = Changes::new();
+        let mut changes = Changes::new(caller.origin());
         // A customer's reservations count against the shop's limits. An order's own hold lasts
         // only while it pays, so it does not, and orders never queue on their customer.
         if request.checkout.is_none() {
@@ -164,7 +164,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             let mut reservation = self.own_reservation(caller, id).await?;
             let events = reservation.state.release()?;
             let changes = self
-                .end_hold(&caller.tenant, &mut reservation, events)
+                .end_hold(&caller.tenant, &caller.origin(), &mut reservation, events)
                 .await?;
             let view = reservation
                 .state
@@ -187,6 +187,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     pub(super) async fn end_hold(
         &self,
         tenant: &TenantId,
+        origin: &Origin,
         reservation: &mut Stream<Reservation>,
         events: Vec<ReservationEvent>,
     ) -> Result<Changes, AppError> {
@@ -195,7 +196,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             .held
             .clone()
             .ok_or(AppError::NotFound("reservation"))?;
-        let mut changes = Changes::new();
+        let mut changes = Changes::new(origin.clone());
         self.release_lines(&mut changes, tenant, &held.id, &held.lines)
             .await?;
         changes.append(reservation, events, self.now_ms())?;

@@ -71,7 +71,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         self.product(caller, sku).await?;
         let mut attempts = self.attempts();
         while attempts.next().await {
-            let mut changes = Changes::new();
+            let mut changes = Changes::new(caller.origin());
             self.stock_queue
                 .enter(&mut changes, &caller.tenant, std::iter::once(sku))
                 .await;

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::Shop;
 use super::placement::Attempt;
-use crate::event_store::{Changes, CommitError, load};
+use crate::event_store::{Changes, CommitError, Origin, load};
 use crate::idempotency;
 use crate::keys;
 use crate::payments::PaymentError;
@@ -18,6 +18,9 @@ use crate::{AppError, Clock, PaymentGateway, Table};
 
 /// Holds expired at once within one pass.
 const CONCURRENCY: usize = 16;
+/// The actors the sweeper's changes are recorded under.
+const SWEEPER: &str = "sweeper";
+const RECONCILER: &str = "reconciler";
 
 /// What one pass did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -142,7 +145,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     self.drop_entry(queue_pk, sk).await?;
                     return Ok(false);
                 }
-                let given_up = self.give_up(&mut guard, &attempt).await?;
+                let origin = Origin::system(RECONCILER);
+                let given_up = self.give_up(&origin, &mut guard, &attempt).await?;
                 if given_up {
                     tracing::warn!(
                         key = record_pk,
@@ -162,7 +166,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     }
 
     async fn drop_entry(&self, queue_pk: &str, sk: &str) -> Result<(), AppError> {
-        let mut changes = Changes::new();
+        let mut changes = Changes::new(Origin::system(SWEEPER));
         changes.delete_read_model(queue_pk.to_owned(), sk.to_owned());
         Ok(changes.commit(&self.table).await?)
     }
@@ -178,10 +182,12 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             let still_held = held.is_some_and(|h| h.status == ReservationStatus::Held);
             let changes = if still_held {
                 let events = reservation.state.expire(self.now_ms())?;
-                self.end_hold(&tenant, &mut reservation, events).await?
+                let origin = Origin::system(SWEEPER);
+                self.end_hold(&tenant, &origin, &mut reservation, events)
+                    .await?
             } else {
                 // Ended some other way; only the queue entry is left.
-                let mut changes = Changes::new();
+                let mut changes = Changes::new(Origin::system(SWEEPER));
                 changes.delete_read_model(hold_pk.to_owned(), hold_sk.to_owned());
                 changes
             };

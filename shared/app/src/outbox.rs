@@ -1,0 +1,36 @@
+//! The transactional outbox: events leave the store through its change feed.
+//!
+//! An event is written as [`Write::Event`](crate::table::Write::Event) in the same transaction
+//! as the state it explains, and the store hands it to its change feed only if that
+//! transaction commits: there is no second write that could be lost or made alone. On DynamoDB
+//! the table's stream is the feed (filtered to event inserts); on SQLite, a row the adapter
+//! writes in the event's own savepoint. A publisher takes events from the feed to the bus and
+//! acknowledges them after; a crash in between publishes them again, which consumers absorb
+//! by event id.
+
+use std::future::Future;
+
+use crate::table::StoreError;
+
+/// One committed event as the feed hands it out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedEvent {
+    /// Where the feed stands after this event; opaque to callers.
+    pub position: String,
+    /// The event's envelope, as stored (JSON).
+    pub envelope: Vec<u8>,
+}
+
+pub trait ChangeFeed: Send + Sync + 'static {
+    /// Up to `limit` committed events after `after` (`None`: from the oldest not acknowledged),
+    /// in commit order. Each is handed out at least once; an aggregate's events carry
+    /// versions, so its order is recoverable whatever the feed's.
+    fn read(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<FeedEvent>, StoreError>> + Send;
+
+    /// Every event up to and including `through` reached the bus: it may be forgotten.
+    fn acknowledge(&self, through: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
