@@ -75,15 +75,19 @@ fn moto_binary() -> PathBuf {
     }
 }
 
-/// A DynamoDB client for moto, with throwaway credentials.
-pub async fn client() -> aws_sdk_dynamodb::Client {
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+/// SDK configuration for moto, with throwaway credentials: any service's client takes it.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(endpoint())
         .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
         .load()
-        .await;
-    aws_sdk_dynamodb::Client::new(&config)
+        .await
+}
+
+/// A DynamoDB client for moto.
+pub async fn client() -> aws_sdk_dynamodb::Client {
+    aws_sdk_dynamodb::Client::new(&sdk_config().await)
 }
 
 /// New, empty tables (main and personal) with unique names.
@@ -126,14 +130,8 @@ impl StreamFeed {
             .and_then(|t| t.latest_stream_arn())
             .expect("the main table has a stream")
             .to_owned();
-        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .endpoint_url(endpoint())
-            .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
-            .load()
-            .await;
         Self {
-            client: aws_sdk_dynamodbstreams::Client::new(&config),
+            client: aws_sdk_dynamodbstreams::Client::new(&sdk_config().await),
             arn,
         }
     }

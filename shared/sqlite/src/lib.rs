@@ -6,6 +6,10 @@
 //! connections; WAL lets them read while the writer writes. The conditions are the same as
 //! DynamoDB's, so the shop behaves identically on both.
 
+mod bus;
+
+pub use bus::{SqliteBus, SqliteQueue};
+
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -59,8 +63,13 @@ struct Job {
     done: oneshot::Sender<Result<usize, StoreError>>,
 }
 
+/// Work for the writer thread beyond the table's own: it runs in its own savepoint of a batch,
+/// at the batch's `now` (Unix seconds), and counts as one job.
+pub(crate) type Task = Box<dyn Fn(&rusqlite::Savepoint<'_>) -> rusqlite::Result<usize> + Send>;
+
 enum Work {
     Writes(Vec<Write>),
+    Task(Task),
     /// Forgets the change feed's rows up to and including this position.
     Acknowledge(i64),
     /// Deletes up to this many expired items.
@@ -77,6 +86,8 @@ pub struct SqliteTable {
 
 struct Inner {
     path: PathBuf,
+    /// Woken after a batch that recorded events commits, for the feed's publisher.
+    events_committed: Arc<tokio::sync::Notify>,
     /// Dropping the last sender lets the writer thread finish what it has and stop.
     jobs: mpsc::Sender<Job>,
     readers: Mutex<Vec<Connection>>,
@@ -141,14 +152,17 @@ impl SqliteTable {
         }
         let wal = Writer::new(writer)?;
         let (jobs, queue) = mpsc::channel::<Job>();
+        let events_committed = Arc::new(tokio::sync::Notify::new());
+        let wake = events_committed.clone();
         thread::Builder::new()
             .name("sqlite-writer".into())
-            .spawn(move || write_loop(wal, queue))
+            .spawn(move || write_loop(wal, queue, &wake))
             .map_err(|e| StoreError::Failure(format!("cannot start the writer thread: {e}")))?;
         let checkpointer = Connection::open(&path).map_err(failure)?;
         configure_reader(&checkpointer)?;
         let inner = Arc::new(Inner {
             path,
+            events_committed,
             jobs,
             readers: Mutex::new(Vec::new()),
         });
@@ -172,6 +186,25 @@ impl SqliteTable {
                 return Ok(purged);
             }
         }
+    }
+
+    /// Resolves once a commit recorded events after this call (or spuriously): the feed's
+    /// publisher waits on it instead of polling.
+    pub async fn events_committed(&self) {
+        self.inner.events_committed.notified().await;
+    }
+
+    /// Runs `task` on the writer thread inside a batch's transaction, in its own savepoint.
+    pub(crate) async fn run_task(&self, task: Task) -> Result<usize, StoreError> {
+        self.submit(Work::Task(task)).await
+    }
+
+    /// Runs `f` on a pooled read connection.
+    pub(crate) fn read_with<R>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<R>,
+    ) -> Result<R, StoreError> {
+        self.with_reader(f)
     }
 
     async fn submit(&self, work: Work) -> Result<usize, StoreError> {
@@ -418,7 +451,11 @@ impl Writer {
 }
 
 /// The writer thread: takes every waiting transaction and commits them together.
-fn write_loop(mut writer: Writer, queue: mpsc::Receiver<Job>) {
+fn write_loop(
+    mut writer: Writer,
+    queue: mpsc::Receiver<Job>,
+    events_committed: &tokio::sync::Notify,
+) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -428,6 +465,13 @@ fn write_loop(mut writer: Writer, queue: mpsc::Receiver<Job>) {
             }
         }
         let results = commit_batch(&mut writer.conn, &batch);
+        let recorded_events = batch.iter().zip(&results).any(|(job, result)| {
+            result.is_ok()
+                && matches!(&job.work, Work::Writes(w) if w.iter().any(|w| matches!(w, Write::Event { .. })))
+        });
+        if recorded_events {
+            events_committed.notify_one();
+        }
         for (job, result) in batch.into_iter().zip(results) {
             // The caller may have gone away (request cancelled); its writes stand either way.
             let _ = job.done.send(result);
@@ -479,6 +523,9 @@ fn run_job(tx: &mut rusqlite::Transaction<'_>, work: &Work, now: i64) -> Result<
             Ok(Err(failed)) => Err(failed),
             Err(e) => Err(failure(e)),
         },
+        Work::Task(task) => task(&sp)
+            .and_then(|n| sp.commit().map(|()| n))
+            .map_err(failure),
         Work::Acknowledge(through) => sp
             .prepare_cached("DELETE FROM feed WHERE seq <= ?1")
             .and_then(|mut delete| delete.execute(params![through]))

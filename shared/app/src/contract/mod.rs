@@ -13,10 +13,12 @@
     clippy::indexing_slicing
 )]
 
+pub mod bus;
 pub mod feed;
 pub mod placement;
 pub mod table;
 
+pub use bus::*;
 pub use feed::*;
 pub use placement::*;
 pub use table::*;
@@ -81,6 +83,31 @@ macro_rules! feed_contract {
             async fn $case() {
                 let (table, feed, _guard) = $make.await;
                 $crate::contract::$case(&table, &feed).await;
+            }
+        )*
+    };
+}
+
+/// Generates one `#[tokio::test]` per bus case. `$make` is an async expression giving a
+/// [`BusUnderTest`] set up with [`contract_subscriptions`] and a guard.
+#[macro_export]
+macro_rules! bus_contract {
+    ($make:expr) => {
+        $crate::bus_contract!(@cases $make;
+            the_topic_routes_by_filter_policy,
+            a_received_message_stays_hidden_until_its_timeout,
+            a_deleted_message_never_comes_back,
+            retry_after_brings_a_message_back_sooner,
+            a_message_received_too_often_is_dead_lettered_and_redriven_once,
+            a_delayed_send_stays_hidden_until_due,
+        );
+    };
+    (@cases $make:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() {
+                let (bus, _guard) = $make.await;
+                $crate::contract::$case(&bus).await;
             }
         )*
     };
