@@ -130,6 +130,18 @@ pub trait Table: Send + Sync + 'static {
 
     /// Cheap round trip for health checks.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every event item ([`Write::Event`]) of every stream, a page at a time: each stream's
+    /// events together and in version order. It reads the whole table, so only rebuilding read
+    /// models uses it. `after` is the previous page's `next`.
+    fn scan_events(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Page, StoreError>> + Send;
+
+    /// About how many event items there are, for a rebuild's progress (`None`: unknown).
+    fn estimate_events(&self) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 }
 
 /// Refuses transactions the store could not take, before they reach an adapter.

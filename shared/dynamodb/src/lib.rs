@@ -231,6 +231,57 @@ impl Table for DynamoTable {
         }
     }
 
+    async fn scan_events(&self, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        let mut request = self
+            .client
+            .scan()
+            .table_name(&self.table)
+            .consistent_read(true)
+            .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+            .filter_expression("#e = :event")
+            .expression_attribute_names("#e", EVENT)
+            .expression_attribute_values(":event", AttributeValue::Bool(true));
+        if let Some(cursor) = after {
+            let (pk, sk) = cursor
+                .split_once('\u{1f}')
+                .ok_or_else(|| StoreError::Failure(format!("bad scan cursor {cursor}")))?;
+            request = request
+                .exclusive_start_key(PK, AttributeValue::S(pk.into()))
+                .exclusive_start_key(SK, AttributeValue::S(sk.into()));
+        }
+        let output = request.send().await.map_err(sdk_failure)?;
+        let items = output
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(from_attributes)
+            .collect::<Result<Vec<_>, _>>()?;
+        // The filter applies after the page is read: a page may be short, even empty, and
+        // still have a next one.
+        let next = output.last_evaluated_key.and_then(|key| {
+            let pk = key.get(PK)?.as_s().ok()?;
+            let sk = key.get(SK)?.as_s().ok()?;
+            Some(format!("{pk}\u{1f}{sk}"))
+        });
+        Ok(Page { items, next })
+    }
+
+    async fn estimate_events(&self) -> Result<Option<u64>, StoreError> {
+        // DynamoDB refreshes this about every six hours, and counts every item, not only
+        // events: an estimate, as the port says.
+        let described = self
+            .client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(sdk_failure)?;
+        Ok(described
+            .table()
+            .and_then(|t| t.item_count())
+            .and_then(|n| u64::try_from(n).ok()))
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.client
             .describe_table()

@@ -322,6 +322,44 @@ impl Table for SqliteTable {
         self.submit(Work::Writes(writes)).await.map(|_| ())
     }
 
+    async fn scan_events(&self, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        let (after_pk, after_sk) = match after {
+            Some(cursor) => cursor
+                .split_once('\u{1f}')
+                .map(|(pk, sk)| (pk.to_owned(), sk.to_owned()))
+                .ok_or_else(|| StoreError::Failure(format!("bad scan cursor {cursor}")))?,
+            None => (String::new(), String::new()),
+        };
+        let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let mut items = self.with_reader(|c| {
+            c.prepare_cached(
+                "SELECT i.pk, i.sk, i.version, i.data, i.expires_at, i.owner FROM items i
+                 WHERE (i.pk, i.sk) > (?1, ?2) AND i.sk >= 'event#' AND i.sk < 'event$'
+                 ORDER BY i.pk, i.sk LIMIT ?3",
+            )?
+            .query_map(params![after_pk, after_sk, fetch], row_to_item)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let next = if items.len() > limit {
+            items.truncate(limit);
+            items.last().map(|i| format!("{}\u{1f}{}", i.pk, i.sk))
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn estimate_events(&self) -> Result<Option<u64>, StoreError> {
+        self.with_reader(|c| {
+            c.query_row(
+                "SELECT count(*) FROM items WHERE sk >= 'event#' AND sk < 'event$'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+        })
+        .map(|n| u64::try_from(n).ok())
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
         self.with_reader(|c| c.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(())))
     }

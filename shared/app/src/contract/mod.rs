@@ -40,6 +40,7 @@ macro_rules! table_contract {
             queries_page_through_one_partition,
             racing_appends_keep_versions_gapless,
             a_stale_stream_stops_the_whole_commit,
+            scan_events_gives_each_stream_in_version_order,
             an_interrupted_basket_order_resumes_once,
             an_interrupted_reservation_order_resumes_once,
             an_interrupted_basket_order_without_retry_is_undone,

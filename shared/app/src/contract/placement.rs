@@ -187,6 +187,14 @@ impl<T: Table> Table for CutTable<T> {
     async fn ping(&self) -> Result<(), StoreError> {
         self.inner.ping().await
     }
+
+    async fn scan_events(&self, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        self.inner.scan_events(after, limit).await
+    }
+
+    async fn estimate_events(&self) -> Result<Option<u64>, StoreError> {
+        self.inner.estimate_events().await
+    }
 }
 
 /// The sandbox provider, shared across runs like a real provider, cut as planned.

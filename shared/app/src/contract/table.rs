@@ -559,3 +559,54 @@ pub async fn a_stale_stream_stops_the_whole_commit<T: Table>(table: &T) {
         "A is untouched"
     );
 }
+
+pub async fn scan_events_gives_each_stream_in_version_order<T: Table>(table: &T) {
+    for round in 1..=3u32 {
+        for sku in ["a", "b", "c", "d"] {
+            let pk = format!("acme#inventory#{sku}");
+            let mut stock = load::<Inventory, _>(table, pk).await.unwrap();
+            let events = stock.state.receive(Quantity::new(round).unwrap()).unwrap();
+            let mut changes = Changes::new(Origin::system("contract"));
+            changes.append(&mut stock, events, 0).unwrap();
+            changes
+                .put_read_model("acme#catalog".into(), sku.into(), &round)
+                .unwrap();
+            changes.commit(table).await.unwrap();
+        }
+    }
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = table.scan_events(after.as_deref(), 5).await.unwrap();
+        for item in &page.items {
+            assert!(item.sk.starts_with("event#"), "only events: {item:?}");
+            seen.push((item.pk.clone(), item.version));
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 12, "every event once: {seen:?}");
+    let mut streams: Vec<&str> = Vec::new();
+    for (pk, version) in &seen {
+        if streams.last() != Some(&pk.as_str()) {
+            assert!(
+                !streams.contains(&pk.as_str()),
+                "a stream's events come together: {seen:?}"
+            );
+            streams.push(pk);
+            assert_eq!(*version, 1, "from its first event: {seen:?}");
+        }
+    }
+    for window in seen.windows(2) {
+        if window[0].0 == window[1].0 {
+            assert_eq!(window[1].1, window[0].1 + 1, "in version order: {seen:?}");
+        }
+    }
+    let estimate = table.estimate_events().await.unwrap();
+    assert!(
+        estimate.is_none_or(|n| n >= 12) || estimate == Some(0),
+        "{estimate:?}"
+    );
+}
