@@ -187,3 +187,107 @@ impl<S: Send + Sync> FromRequestParts<S> for Segment {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NoParameters {}
+
+/// `GET /v1/audit`'s filters and paging.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct AuditParams {
+    /// Only this aggregate type (`order`, `reservation`, `inventory`, `product`).
+    #[param(min_length = 1, max_length = 64)]
+    pub aggregate_type: Option<String>,
+    /// Only this aggregate (needs `aggregate_type`); any time range.
+    #[param(min_length = 1, max_length = 128)]
+    pub aggregate_id: Option<String>,
+    /// Only what this subject (or `system:<component>`) did.
+    #[param(min_length = 1, max_length = 256)]
+    pub actor: Option<String>,
+    /// Only this event type, such as `OrderPlaced`.
+    #[param(min_length = 1, max_length = 64)]
+    pub event_type: Option<String>,
+    /// RFC 3339, inclusive; default a week before `to`.
+    pub from: Option<String>,
+    /// RFC 3339, exclusive; default now. Without an aggregate, at most 31 days after `from`.
+    pub to: Option<String>,
+    /// `next_cursor` of the previous page, as given.
+    #[param(min_length = 1, max_length = 1024)]
+    pub cursor: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<usize>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AuditParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Query(params) = Query::<AuditParams>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        check_paging(params.cursor.as_deref(), params.limit, 1024)?;
+        let fields = [
+            (&params.aggregate_type, 64),
+            (&params.aggregate_id, 128),
+            (&params.actor, 256),
+            (&params.event_type, 64),
+        ];
+        if fields
+            .iter()
+            .any(|(v, max)| v.as_ref().is_some_and(|v| v.is_empty() || v.len() > *max))
+        {
+            return Err(ApiError::bad_request("a filter is empty or too long"));
+        }
+        Ok(params)
+    }
+}
+
+/// `GET /v1/reports/sales`'s dates and paging.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ReportParams {
+    /// First day, `YYYY-MM-DD` (UTC); default `to`.
+    #[param(pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    pub from: Option<String>,
+    /// Last day, inclusive; default today. At most 366 days after `from`.
+    #[param(pattern = "^[0-9]{4}-[0-9]{2}-[0-9]{2}$")]
+    pub to: Option<String>,
+    /// `next_cursor` of the previous page, as given.
+    #[param(min_length = 1, max_length = 1024)]
+    pub cursor: Option<String>,
+    /// Page size, 1 to 100 (default 20).
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<usize>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ReportParams {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let Query(params) = Query::<ReportParams>::from_request_parts(parts, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        check_paging(params.cursor.as_deref(), params.limit, 1024)?;
+        Ok(params)
+    }
+}
+
+fn check_paging(
+    cursor: Option<&str>,
+    limit: Option<usize>,
+    longest: usize,
+) -> Result<(), ApiError> {
+    if limit.is_some_and(|l| l == 0 || l > 100) {
+        return Err(ApiError::bad_request("limit must be between 1 and 100"));
+    }
+    if cursor.is_some_and(|c| c.is_empty() || c.len() > longest) {
+        return Err(ApiError::bad_request("cursor is not one this API gave out"));
+    }
+    Ok(())
+}

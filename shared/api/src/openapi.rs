@@ -62,13 +62,16 @@ impl Modify for BearerAuth {
         routes::place_order,
         routes::list_orders,
         routes::get_order,
+        routes::audit,
+        routes::sales_report,
+        routes::metrics,
     ),
     tags(
         (name = "catalog", description = "Products and prices (admins write)"),
         (name = "inventory", description = "Stock levels and low-stock alerts (admins write, operators read)"),
         (name = "reservations", description = "Holds on stock for a cart"),
         (name = "orders", description = "Placing and reading orders"),
-        (name = "operations", description = "Health and this document"),
+        (name = "operations", description = "Health, this document, the audit trail, reports and metrics"),
     )
 )]
 #[derive(Debug)]

@@ -10,12 +10,18 @@ use commerce_app::{Clock, PaymentGateway, Shop, Table};
 use commerce_domain::{OrderId, ReservationId, Sku};
 
 use crate::auth::{Auth, Authenticated};
-use crate::extract::{Command, JsonBody, Listing, NoParameters, Segment};
+use crate::extract::{
+    AuditParams, Command, JsonBody, Listing, NoParameters, ReportParams, Segment,
+};
 use crate::openapi;
 use crate::openapi::IdempotencyKeyHeader;
 use crate::problem::{ApiError, json_response};
+use commerce_app::projection::audit::AuditFilter;
+use commerce_app::projection::sales::SalesRow;
+use commerce_app::shop::{AuditQuery, Role};
 use commerce_app::views::{
-    InventoryView, ListPage, OrderSummary, OrderView, Problem, ProductView, ReservationView,
+    AuditEvent, InventoryView, ListPage, OrderSummary, OrderView, Problem, ProductView,
+    ReservationView,
 };
 
 /// Largest request body accepted.
@@ -57,6 +63,9 @@ pub fn router<T: Table, P: PaymentGateway, C: Clock>(
             post(place_order::<T, P, C>).get(list_orders::<T, P, C>),
         )
         .route("/v1/orders/{id}", get(get_order::<T, P, C>))
+        .route("/v1/audit", get(audit::<T, P, C>))
+        .route("/v1/reports/sales", get(sales_report::<T, P, C>))
+        .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -247,4 +256,65 @@ async fn get_order<T: Table, P: PaymentGateway, C: Clock>(
 ) -> Answer {
     let id = OrderId::parse(raw).map_err(|_| ApiError::not_found())?;
     Ok(ok(&shop.order(&caller, &id).await?))
+}
+
+fn instant(raw: Option<&str>, name: &str) -> Result<Option<i64>, ApiError> {
+    raw.map(|text| {
+        commerce_app::views::parse_timestamp(text)
+            .ok_or_else(|| ApiError::bad_request(format!("{name} must be an RFC 3339 time")))
+    })
+    .transpose()
+}
+
+#[utoipa::path(get, path = "/v1/audit", tag = "operations", params(AuditParams), responses((status = 200, description = "The shop's events with their envelopes, oldest first; filters may leave a page short, with a cursor to go on", body = ListPage<AuditEvent>), (status = 400, description = "Bad filters, times or paging", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Only operators and admins read the audit trail", body = Problem, content_type = "application/problem+json")))]
+async fn audit<T: Table, P: PaymentGateway, C: Clock>(
+    State(shop): Shared<T, P, C>,
+    Authenticated(caller): Authenticated,
+    params: AuditParams,
+) -> Answer {
+    let query = AuditQuery {
+        from_ms: instant(params.from.as_deref(), "from")?,
+        to_ms: instant(params.to.as_deref(), "to")?,
+        filter: AuditFilter {
+            aggregate_type: params.aggregate_type,
+            aggregate_id: params.aggregate_id,
+            actor: params.actor,
+            event_type: params.event_type,
+        },
+        cursor: params.cursor,
+        limit: params.limit,
+    };
+    Ok(ok(&shop.audit(&caller, query).await?))
+}
+
+#[utoipa::path(get, path = "/v1/reports/sales", tag = "operations", params(ReportParams), responses((status = 200, description = "Units, orders and revenue per SKU per day (UTC), by day then SKU", body = ListPage<SalesRow>), (status = 400, description = "Bad dates or paging", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Only operators read reports", body = Problem, content_type = "application/problem+json")))]
+async fn sales_report<T: Table, P: PaymentGateway, C: Clock>(
+    State(shop): Shared<T, P, C>,
+    Authenticated(caller): Authenticated,
+    params: ReportParams,
+) -> Answer {
+    Ok(ok(&shop
+        .sales_report(
+            &caller,
+            params.from.as_deref(),
+            params.to.as_deref(),
+            params.cursor.as_deref(),
+            params.limit,
+        )
+        .await?))
+}
+
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "The event pipeline's counters and latency histogram, in Prometheus' text format", content_type = "text/plain"), (status = 403, description = "Only operators read metrics", body = Problem, content_type = "application/problem+json")))]
+async fn metrics(Authenticated(caller): Authenticated) -> Answer {
+    if !caller.has(Role::Ops) {
+        return Err(commerce_app::AppError::Forbidden("read metrics").into());
+    }
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        commerce_app::metrics::render(),
+    )
+        .into_response())
 }

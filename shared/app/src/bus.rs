@@ -126,6 +126,16 @@ pub trait Queue: Send + Sync + 'static {
     /// The message was handled: it never comes back.
     fn delete(&self, receipt: &str) -> impl Future<Output = Result<(), BusError>> + Send;
 
+    /// Deletes several at once, as one call where the bus allows.
+    fn delete_all(&self, receipts: &[String]) -> impl Future<Output = Result<(), BusError>> + Send {
+        async move {
+            for receipt in receipts {
+                self.delete(receipt).await?;
+            }
+            Ok(())
+        }
+    }
+
     /// The message was not handled: it comes back after `delay` instead of its full timeout.
     fn retry_after(
         &self,

@@ -138,14 +138,27 @@ where
     E: DeserializeOwned,
     T: Table,
 {
+    read_events_after(table, pk, 0).await
+}
+
+/// A stream's events after version `after`, oldest first.
+pub async fn read_events_after<E, T>(
+    table: &T,
+    pk: &str,
+    after: u64,
+) -> Result<Vec<Envelope<E>>, StoreError>
+where
+    E: DeserializeOwned,
+    T: Table,
+{
     let mut events = Vec::new();
-    let mut after: Option<String> = None;
+    let mut from = (after > 0).then(|| event_sk(after));
     loop {
         let page = table
             .query(Query {
                 pk,
                 prefix: EVENT_PREFIX,
-                after: after.as_deref(),
+                after: from.as_deref(),
                 limit: 500,
                 descending: false,
             })
@@ -157,7 +170,7 @@ where
             );
         }
         match page.next {
-            Some(next) => after = Some(next),
+            Some(next) => from = Some(next),
             None => return Ok(events),
         }
     }

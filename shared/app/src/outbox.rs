@@ -34,3 +34,34 @@ pub trait ChangeFeed: Send + Sync + 'static {
     /// Every event up to and including `through` reached the bus: it may be forgotten.
     fn acknowledge(&self, through: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
+
+/// Why events could not be published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error(transparent)]
+    Feed(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
+}
+
+/// Takes up to `limit` unacknowledged events from the feed to the topic, then acknowledges
+/// them. A crash between the two publishes them again, which consumers absorb. Returns how many
+/// went out (0: the feed is drained).
+pub async fn publish_pending<F: ChangeFeed, T: crate::bus::Topic>(
+    feed: &F,
+    topic: &T,
+    limit: usize,
+) -> Result<usize, PublishError> {
+    let events = feed.read(None, limit).await?;
+    let Some(last) = events.last().map(|e| e.position.clone()) else {
+        return Ok(0);
+    };
+    let messages = events
+        .iter()
+        .map(|e| crate::bus::Message::for_event(&e.envelope))
+        .collect::<Result<Vec<_>, _>>()?;
+    topic.publish(messages).await?;
+    feed.acknowledge(&last).await?;
+    crate::metrics::published(events.len());
+    Ok(events.len())
+}

@@ -16,6 +16,11 @@ pub fn timestamp(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// The UTC date (`YYYY-MM-DD`) of Unix milliseconds.
+pub fn day(ms: i64) -> String {
+    timestamp(ms).get(..10).unwrap_or_default().to_owned()
+}
+
 /// An RFC 3339 timestamp as Unix milliseconds.
 pub fn parse_timestamp(text: &str) -> Option<i64> {
     let at = OffsetDateTime::parse(text, &Rfc3339).ok()?;
@@ -205,6 +210,50 @@ pub struct ListPage<T> {
     /// Pass as `cursor` for the next page; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+}
+
+/// One event in the audit trail: its envelope.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuditEvent {
+    /// UUIDv7.
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub schema_version: u32,
+    pub tenant: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub aggregate_version: u64,
+    /// RFC 3339, UTC.
+    pub occurred_at: String,
+    /// The JWT subject who caused it, or `system:<component>`.
+    pub actor: String,
+    /// The id of the request it came from (`X-Request-Id`).
+    pub correlation_id: String,
+    pub causation_id: Option<String>,
+    /// The event itself.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub data: serde_json::Value,
+}
+
+impl From<crate::event_store::Envelope<serde_json::Value>> for AuditEvent {
+    fn from(e: crate::event_store::Envelope<serde_json::Value>) -> Self {
+        Self {
+            id: e.id.to_string(),
+            event_type: e.event_type,
+            schema_version: e.schema_version,
+            tenant: e.tenant,
+            aggregate_type: e.aggregate_type,
+            aggregate_id: e.aggregate_id,
+            aggregate_version: e.aggregate_version,
+            occurred_at: e.occurred_at,
+            actor: e.actor,
+            correlation_id: e.correlation_id,
+            causation_id: e.causation_id,
+            data: e.data,
+        }
+    }
 }
 
 /// An RFC 9457 problem: every error the API answers has this shape.

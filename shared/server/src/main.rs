@@ -1,7 +1,11 @@
 //! `commerce`: the whole service in one process on the embedded default.
 //!
 //! `commerce` (or `commerce serve`) starts the API on 127.0.0.1:3000 with its data in `./data`;
-//! `commerce token` prints a token the server accepts.
+//! `commerce token` prints a token the server accepts; `commerce dlq` and `commerce replay` are
+//! for operators (see `--help`).
+
+mod ops;
+mod pipeline;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -13,9 +17,10 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
 use commerce_api::{Auth, MIN_SECRET_BYTES, router};
+use commerce_app::projection::subscriptions;
 use commerce_app::shop::SweepSummary;
 use commerce_app::{Cursors, HoldLimits, SandboxPayments, Shop, ShopConfig, SystemClock};
-use commerce_sqlite::SqliteTable;
+use commerce_sqlite::{SqliteBus, SqliteTable};
 
 #[derive(Parser)]
 #[command(
@@ -38,6 +43,11 @@ enum Command {
     Serve(Serve),
     /// Print a bearer token the local server accepts.
     Token(Token),
+    /// Dead letters: messages a consumer kept failing on.
+    #[command(subcommand)]
+    Dlq(ops::Dlq),
+    /// Rebuild read models from the event log, while the service serves.
+    Replay(ops::Replay),
 }
 
 #[derive(Args, Clone)]
@@ -52,6 +62,9 @@ struct Serve {
     sweep_interval_ms: u64,
     #[command(flatten)]
     limits: Limits,
+    /// Do not publish events or run consumers (they wait in the change feed meanwhile).
+    #[arg(long, env = "COMMERCE_NO_BUS")]
+    no_bus: bool,
 }
 
 /// What one customer may hold at once (reservations; an order's own hold is not counted).
@@ -125,6 +138,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Some(Command::Serve(serve)) => run(serve).await,
+        Some(Command::Dlq(command)) => dlq(command).await,
+        Some(Command::Replay(command)) => replay(command).await,
         None => run(cli.serve).await,
     }
 }
@@ -149,6 +164,14 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
         SystemClock,
         config,
     ));
+    if serve.no_bus {
+        tracing::warn!("the bus is off: events wait in the change feed");
+    } else {
+        let bus = SqliteBus::open(&table, subscriptions())
+            .await
+            .context("cannot open the local bus")?;
+        pipeline::start(&table, &bus);
+    }
     tokio::spawn(sweep(
         shop.clone(),
         table,
@@ -184,6 +207,53 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown())
         .await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The local table and bus, for an operator command beside (or without) a running server.
+async fn local(data_dir: &Path) -> anyhow::Result<(SqliteTable, SqliteBus)> {
+    let database = data_dir.join("commerce.db");
+    if !database.exists() {
+        anyhow::bail!("no database at {}", database.display());
+    }
+    let table = SqliteTable::open(&database).context("cannot open the database")?;
+    let bus = SqliteBus::open(&table, subscriptions())
+        .await
+        .context("cannot open the local bus")?;
+    Ok((table, bus))
+}
+
+async fn dlq(command: ops::Dlq) -> anyhow::Result<()> {
+    let (ops::Dlq::List(args) | ops::Dlq::Redrive(args)) = &command;
+    if args.target.aws {
+        return ops::aws_dlq(&command).await;
+    }
+    let (_table, bus) = local(&args.target.data_dir).await?;
+    for name in ops::projections(args.queue.as_deref())? {
+        let queue = bus.queue(name).context("no such queue")?;
+        let dead = bus
+            .queue(&format!("{name}-dlq"))
+            .context("no such dead-letter queue")?;
+        match &command {
+            ops::Dlq::List(_) => {
+                for (message, receives) in dead.peek(args.max)? {
+                    println!("{}", ops::describe(dead.name(), &message, Some(receives)));
+                }
+            }
+            ops::Dlq::Redrive(_) => ops::redrive_one(name, &dead, &queue, args.max).await?,
+        }
+    }
+    Ok(())
+}
+
+async fn replay(command: ops::Replay) -> anyhow::Result<()> {
+    if command.target.aws {
+        return ops::aws_replay(&command).await;
+    }
+    let (table, _bus) = local(&command.target.data_dir).await?;
+    for name in ops::projections(command.projection.as_deref())? {
+        ops::replay_one(&table, name).await?;
+    }
     Ok(())
 }
 

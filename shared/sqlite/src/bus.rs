@@ -304,6 +304,27 @@ impl Queue for SqliteQueue {
             .map_err(unavailable)
     }
 
+    async fn delete_all(&self, receipts: &[String]) -> Result<(), BusError> {
+        if receipts.is_empty() {
+            return Ok(());
+        }
+        let receipts = receipts.to_vec();
+        self.bus
+            .table
+            .run_task(Box::new(move |sp| {
+                let mut delete =
+                    sp.prepare_cached("DELETE FROM bus_messages WHERE receipt = ?1")?;
+                let mut n = 0;
+                for receipt in &receipts {
+                    n += delete.execute(params![receipt])?;
+                }
+                Ok(n)
+            }))
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
     async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), BusError> {
         let at = SystemClock.now_ms().saturating_add(millis(delay));
         self.update(

@@ -5,6 +5,7 @@
 mod catalog;
 mod orders;
 mod placement;
+mod reports;
 mod reservations;
 mod stock;
 mod sweep;
@@ -30,6 +31,7 @@ use crate::views::ListPage;
 pub use crate::idempotency::Reply;
 pub use catalog::NewProduct;
 pub use placement::PlaceOrder;
+pub use reports::{AuditQuery, MAX_AUDIT_DAYS, MAX_REPORT_DAYS};
 pub use reservations::NewReservation;
 pub use stock::{StockLevel, StockReceipt};
 pub use sweep::SweepSummary;

@@ -1,0 +1,161 @@
+//! What a projector is about to write: items read once, changed in memory by any number of
+//! events, and written back once, each only if nobody changed it since it was read.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::table::{Condition, Item, StoreError, Table, Write};
+
+#[derive(Debug)]
+struct Touched {
+    /// As read; 0 when absent.
+    version: u64,
+    data: Vec<u8>,
+    changed: bool,
+}
+
+/// The pending writes of one projector transaction.
+#[derive(Debug)]
+pub struct Draft<'a, T> {
+    table: &'a T,
+    name: &'static str,
+    /// The generation [`Draft::partition`] addresses; the projector sets it per event.
+    pub(crate) generation: u32,
+    touched: BTreeMap<(String, String), Touched>,
+    inserts: Vec<Item>,
+}
+
+impl<'a, T: Table> Draft<'a, T> {
+    pub(crate) fn new(table: &'a T, name: &'static str, generation: u32) -> Self {
+        Self {
+            table,
+            name,
+            generation,
+            touched: BTreeMap::new(),
+            inserts: Vec::new(),
+        }
+    }
+
+    /// The partition of an item of this read model, in the generation being written.
+    pub fn partition(&self, tenant: &str, rest: &str) -> String {
+        super::partition(tenant, self.name, self.generation, rest)
+    }
+
+    /// The item's current value (as changed by this draft so far), or the default.
+    pub async fn load<S: DeserializeOwned + Default>(
+        &mut self,
+        pk: &str,
+        sk: &str,
+    ) -> Result<S, StoreError> {
+        let key = (pk.to_owned(), sk.to_owned());
+        if !self.touched.contains_key(&key) {
+            let (version, data) = match self.table.get(pk, sk).await? {
+                Some(item) => (item.version, item.data),
+                None => (0, Vec::new()),
+            };
+            self.touched.insert(
+                key.clone(),
+                Touched {
+                    version,
+                    data,
+                    changed: false,
+                },
+            );
+        }
+        match self.touched.get(&key) {
+            Some(t) if !t.data.is_empty() => serde_json::from_slice(&t.data)
+                .map_err(|e| StoreError::Failure(format!("corrupt {pk}/{sk}: {e}"))),
+            _ => Ok(S::default()),
+        }
+    }
+
+    /// Replaces an item read with [`Draft::load`].
+    pub fn store(&mut self, pk: &str, sk: &str, value: &impl Serialize) -> Result<(), StoreError> {
+        let data = crate::event_store::to_json(value)?;
+        match self.touched.get_mut(&(pk.to_owned(), sk.to_owned())) {
+            Some(touched) => {
+                touched.data = data;
+                touched.changed = true;
+                Ok(())
+            }
+            None => Err(StoreError::Failure(format!(
+                "{pk}/{sk} is stored without being loaded first"
+            ))),
+        }
+    }
+
+    /// Adds an item that must not exist yet (such as one per event).
+    pub fn insert(
+        &mut self,
+        pk: String,
+        sk: String,
+        value: &impl Serialize,
+    ) -> Result<(), StoreError> {
+        self.inserts.push(Item {
+            pk,
+            sk,
+            version: 1,
+            data: crate::event_store::to_json(value)?,
+            expires_at: None,
+            owner: None,
+        });
+        Ok(())
+    }
+
+    /// How many writes the draft holds.
+    pub fn len(&self) -> usize {
+        self.touched.values().filter(|t| t.changed).count() + self.inserts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub(crate) fn table(&self) -> &'a T {
+        self.table
+    }
+
+    pub(crate) fn projection(&self) -> &'static str {
+        self.name
+    }
+
+    /// The writes so far; the draft keeps what it read, to go on from there once they commit.
+    pub(crate) fn take_writes(&mut self) -> Vec<Write> {
+        let mut writes: Vec<Write> = self
+            .touched
+            .iter()
+            .filter(|(_, t)| t.changed)
+            .map(|((pk, sk), t)| Write::Put {
+                item: Item {
+                    pk: pk.clone(),
+                    sk: sk.clone(),
+                    version: t.version + 1,
+                    data: t.data.clone(),
+                    expires_at: None,
+                    owner: None,
+                },
+                condition: match t.version {
+                    0 => Condition::Absent,
+                    v => Condition::VersionIs(v),
+                },
+            })
+            .collect();
+        writes.extend(self.inserts.drain(..).map(|item| Write::Put {
+            item,
+            condition: Condition::Absent,
+        }));
+        writes
+    }
+
+    /// The writes taken last went through: what was changed is now at its next version.
+    pub(crate) fn committed(&mut self) {
+        for touched in self.touched.values_mut() {
+            if touched.changed {
+                touched.version += 1;
+                touched.changed = false;
+            }
+        }
+    }
+}

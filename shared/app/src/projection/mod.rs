@@ -1,0 +1,494 @@
+//! Read models fed from the bus and rebuilt from the event log.
+//!
+//! A [`Projection`] says what an event changes in its read model; the [`Projector`] does the
+//! rest, once for every projection: it applies an aggregate's events strictly in version order
+//! (a gap is filled from the event log, never skipped; when the log cannot be read, the
+//! message is retried later), records how far each aggregate got (a position item) and which
+//! events it applied (a processed record per event id, kept for a while), all in the same
+//! transaction as the read model's own writes. A redelivered or republished event is
+//! therefore recognised and changes nothing.
+//!
+//! A read model lives in a generation. A rebuild ([`rebuild`]) fills a fresh one from the
+//! event log while the live projector writes to both, then switches readers over in one
+//! conditional write; every projector transaction checks the generation record, so none
+//! lands in a generation it no longer serves.
+
+pub mod audit;
+mod draft;
+pub mod rebuild;
+pub mod sales;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::Clock;
+use crate::bus::{Delivery, FilterPolicy, Subscription};
+use crate::event_store::{Envelope, read_events_after};
+use crate::table::{Condition, Item, StoreError, Table, Write};
+
+pub use draft::Draft;
+pub use rebuild::{Progress, rebuild};
+
+/// How long a processed record is kept: longer than SQS keeps a message (14 days), so any
+/// redelivery finds it. Positions catch anything older.
+const PROCESSED_TTL_SECONDS: i64 = 15 * 24 * 3600;
+/// Writes per transaction the projector aims under (DynamoDB takes 100).
+const CHUNK_WRITES: usize = 90;
+/// Tries at a batch whose transactions lost a race.
+const PLANS: usize = 8;
+
+/// A read model built from events.
+pub trait Projection: Send + Sync + 'static {
+    /// Names its queue, its items and its generations.
+    const NAME: &'static str;
+
+    /// The events it is sent: its subscription's filter policy.
+    fn filter() -> FilterPolicy;
+
+    /// Adds to `draft` what `event` changes in the read model (in `draft`'s generation).
+    fn apply<T: Table>(
+        draft: &mut Draft<'_, T>,
+        event: &Envelope<Value>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The subscription a projection's queue is created with.
+pub fn subscription<P: Projection>(max_receives: u32) -> Subscription {
+    Subscription {
+        queue: P::NAME.to_owned(),
+        filter: P::filter(),
+        max_receives,
+    }
+}
+
+/// Which generation readers use, and which one a rebuild is filling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Generations {
+    pub active: u32,
+    pub building: Option<u32>,
+}
+
+impl Default for Generations {
+    fn default() -> Self {
+        Self {
+            active: 1,
+            building: None,
+        }
+    }
+}
+
+impl Generations {
+    fn targets(&self) -> Vec<u32> {
+        std::iter::once(self.active).chain(self.building).collect()
+    }
+}
+
+/// The generation record as read, with its version for the check every commit carries.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meta {
+    pub generations: Generations,
+    pub version: u64,
+}
+
+pub(crate) fn meta_key(name: &str) -> (String, String) {
+    (format!("projection#{name}"), "generations".to_owned())
+}
+
+pub(crate) async fn load_meta<T: Table>(table: &T, name: &str) -> Result<Meta, StoreError> {
+    let (pk, sk) = meta_key(name);
+    Ok(match table.get(&pk, &sk).await? {
+        Some(item) => Meta {
+            generations: serde_json::from_slice(&item.data)
+                .map_err(|e| StoreError::Failure(format!("corrupt {pk}: {e}")))?,
+            version: item.version,
+        },
+        None => Meta {
+            generations: Generations::default(),
+            version: 0,
+        },
+    })
+}
+
+/// The partition of a projection's item in one generation. Every key starts with the tenant.
+pub fn partition(tenant: &str, name: &str, generation: u32, rest: &str) -> String {
+    format!("{tenant}#{name}@{generation}#{rest}")
+}
+
+/// The generation readers of `P` use now.
+pub async fn active_generation<P: Projection, T: Table>(table: &T) -> Result<u32, StoreError> {
+    Ok(load_meta(table, P::NAME).await?.generations.active)
+}
+
+/// What became of a delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Applied now or before: delete it.
+    Done,
+    /// Not applied yet (the store was busy, a race kept being lost): try again soon.
+    Later,
+    /// Not an event this projector can read: it goes on failing until it is dead-lettered.
+    Poison,
+}
+
+/// Applies a projection's events from the bus; the same code serves a Lambda's SQS batch and
+/// the local bus's receive loop.
+#[derive(Debug, Clone)]
+pub struct Projector<T, P> {
+    table: T,
+    _projection: std::marker::PhantomData<fn() -> P>,
+}
+
+impl<T: Table, P: Projection> Projector<T, P> {
+    pub fn new(table: T) -> Self {
+        Self {
+            table,
+            _projection: std::marker::PhantomData,
+        }
+    }
+
+    /// Applies what `deliveries` carry; one verdict per delivery, in order.
+    pub async fn handle(&self, deliveries: &[Delivery]) -> Vec<Verdict> {
+        let mut verdicts = vec![Verdict::Done; deliveries.len()];
+        let mut streams: BTreeMap<String, Vec<Envelope<Value>>> = BTreeMap::new();
+        for (n, delivery) in deliveries.iter().enumerate() {
+            match serde_json::from_str::<Envelope<Value>>(&delivery.message.body) {
+                Ok(event) => streams.entry(event.stream()).or_default().push(event),
+                Err(e) => {
+                    tracing::error!(projection = P::NAME, error = %e, "not an event envelope");
+                    if let Some(v) = verdicts.get_mut(n) {
+                        *v = Verdict::Poison;
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.apply_streams(streams, None).await {
+            crate::metrics::batch_failed(P::NAME);
+            tracing::warn!(projection = P::NAME, error = %e, "batch not applied; will retry");
+            for verdict in &mut verdicts {
+                if *verdict == Verdict::Done {
+                    *verdict = Verdict::Later;
+                }
+            }
+        }
+        verdicts
+    }
+
+    /// Brings every stream up to the highest version given for it, in every generation served
+    /// (or only in `only`, for a rebuild).
+    pub(crate) async fn apply_streams(
+        &self,
+        mut streams: BTreeMap<String, Vec<Envelope<Value>>>,
+        only: Option<u32>,
+    ) -> Result<(), StoreError> {
+        for events in streams.values_mut() {
+            events.sort_by_key(|e| e.aggregate_version);
+            events.dedup_by_key(|e| e.aggregate_version);
+        }
+        let mut last = StoreError::Busy("no plan tried".into());
+        for _ in 0..PLANS {
+            let meta = load_meta(&self.table, P::NAME).await?;
+            let generations = match only {
+                Some(generation) => vec![generation],
+                None => meta.generations.targets(),
+            };
+            match self.apply_once(&meta, &generations, &streams).await {
+                Ok(()) => return Ok(()),
+                // A race lost (another projector, a rebuild, a generation switch): plan again.
+                Err(StoreError::ConditionFailed { index }) => {
+                    last = StoreError::Busy(format!("a race lost on write {index}"));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last)
+    }
+
+    async fn apply_once(
+        &self,
+        meta: &Meta,
+        generations: &[u32],
+        streams: &BTreeMap<String, Vec<Envelope<Value>>>,
+    ) -> Result<(), StoreError> {
+        let mut chunk = Chunk::new(&self.table, P::NAME, meta);
+        for (stream, given) in streams {
+            let Some(newest) = given.last() else { continue };
+            let mut positions = Vec::with_capacity(generations.len());
+            for &generation in generations {
+                positions.push(Position::load(&self.table, P::NAME, generation, newest).await?);
+            }
+            let from = positions.iter().map(|p| p.applied).min().unwrap_or(0);
+            if from >= newest.aggregate_version {
+                continue;
+            }
+            let events = self.events_between(stream, from, given).await?;
+            for event in &events {
+                for (position, &generation) in positions.iter_mut().zip(generations) {
+                    if event.aggregate_version != position.applied + 1 {
+                        continue;
+                    }
+                    chunk.draft.generation = generation;
+                    P::apply(&mut chunk.draft, event).await?;
+                    chunk.processed(P::NAME, generation, event)?;
+                    if generation == meta.generations.active {
+                        chunk.first_applied(event);
+                    }
+                    position.applied = event.aggregate_version;
+                    chunk.moved(position);
+                }
+                if chunk.full() {
+                    chunk.commit().await?;
+                    for position in &mut positions {
+                        position.committed();
+                    }
+                }
+            }
+        }
+        chunk.commit().await
+    }
+
+    /// The stream's events after version `from` up to the newest given, in order and without
+    /// gaps: the given ones, and what is missing read from the event log.
+    async fn events_between(
+        &self,
+        stream: &str,
+        from: u64,
+        given: &[Envelope<Value>],
+    ) -> Result<Vec<Envelope<Value>>, StoreError> {
+        let newest = given.last().map_or(0, |e| e.aggregate_version);
+        let wanted: Vec<&Envelope<Value>> = given
+            .iter()
+            .filter(|e| e.aggregate_version > from)
+            .collect();
+        let contiguous = wanted
+            .iter()
+            .enumerate()
+            .all(|(n, e)| e.aggregate_version == from + 1 + n as u64);
+        if contiguous {
+            return Ok(wanted.into_iter().cloned().collect());
+        }
+        let mut events = read_events_after::<Value, _>(&self.table, stream, from).await?;
+        events.retain(|e| e.aggregate_version <= newest);
+        if events.last().map(|e| e.aggregate_version) != Some(newest) {
+            return Err(StoreError::Busy(format!(
+                "{stream} does not show version {newest} yet"
+            )));
+        }
+        Ok(events)
+    }
+}
+
+/// How far one aggregate got in one generation of a projection.
+#[derive(Debug)]
+struct Position {
+    pk: String,
+    /// The position item's version as read (0: absent), for its write's condition.
+    version: u64,
+    applied: u64,
+    /// Whether this chunk moved it.
+    moved: bool,
+}
+
+impl Position {
+    fn key(name: &str, generation: u32, event: &Envelope<Value>) -> String {
+        partition(
+            &event.tenant,
+            name,
+            generation,
+            &format!("position#{}#{}", event.aggregate_type, event.aggregate_id),
+        )
+    }
+
+    async fn load<T: Table>(
+        table: &T,
+        name: &str,
+        generation: u32,
+        event: &Envelope<Value>,
+    ) -> Result<Self, StoreError> {
+        let pk = Self::key(name, generation, event);
+        let (version, applied) = match table.get(&pk, POSITION).await? {
+            Some(item) => {
+                let applied: u64 = serde_json::from_slice::<Value>(&item.data)
+                    .ok()
+                    .and_then(|v| v.get("applied").and_then(Value::as_u64))
+                    .ok_or_else(|| StoreError::Failure(format!("corrupt position {pk}")))?;
+                (item.version, applied)
+            }
+            None => (0, 0),
+        };
+        Ok(Self {
+            pk,
+            version,
+            applied,
+            moved: false,
+        })
+    }
+
+    fn committed(&mut self) {
+        if self.moved {
+            self.version += 1;
+            self.moved = false;
+        }
+    }
+}
+
+const POSITION: &str = "position";
+
+/// The writes of one projector transaction: the draft's, the positions moved, the processed
+/// records, and a check that the generations are still those it was planned for.
+struct Chunk<'a, T> {
+    draft: Draft<'a, T>,
+    meta: Meta,
+    positions: BTreeMap<String, Write>,
+    processed: Vec<Write>,
+    /// When the events this chunk applies to the readers' generation were recorded.
+    recorded_at_ms: Vec<i64>,
+}
+
+impl<'a, T: Table> Chunk<'a, T> {
+    fn new(table: &'a T, name: &'static str, meta: &Meta) -> Self {
+        Self {
+            draft: Draft::new(table, name, meta.generations.active),
+            meta: *meta,
+            positions: BTreeMap::new(),
+            processed: Vec::new(),
+            recorded_at_ms: Vec::new(),
+        }
+    }
+
+    fn first_applied(&mut self, event: &Envelope<Value>) {
+        if let Some(at) = event.occurred_at_ms() {
+            self.recorded_at_ms.push(at);
+        }
+    }
+
+    fn processed(
+        &mut self,
+        name: &str,
+        generation: u32,
+        event: &Envelope<Value>,
+    ) -> Result<(), StoreError> {
+        let expires = crate::clock::now_seconds() + PROCESSED_TTL_SECONDS;
+        self.processed.push(Write::Put {
+            item: Item {
+                pk: partition(
+                    &event.tenant,
+                    name,
+                    generation,
+                    &format!("processed#{}", event.id),
+                ),
+                sk: "processed".into(),
+                version: 1,
+                data: b"{}".to_vec(),
+                expires_at: Some(expires),
+                owner: None,
+            },
+            condition: Condition::Absent,
+        });
+        Ok(())
+    }
+
+    fn moved(&mut self, position: &mut Position) {
+        position.moved = true;
+        let condition = match position.version {
+            0 => Condition::Absent,
+            v => Condition::VersionIs(v),
+        };
+        self.positions.insert(
+            position.pk.clone(),
+            Write::Put {
+                item: Item {
+                    pk: position.pk.clone(),
+                    sk: POSITION.into(),
+                    version: position.version + 1,
+                    data: format!(r#"{{"applied":{}}}"#, position.applied).into_bytes(),
+                    expires_at: None,
+                    owner: None,
+                },
+                condition,
+            },
+        );
+    }
+
+    fn len(&self) -> usize {
+        self.draft.len() + self.positions.len() + self.processed.len() + 1
+    }
+
+    fn full(&self) -> bool {
+        self.len() >= CHUNK_WRITES
+    }
+
+    async fn commit(&mut self) -> Result<(), StoreError> {
+        if self.positions.is_empty() {
+            return Ok(());
+        }
+        let (pk, sk) = meta_key_of(&self.draft);
+        let mut writes = self.draft.take_writes();
+        writes.extend(std::mem::take(&mut self.positions).into_values());
+        writes.append(&mut self.processed);
+        writes.push(Write::Check {
+            pk,
+            sk,
+            condition: match self.meta.version {
+                0 => Condition::Absent,
+                v => Condition::VersionIs(v),
+            },
+        });
+        self.draft.table().transact(writes).await?;
+        self.draft.committed();
+        let now = crate::clock::SystemClock.now_ms();
+        crate::metrics::applied(self.draft.projection(), &self.recorded_at_ms, now);
+        self.recorded_at_ms.clear();
+        Ok(())
+    }
+}
+
+fn meta_key_of<T: Table>(draft: &Draft<'_, T>) -> (String, String) {
+    meta_key(draft.projection())
+}
+
+/// Most messages one receive asks for on the local bus.
+pub const LOCAL_BATCH: usize = 100;
+
+/// One round of a projector on its queue: receive, apply, then delete what is done and bring
+/// back soon what is not. A poison message is left to come back at its timeout until the
+/// queue dead-letters it. Returns how many messages were received.
+pub async fn consume_once<Q: crate::bus::Queue, T: Table, P: Projection>(
+    queue: &Q,
+    projector: &Projector<T, P>,
+    visibility: std::time::Duration,
+    wait: std::time::Duration,
+) -> Result<usize, crate::bus::BusError> {
+    let deliveries = queue.receive(LOCAL_BATCH, visibility, wait).await?;
+    if deliveries.is_empty() {
+        return Ok(0);
+    }
+    let verdicts = projector.handle(&deliveries).await;
+    let mut done = Vec::new();
+    for (delivery, verdict) in deliveries.iter().zip(&verdicts) {
+        match verdict {
+            Verdict::Done => done.push(delivery.receipt.clone()),
+            Verdict::Later => {
+                let backoff =
+                    std::time::Duration::from_millis(100u64 << delivery.receive_count.min(6));
+                queue.retry_after(&delivery.receipt, backoff).await?;
+            }
+            Verdict::Poison => {}
+        }
+    }
+    queue.delete_all(&done).await?;
+    Ok(deliveries.len())
+}
+
+/// Receives after which a projector's message moves to its dead-letter queue.
+pub const MAX_RECEIVES: u32 = 5;
+
+/// Every projection's subscription on the topic, as the local bus and the template set them up.
+pub fn subscriptions() -> Vec<Subscription> {
+    vec![
+        subscription::<audit::Audit>(MAX_RECEIVES),
+        subscription::<sales::Sales>(MAX_RECEIVES),
+    ]
+}

@@ -1,0 +1,286 @@
+//! Reading the read models the bus feeds: the audit trail and the sales report. Both read the
+//! generation readers are on now, page by page with sealed cursors, oldest first.
+
+use serde::de::DeserializeOwned;
+
+use super::{Caller, Role, Shop};
+use crate::projection::audit::{
+    Audit, AuditEntry, AuditFilter, aggregate_partition, day_partition, entries_from,
+};
+use crate::projection::sales::{self, Sales, SalesRow};
+use crate::projection::{Projection, active_generation, partition};
+use crate::table::{Query, StoreError};
+use crate::views::{AuditEvent, ListPage, day};
+use crate::{AppError, Clock, PaymentGateway, Table};
+
+/// Widest time range read day by day; a query on one aggregate may span any range.
+pub const MAX_AUDIT_DAYS: i64 = 31;
+/// Widest date range of a sales report.
+pub const MAX_REPORT_DAYS: i64 = 366;
+/// Items read per returned item at most, when filters drop most of what is read: past it a
+/// page comes back short, with a cursor to go on.
+const READ_BUDGET: usize = 10;
+const DAY_MS: i64 = 86_400_000;
+
+/// What the audit trail is asked for.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub filter: AuditFilter,
+    /// Unix milliseconds, inclusive; default a week before `to`.
+    pub from_ms: Option<i64>,
+    /// Unix milliseconds, exclusive; default now.
+    pub to_ms: Option<i64>,
+    pub cursor: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// One partition to read, and its label in cursors.
+struct Source {
+    label: String,
+    pk: String,
+}
+
+impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
+    /// The shop's events with their envelopes, oldest first. Operators and admins only.
+    pub async fn audit(
+        &self,
+        caller: &Caller,
+        query: AuditQuery,
+    ) -> Result<ListPage<AuditEvent>, AppError> {
+        caller.require(&[Role::Ops, Role::Admin], "read the audit trail")?;
+        let to = query.to_ms.unwrap_or_else(|| self.now_ms() + 1);
+        let from = query.from_ms.unwrap_or(to - 7 * DAY_MS);
+        if from >= to {
+            return Err(AppError::BadRequest("from must be before to".into()));
+        }
+        let tenant = caller.tenant.as_str();
+        let generation = active_generation::<Audit, _>(&self.table).await?;
+        let at = |rest: &str| partition(tenant, Audit::NAME, generation, rest);
+        let sources = match (&query.filter.aggregate_type, &query.filter.aggregate_id) {
+            (Some(kind), Some(id)) => vec![Source {
+                label: "aggregate".into(),
+                pk: at(&aggregate_partition(kind, id)),
+            }],
+            (None, Some(_)) => {
+                return Err(AppError::BadRequest(
+                    "aggregate_id needs aggregate_type".into(),
+                ));
+            }
+            _ => {
+                if to - from > MAX_AUDIT_DAYS * DAY_MS {
+                    return Err(AppError::BadRequest(format!(
+                        "a time range over {MAX_AUDIT_DAYS} days needs an aggregate filter"
+                    )));
+                }
+                days(from, to - 1)
+                    .into_iter()
+                    .map(|date| Source {
+                        pk: at(&day_partition(&date)),
+                        label: date,
+                    })
+                    .collect()
+            }
+        };
+        let filter = query.filter.clone();
+        let list = format!("{tenant}#audit");
+        let page = self
+            .read_sources(
+                &list,
+                &sources,
+                query.cursor.as_deref(),
+                query.limit,
+                Some(entries_from(from)),
+                move |entry: &AuditEntry| {
+                    let at = entry.occurred_at_ms().unwrap_or(i64::MIN);
+                    match at < to {
+                        true => Keep::Take(filter.admits(entry) && at >= from),
+                        false => Keep::Stop,
+                    }
+                },
+            )
+            .await?;
+        Ok(ListPage {
+            items: page.items.into_iter().map(AuditEvent::from).collect(),
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    /// Units, orders and revenue per SKU per day, days `from` to `to` (inclusive, UTC, as
+    /// `YYYY-MM-DD`; default today). Operators only.
+    pub async fn sales_report(
+        &self,
+        caller: &Caller,
+        from: Option<&str>,
+        to: Option<&str>,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<ListPage<SalesRow>, AppError> {
+        caller.require(&[Role::Ops], "read sales reports")?;
+        let today = day(self.now_ms());
+        let to = parse_day(to.unwrap_or(&today))?;
+        let from = match from {
+            Some(from) => parse_day(from)?,
+            None => to,
+        };
+        if from > to {
+            return Err(AppError::BadRequest("from must not be after to".into()));
+        }
+        if to - from >= MAX_REPORT_DAYS * DAY_MS {
+            return Err(AppError::BadRequest(format!(
+                "a report covers at most {MAX_REPORT_DAYS} days"
+            )));
+        }
+        let tenant = caller.tenant.as_str();
+        let generation = active_generation::<Sales, _>(&self.table).await?;
+        let sources: Vec<Source> = days(from, to)
+            .into_iter()
+            .map(|date| Source {
+                pk: partition(
+                    tenant,
+                    Sales::NAME,
+                    generation,
+                    &sales::day_partition(&date),
+                ),
+                label: date,
+            })
+            .collect();
+        let list = format!("{tenant}#sales");
+        self.read_sources(&list, &sources, cursor, limit, None, |_: &SalesRow| {
+            Keep::Take(true)
+        })
+        .await
+    }
+
+    /// Reads `sources` in order from where `cursor` left off, keeping what `keep` takes.
+    async fn read_sources<V: DeserializeOwned>(
+        &self,
+        list: &str,
+        sources: &[Source],
+        cursor: Option<&str>,
+        limit: Option<usize>,
+        start_after: Option<String>,
+        keep: impl Fn(&V) -> Keep,
+    ) -> Result<ListPage<V>, AppError> {
+        let limit = super::page_limit(limit);
+        let resume = cursor
+            .map(|c| self.config.cursors.open(list, c))
+            .transpose()?;
+        let (resume_label, resume_after) = match &resume {
+            Some(position) => {
+                let (label, sk) = position.split_once('\u{1f}').ok_or_else(|| {
+                    AppError::BadRequest("cursor is not one this API gave out".into())
+                })?;
+                (Some(label.to_owned()), Some(sk.to_owned()))
+            }
+            None => (None, None),
+        };
+        let first = match &resume_label {
+            Some(label) => sources
+                .iter()
+                .position(|s| &s.label == label)
+                .ok_or_else(|| AppError::BadRequest("cursor does not fit this query".into()))?,
+            None => 0,
+        };
+        let mut items = Vec::new();
+        let mut budget = limit * READ_BUDGET;
+        for (n, source) in sources.iter().enumerate().skip(first) {
+            let mut after = if n == first {
+                resume_after.clone()
+            } else {
+                None
+            };
+            if after.is_none() {
+                after.clone_from(&start_after);
+            }
+            'source: loop {
+                let page = self
+                    .table
+                    .query(Query {
+                        pk: &source.pk,
+                        prefix: "",
+                        after: after.as_deref(),
+                        limit: (limit - items.len()).clamp(1, 100),
+                        descending: false,
+                    })
+                    .await?;
+                for item in &page.items {
+                    let value: V = serde_json::from_slice(&item.data).map_err(|e| {
+                        StoreError::Failure(format!("corrupt item in {}: {e}", source.pk))
+                    })?;
+                    budget = budget.saturating_sub(1);
+                    after = Some(item.sk.clone());
+                    match keep(&value) {
+                        Keep::Take(true) => items.push(value),
+                        Keep::Take(false) => {}
+                        Keep::Stop => break 'source,
+                    }
+                    if items.len() == limit || budget == 0 {
+                        let position = format!("{}\u{1f}{}", source.label, item.sk);
+                        return Ok(ListPage {
+                            items,
+                            next_cursor: Some(self.config.cursors.seal(list, &position)),
+                        });
+                    }
+                }
+                if page.next.is_none() || page.items.is_empty() {
+                    break;
+                }
+            }
+        }
+        Ok(ListPage {
+            items,
+            next_cursor: None,
+        })
+    }
+}
+
+/// Whether a read item is kept, or ends its partition (it is past the range).
+enum Keep {
+    Take(bool),
+    Stop,
+}
+
+/// Midnight (UTC, Unix milliseconds) of a `YYYY-MM-DD` date.
+fn parse_day(text: &str) -> Result<i64, AppError> {
+    let bad = || AppError::BadRequest(format!("{text} is not a date (YYYY-MM-DD)"));
+    let mut parts = text.splitn(3, '-');
+    let mut number = |digits: usize| {
+        parts
+            .next()
+            .filter(|p| p.len() == digits && p.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|p| p.parse::<i32>().ok())
+            .ok_or_else(bad)
+    };
+    let (year, month, day) = (number(4)?, number(2)?, number(2)?);
+    let month = u8::try_from(month)
+        .ok()
+        .and_then(|m| time::Month::try_from(m).ok())
+        .ok_or_else(bad)?;
+    let day = u8::try_from(day).map_err(|_| bad())?;
+    let date = time::Date::from_calendar_date(year, month, day).map_err(|_| bad())?;
+    let midnight = date.midnight().assume_utc().unix_timestamp_nanos() / 1_000_000;
+    i64::try_from(midnight).map_err(|_| AppError::BadRequest(format!("{text} is out of range")))
+}
+
+/// The dates (`YYYY-MM-DD`) from the day of `from_ms` to the day of `to_ms`, inclusive.
+fn days(from_ms: i64, to_ms: i64) -> Vec<String> {
+    let first = from_ms.div_euclid(DAY_MS);
+    let last = to_ms.div_euclid(DAY_MS);
+    (first..=last).map(|d| day(d * DAY_MS)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_range_lists_every_day_it_touches() {
+        let from = parse_day("2026-02-27").unwrap();
+        let to = parse_day("2026-03-01").unwrap() + 5;
+        assert_eq!(days(from, to), ["2026-02-27", "2026-02-28", "2026-03-01"]);
+        assert_eq!(days(from, from), ["2026-02-27"]);
+        assert!(parse_day("2026-13-01").is_err());
+        assert!(parse_day("yesterday").is_err());
+    }
+}

@@ -1,0 +1,61 @@
+//! The event pipeline in the local process: the publisher tails the table's change feed onto
+//! the local bus, and each projection's consumer applies what its queue receives. The same
+//! code runs behind the Lambdas on AWS; only these loops are local.
+
+use std::time::Duration;
+
+use commerce_app::outbox::publish_pending;
+use commerce_app::projection::audit::Audit;
+use commerce_app::projection::sales::Sales;
+use commerce_app::projection::{Projection, Projector, consume_once};
+use commerce_sqlite::{SqliteBus, SqliteTable};
+
+/// Events taken from the feed per publish.
+const PUBLISH_BATCH: usize = 500;
+/// How long a received message stays hidden while its batch is applied.
+const VISIBILITY: Duration = Duration::from_secs(30);
+/// How long a receive waits for a message before looking again.
+const RECEIVE_WAIT: Duration = Duration::from_secs(1);
+/// Pause after a failure before trying again.
+const BACKOFF: Duration = Duration::from_millis(200);
+
+/// Starts the publisher and one consumer per projection; they run until the process ends.
+pub fn start(table: &SqliteTable, bus: &SqliteBus) {
+    tokio::spawn(publish(table.clone(), bus.clone()));
+    consume::<Audit>(table, bus);
+    consume::<Sales>(table, bus);
+}
+
+async fn publish(table: SqliteTable, bus: SqliteBus) {
+    loop {
+        match publish_pending(&table, &bus, PUBLISH_BATCH).await {
+            // More may be waiting already: go on at once.
+            Ok(n) if n > 0 => {}
+            Ok(_) => {
+                // A commit with events wakes this; the timeout covers one that raced the look.
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(1), table.events_committed()).await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "publishing events failed; will retry");
+                tokio::time::sleep(BACKOFF).await;
+            }
+        }
+    }
+}
+
+fn consume<P: Projection>(table: &SqliteTable, bus: &SqliteBus) {
+    let Some(queue) = bus.queue(P::NAME) else {
+        tracing::error!(projection = P::NAME, "no queue for this projection");
+        return;
+    };
+    let projector = Projector::<SqliteTable, P>::new(table.clone());
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = consume_once(&queue, &projector, VISIBILITY, RECEIVE_WAIT).await {
+                tracing::error!(projection = P::NAME, error = %e, "consuming failed; will retry");
+                tokio::time::sleep(BACKOFF).await;
+            }
+        }
+    });
+}
