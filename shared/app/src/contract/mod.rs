@@ -16,11 +16,13 @@
 pub mod bus;
 pub mod feed;
 pub mod placement;
+pub mod projection;
 pub mod table;
 
 pub use bus::*;
 pub use feed::*;
 pub use placement::*;
+pub use projection::*;
 pub use table::*;
 
 /// Generates one `#[tokio::test]` per contract case. `$make` is an async expression giving a
@@ -54,6 +56,10 @@ macro_rules! table_contract {
             a_reservation_survives_an_outage_and_the_retry_orders_it,
             concurrent_duplicates_place_one_order,
             a_store_failure_after_payment_is_retried,
+            a_redelivered_event_is_applied_once,
+            events_out_of_order_apply_in_version_order,
+            racing_projectors_apply_each_event_once,
+            a_rebuild_while_events_keep_coming_equals_the_live_model,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -1,0 +1,149 @@
+//! The event pipeline on the embedded default, as the local server runs it: change feed →
+//! publisher → SQLite bus → projector, with a consumer that keeps failing.
+
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use commerce_app::bus::{FilterPolicy, Queue, redrive};
+use commerce_app::event_store::{Changes, Envelope, Origin, load};
+use commerce_app::outbox::publish_pending;
+use commerce_app::projection::audit::Audit;
+use commerce_app::projection::{Draft, Projection, Projector, consume_once, subscription};
+use commerce_app::table::{Query, StoreError, Table};
+use commerce_domain::{Inventory, Quantity};
+use commerce_sqlite::{SqliteBus, SqliteTable};
+use serde_json::Value;
+
+/// The audit trail, failing while `BROKEN` is set.
+struct Flaky;
+
+static BROKEN: AtomicBool = AtomicBool::new(true);
+static FAILURES: AtomicU32 = AtomicU32::new(0);
+
+impl Projection for Flaky {
+    const NAME: &'static str = "flaky";
+
+    fn filter() -> FilterPolicy {
+        FilterPolicy::default()
+    }
+
+    async fn apply<T: Table>(
+        draft: &mut Draft<'_, T>,
+        event: &Envelope<Value>,
+    ) -> Result<(), StoreError> {
+        if BROKEN.load(Ordering::SeqCst) {
+            FAILURES.fetch_add(1, Ordering::SeqCst);
+            return Err(StoreError::Failure(
+                "the consumer is broken for the test".into(),
+            ));
+        }
+        Audit::apply(draft, event).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_keeps_failing_dead_letters_the_event_and_a_redrive_applies_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = SqliteTable::open(dir.path().join("shop.db")).unwrap();
+    let max_receives = 3;
+    let bus = SqliteBus::open(&table, vec![subscription::<Flaky>(max_receives)])
+        .await
+        .unwrap();
+    let queue = bus.queue("flaky").unwrap();
+    let dead_letters = bus.queue("flaky-dlq").unwrap();
+
+    let mut stock = load::<Inventory, _>(&table, "acme#inventory#mug".into())
+        .await
+        .unwrap();
+    let events = stock.state.receive(Quantity::new(5).unwrap()).unwrap();
+    let mut changes = Changes::new(Origin::system("test"));
+    changes
+        .append(&mut stock, events, 1_800_000_000_000)
+        .unwrap();
+    changes.commit(&table).await.unwrap();
+    assert_eq!(publish_pending(&table, &bus, 100).await.unwrap(), 1);
+    assert_eq!(
+        publish_pending(&table, &bus, 100).await.unwrap(),
+        0,
+        "acknowledged events are not published again"
+    );
+
+    let projector = Projector::<SqliteTable, Flaky>::new(table.clone());
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while dead_letters.peek(10).unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never dead-lettered");
+        consume_once(
+            &queue,
+            &projector,
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(
+        FAILURES.load(Ordering::SeqCst),
+        max_receives,
+        "tried once per receive"
+    );
+    assert!(
+        queue.peek(10).unwrap().is_empty(),
+        "it left the consumer's queue"
+    );
+    assert!(
+        applied(&table).await.is_empty(),
+        "nothing applied while broken"
+    );
+
+    BROKEN.store(false, Ordering::SeqCst);
+    assert_eq!(redrive(&dead_letters, &queue, 100).await.unwrap(), 1);
+    // Redriven twice by mistake: still applied once.
+    let copy = queue
+        .receive(1, Duration::from_secs(30), Duration::from_secs(1))
+        .await
+        .unwrap();
+    queue
+        .send(copy[0].message.clone(), Duration::ZERO)
+        .await
+        .unwrap();
+    queue
+        .retry_after(&copy[0].receipt, Duration::ZERO)
+        .await
+        .unwrap();
+    while !queue.peek(10).unwrap().is_empty() {
+        consume_once(
+            &queue,
+            &projector,
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(applied(&table).await, vec![1], "applied once");
+    assert!(dead_letters.peek(10).unwrap().is_empty());
+}
+
+/// The versions of the mug's stream in the flaky audit trail (generation 1).
+async fn applied(table: &SqliteTable) -> Vec<u64> {
+    let page = table
+        .query(Query {
+            pk: "acme#flaky@1#aggregate#inventory#mug",
+            prefix: "",
+            after: None,
+            limit: 100,
+            descending: false,
+        })
+        .await
+        .unwrap();
+    page.items
+        .iter()
+        .map(|item| {
+            serde_json::from_slice::<Envelope<Value>>(&item.data)
+                .unwrap()
+                .aggregate_version
+        })
+        .collect()
+}
