@@ -10,9 +10,11 @@
 mod auth;
 mod catalog;
 mod errors;
+mod events;
 mod idempotency;
 mod inventory;
 mod orders;
+mod pipeline;
 mod race;
 mod reservations;
 mod restart;

@@ -8,11 +8,23 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// Unix milliseconds as an RFC 3339 timestamp (UTC).
+/// Unix milliseconds as an RFC 3339 timestamp (UTC), always with milliseconds, so timestamps
+/// sort as text in time order.
 pub fn timestamp(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
         .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
+        .map(|t| {
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.millisecond()
+            )
+        })
         .unwrap_or_default()
 }
 
@@ -286,6 +298,14 @@ mod tests {
         assert_eq!(
             super::timestamp(1_700_000_000_123),
             "2023-11-14T22:13:20.123Z"
+        );
+        assert_eq!(
+            super::timestamp(1_700_000_000_000),
+            "2023-11-14T22:13:20.000Z"
+        );
+        assert_eq!(
+            super::parse_timestamp("2023-11-14T22:13:20.000Z"),
+            Some(1_700_000_000_000)
         );
     }
 }

@@ -67,7 +67,7 @@ pub async fn every_committed_event_reaches_the_feed<T: Table, F: ChangeFeed>(tab
         assert_eq!(event.event_type, "StockReceived");
         assert_eq!(event.actor, "alice");
         assert_eq!(event.correlation_id, "req-1");
-        assert_eq!(event.occurred_at, "2023-11-14T22:13:20Z");
+        assert_eq!(event.occurred_at, "2023-11-14T22:13:20.000Z");
         assert_eq!(event.id.get_version_num(), 7, "event ids are UUIDv7");
         versions
             .entry(event.aggregate_id.clone())
