@@ -310,3 +310,146 @@ async fn contact_data_stays_out_of_the_streamed_table() {
         assert_eq!(found, holds, "contact data in {name}: {found}");
     }
 }
+
+/// The pipeline on AWS, through the Lambdas' own handlers: an order's events leave through the
+/// table's stream, the publisher puts them on SNS, SNS routes them to each projector's SQS
+/// queue by filter policy, and the projectors build the audit trail and the sales report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_travels_stream_topic_queues_and_projectors() {
+    use commerce_app::bus::Queue;
+    use commerce_app::projection::audit::Audit;
+    use commerce_app::projection::sales::Sales;
+    use commerce_app::projection::{Projector, subscriptions};
+    use commerce_app::shop::AuditQuery;
+    use commerce_dynamodb::moto::{StreamFeed, sdk_config};
+    use std::time::Duration;
+
+    let sku = Sku::parse("MUG").unwrap();
+    let shop = Arc::new(stocked(SystemClock, &sku, 10, 0).await);
+    let alice = caller("alice", Role::Customer);
+    let order = PlaceOrder {
+        lines: Some(vec![Line {
+            sku: sku.clone(),
+            quantity: Quantity::new(3).unwrap(),
+        }]),
+        reservation_id: None,
+        payment_token: "tok_visa".into(),
+        contact: None,
+    };
+    let placed = shop.place_order(alice, None, order).await.unwrap();
+    assert_eq!(placed.status, 201);
+
+    let config = sdk_config().await;
+    let (sns, sqs) = (
+        aws_sdk_sns::Client::new(&config),
+        aws_sdk_sqs::Client::new(&config),
+    );
+    let name = format!("events-{}", uuid_like());
+    let (topic, queues) = commerce_sns_sqs::create(&sns, &sqs, &name, &subscriptions())
+        .await
+        .unwrap();
+
+    let feed = StreamFeed::of(shop.table()).await;
+    let event: commerce_lambda::StreamEvent =
+        serde_json::from_value(feed.lambda_event().await).unwrap();
+    let published = commerce_lambda::publish_records(&topic, event).await;
+    assert!(published.batch_item_failures.is_empty(), "{published:?}");
+
+    let audit = Projector::<_, Audit>::new(shop.table().clone());
+    let sales = Projector::<_, Sales>::new(shop.table().clone());
+    let audit_events = sqs_event(&queues["audit"]).await;
+    let sales_events = sqs_event(&queues["sales"]).await;
+    assert_eq!(
+        sales_events["Records"].as_array().unwrap().len(),
+        1,
+        "the sales queue's filter lets only order events through"
+    );
+    let applied =
+        commerce_lambda::project(&audit, serde_json::from_value(audit_events).unwrap()).await;
+    assert!(applied.batch_item_failures.is_empty(), "{applied:?}");
+    let applied =
+        commerce_lambda::project(&sales, serde_json::from_value(sales_events).unwrap()).await;
+    assert!(applied.batch_item_failures.is_empty(), "{applied:?}");
+    // A poison message is reported failed, so SQS brings it back and in the end dead-letters it.
+    let poison = serde_json::json!({"Records": [{"messageId": "m-1", "receiptHandle": "r-1", "body": "not json", "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}}]});
+    let refused = commerce_lambda::project(&sales, serde_json::from_value(poison).unwrap()).await;
+    assert_eq!(refused.batch_item_failures.len(), 1);
+
+    let ops = caller("ops-1", Role::Ops);
+    let trail = shop.audit(&ops, AuditQuery::default()).await.unwrap();
+    let types: Vec<&str> = trail.items.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "ProductCreated",
+            "StockLevelSet",
+            "StockReserved",
+            "ReservationHeld",
+            "ReservationConfirmed",
+            "OrderPlaced"
+        ]
+    );
+    let report = shop
+        .sales_report(&ops, None, None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(report.items.len(), 1);
+    assert_eq!(
+        (
+            report.items[0].units,
+            report.items[0].orders,
+            report.items[0].revenue_minor
+        ),
+        (3, 1, 2997)
+    );
+
+    /// What the queue holds now, shaped as the SQS event a Lambda receives.
+    async fn sqs_event(queue: &commerce_sns_sqs::SqsQueue) -> serde_json::Value {
+        let mut records = Vec::new();
+        loop {
+            let batch = queue
+                .receive(10, Duration::from_secs(30), Duration::from_secs(1))
+                .await
+                .unwrap();
+            if batch.is_empty() {
+                break;
+            }
+            for d in batch {
+                let mut attributes: serde_json::Map<String, serde_json::Value> = d
+                    .message
+                    .attributes
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            serde_json::json!({"stringValue": v, "dataType": "String"}),
+                        )
+                    })
+                    .collect();
+                attributes.insert(
+                    "message_id".into(),
+                    serde_json::json!({"stringValue": d.message.id, "dataType": "String"}),
+                );
+                records.push(serde_json::json!({
+                    "messageId": d.receipt.clone(),
+                    "receiptHandle": d.receipt,
+                    "body": d.message.body,
+                    "attributes": {"ApproximateReceiveCount": d.receive_count.to_string()},
+                    "messageAttributes": attributes,
+                }));
+            }
+        }
+        serde_json::json!({ "Records": records })
+    }
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    )
+}

@@ -137,6 +137,73 @@ impl StreamFeed {
     }
 }
 
+impl StreamFeed {
+    /// Every record of the stream so far, unfiltered, shaped as the DynamoDB stream event a
+    /// Lambda receives (`Records[].eventName`, `.dynamodb.SequenceNumber`, `.dynamodb.NewImage`
+    /// with the attributes the publisher reads).
+    pub async fn lambda_event(&self) -> serde_json::Value {
+        use aws_sdk_dynamodbstreams::types::{AttributeValue, ShardIteratorType};
+        let stream = self
+            .client
+            .describe_stream()
+            .stream_arn(&self.arn)
+            .send()
+            .await
+            .unwrap();
+        let mut records = Vec::new();
+        for shard in stream
+            .stream_description()
+            .map(|d| d.shards().to_vec())
+            .unwrap_or_default()
+        {
+            let mut iterator = self
+                .client
+                .get_shard_iterator()
+                .stream_arn(&self.arn)
+                .shard_id(shard.shard_id().unwrap_or_default())
+                .shard_iterator_type(ShardIteratorType::TrimHorizon)
+                .send()
+                .await
+                .unwrap()
+                .shard_iterator;
+            while let Some(current) = iterator.take() {
+                let page = self
+                    .client
+                    .get_records()
+                    .shard_iterator(current)
+                    .send()
+                    .await
+                    .unwrap();
+                if page.records().is_empty() {
+                    break;
+                }
+                for record in page.records() {
+                    let change = record.dynamodb();
+                    let mut image = serde_json::Map::new();
+                    for (name, value) in change.and_then(|c| c.new_image()).into_iter().flatten() {
+                        let value = match value {
+                            AttributeValue::S(s) => serde_json::json!({"S": s}),
+                            AttributeValue::N(n) => serde_json::json!({"N": n}),
+                            AttributeValue::Bool(b) => serde_json::json!({"BOOL": b}),
+                            _ => continue,
+                        };
+                        image.insert(name.clone(), value);
+                    }
+                    records.push(serde_json::json!({
+                        "eventName": record.event_name().map(|n| n.as_str()),
+                        "dynamodb": {
+                            "SequenceNumber": change.and_then(|c| c.sequence_number()),
+                            "NewImage": image,
+                        },
+                    }));
+                }
+                iterator = page.next_shard_iterator;
+            }
+        }
+        serde_json::json!({ "Records": records })
+    }
+}
+
 impl commerce_app::outbox::ChangeFeed for StreamFeed {
     async fn read(
         &self,

@@ -1,8 +1,14 @@
-//! What every Lambda shares. A function's `main` calls [`serve_api`] or [`run_sweeper`]; all
-//! set-up (tracing, SDK clients, the shop) happens once per cold start, before the first event.
+//! What every Lambda shares. A function's `main` calls [`serve_api`], [`run_sweeper`],
+//! [`run_publisher`] or [`run_projector`]; all set-up (tracing, SDK clients, the shop) happens
+//! once per cold start, before the first event.
 //!
-//! Environment: `TABLE_NAME`, `PERSONAL_TABLE_NAME` and `CURSOR_SECRET` (required); `TENANT_CLAIM` (default `tenant`) and `ROLES_CLAIM`
-//! (default `roles`) name the JWT claims API Gateway's authorizer passes on.
+//! Environment: `TABLE_NAME`, `PERSONAL_TABLE_NAME` and `CURSOR_SECRET` (required);
+//! `TENANT_CLAIM` (default `tenant`) and `ROLES_CLAIM` (default `roles`) name the JWT claims API
+//! Gateway's authorizer passes on; the publisher needs `TOPIC_ARN`.
+
+mod pipeline;
+
+pub use pipeline::{StreamEvent, project, publish_records};
 
 use std::sync::Arc;
 
@@ -10,6 +16,7 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
 use commerce_api::{Auth, RequestId, VerifiedClaims, parse_roles, router};
+use commerce_app::projection::{Projection, Projector};
 use commerce_app::shop::SweepSummary;
 use commerce_app::{Cursors, HoldLimits, SandboxPayments, Shop, ShopConfig, SystemClock};
 use commerce_dynamodb::DynamoTable;
@@ -33,26 +40,57 @@ pub fn init_tracing() {
 /// The shop on the tables named by `TABLE_NAME` and `PERSONAL_TABLE_NAME`, its page cursors
 /// sealed with `CURSOR_SECRET`.
 pub async fn shop() -> Result<Arc<LambdaShop>, Error> {
-    let table = std::env::var("TABLE_NAME").map_err(|_| "TABLE_NAME is not set")?;
-    let personal =
-        std::env::var("PERSONAL_TABLE_NAME").map_err(|_| "PERSONAL_TABLE_NAME is not set")?;
     let secret = std::env::var("CURSOR_SECRET").map_err(|_| "CURSOR_SECRET is not set")?;
     if secret.len() < 32 {
         return Err("CURSOR_SECRET must be at least 32 bytes".into());
     }
-    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let client = aws_sdk_dynamodb::Client::new(&config);
     let shop_config = ShopConfig {
         cursors: Cursors::new(secret.as_bytes()),
         limits: limits_from_env()?,
         ..ShopConfig::default()
     };
     Ok(Arc::new(Shop::new(
-        DynamoTable::new(client, table, personal),
+        table().await?,
         SandboxPayments::default(),
         SystemClock,
         shop_config,
     )))
+}
+
+/// The tables named by `TABLE_NAME` and `PERSONAL_TABLE_NAME`.
+pub async fn table() -> Result<DynamoTable, Error> {
+    let table = std::env::var("TABLE_NAME").map_err(|_| "TABLE_NAME is not set")?;
+    let personal =
+        std::env::var("PERSONAL_TABLE_NAME").map_err(|_| "PERSONAL_TABLE_NAME is not set")?;
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let client = aws_sdk_dynamodb::Client::new(&config);
+    Ok(DynamoTable::new(client, table, personal))
+}
+
+/// The publisher: takes the events the table's stream hands over to the topic `TOPIC_ARN`.
+pub async fn run_publisher() -> Result<(), Error> {
+    init_tracing();
+    let arn = std::env::var("TOPIC_ARN").map_err(|_| "TOPIC_ARN is not set")?;
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let topic = commerce_sns_sqs::SnsTopic::new(aws_sdk_sns::Client::new(&config), arn);
+    lambda_http::lambda_runtime::run(service_fn(move |event: LambdaEvent<StreamEvent>| {
+        let topic = topic.clone();
+        async move { Ok::<_, Error>(publish_records(&topic, event.payload).await) }
+    }))
+    .await
+}
+
+/// A projector: applies what its SQS queue delivers to read model `P`.
+pub async fn run_projector<P: Projection>() -> Result<(), Error> {
+    init_tracing();
+    let projector = Projector::<DynamoTable, P>::new(table().await?);
+    lambda_http::lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
+            let projector = projector.clone();
+            async move { Ok::<_, Error>(project(&projector, event.payload).await) }
+        },
+    ))
+    .await
 }
 
 /// The hold limits, from `COMMERCE_MAX_HOLD_SECONDS`, `COMMERCE_MAX_RESERVATIONS`,

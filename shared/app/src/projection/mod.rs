@@ -135,10 +135,19 @@ pub enum Verdict {
 
 /// Applies a projection's events from the bus; the same code serves a Lambda's SQS batch and
 /// the local bus's receive loop.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Projector<T, P> {
     table: T,
     _projection: std::marker::PhantomData<fn() -> P>,
+}
+
+impl<T: Clone, P> Clone for Projector<T, P> {
+    fn clone(&self) -> Self {
+        Self {
+            table: self.table.clone(),
+            _projection: std::marker::PhantomData,
+        }
+    }
 }
 
 impl<T: Table, P: Projection> Projector<T, P> {
@@ -164,7 +173,8 @@ impl<T: Table, P: Projection> Projector<T, P> {
                 }
             }
         }
-        if let Err(e) = self.apply_streams(streams, None).await {
+        // Boxed: the applying future is deep, and callers' futures stay small.
+        if let Err(e) = Box::pin(self.apply_streams(streams, None)).await {
             crate::metrics::batch_failed(P::NAME);
             tracing::warn!(projection = P::NAME, error = %e, "batch not applied; will retry");
             for verdict in &mut verdicts {
