@@ -8,8 +8,13 @@
 //! * `--mode soak`: spread for at least 60 seconds, watching the SQLite WAL's size: sustained
 //!   load must not make it grow without bound.
 //!
+//! While orders are placed, the event pipeline runs: events go from the change feed to the
+//! bus to the projectors. Its throughput and commit-to-consume latency come from the server's
+//! `/metrics` (the audit projection sees every event), taken at the start and end of the
+//! measured window. `--no-bus` runs the same load with the pipeline off, for comparison.
+//!
 //! Prints a summary, then one JSON line: orders_per_s, p50_ms, p95_ms, p99_ms, oversold,
-//! wal_peak_mb.
+//! wal_peak_mb, events_per_s, p99_commit_to_consume_ms.
 
 #![allow(
     clippy::unwrap_used,
@@ -43,6 +48,72 @@ struct Args {
     /// Units of the one SKU (hot mode).
     #[arg(long, default_value_t = 3000)]
     hot_stock: u64,
+    /// Run the server without its event pipeline (events wait in the change feed).
+    #[arg(long)]
+    no_bus: bool,
+}
+
+/// What the server's `/metrics` says about the audit projection (which every event reaches).
+#[derive(Debug, Clone, Default)]
+struct Pipeline {
+    applied: u64,
+    /// (upper bound in ms, cumulative count) of the commit-to-apply histogram.
+    buckets: Vec<(f64, u64)>,
+}
+
+impl Pipeline {
+    async fn scrape(http: &reqwest::Client, base: &str, bearer: &str) -> Pipeline {
+        let text = http
+            .get(format!("{base}/metrics"))
+            .bearer_auth(bearer)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let mut pipeline = Pipeline::default();
+        for line in text.lines() {
+            let Some((name, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let value: f64 = value.parse().unwrap_or(0.0);
+            if name == "commerce_events_applied_total{projection=\"audit\"}" {
+                pipeline.applied = value as u64;
+            } else if let Some(bound) = name
+                .strip_prefix("commerce_commit_to_apply_ms_bucket{projection=\"audit\",le=\"")
+                .and_then(|rest| rest.strip_suffix("\"}"))
+            {
+                let bound = if bound == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    bound.parse().unwrap()
+                };
+                pipeline.buckets.push((bound, value as u64));
+            }
+        }
+        pipeline
+    }
+
+    /// Events applied between two scrapes, and the bucket bound under which 99 % of them fell.
+    fn since(&self, before: &Pipeline) -> (u64, Option<f64>) {
+        let applied = self.applied.saturating_sub(before.applied);
+        let total = self
+            .buckets
+            .last()
+            .map_or(0, |b| b.1)
+            .saturating_sub(before.buckets.last().map_or(0, |b| b.1));
+        let p99 = self.buckets.iter().find_map(|(bound, count)| {
+            let earlier = before
+                .buckets
+                .iter()
+                .find(|(b, _)| b == bound)
+                .map_or(0, |b| b.1);
+            let within = count.saturating_sub(earlier);
+            (total > 0 && within as f64 >= 0.99 * total as f64).then_some(*bound)
+        });
+        (applied, p99)
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -71,7 +142,12 @@ async fn main() {
     }
     eprintln!("building and starting the release server…");
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start_binary(&build_server(true), dir.path());
+    let env: &[(&str, &str)] = if args.no_bus {
+        &[("COMMERCE_NO_BUS", "true")]
+    } else {
+        &[]
+    };
+    let server = Server::start_binary_with(&build_server(true), dir.path(), env);
     let base = server.base.clone();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)
@@ -79,6 +155,7 @@ async fn main() {
         .build()
         .unwrap();
     let admin = token("bench", "admin", &["admin"]);
+    let ops = token("bench", "ops", &["ops"]);
 
     let skus: Vec<String> = match args.mode {
         Mode::Spread | Mode::Soak => (0..args.skus).map(|n| format!("SKU-{n:05}")).collect(),
@@ -211,6 +288,20 @@ async fn main() {
             }
         })
     };
+    let scraper = {
+        let (http, base, ops) = (http.clone(), base.clone(), ops.clone());
+        let measured = args.mode != Mode::Hot && !args.no_bus;
+        tokio::spawn(async move {
+            if !measured {
+                return None;
+            }
+            tokio::time::sleep_until(measure_from.into()).await;
+            let before = Pipeline::scrape(&http, &base, &ops).await;
+            tokio::time::sleep_until(stop_at.into()).await;
+            let after = Pipeline::scrape(&http, &base, &ops).await;
+            Some(after.since(&before))
+        })
+    };
     let mut all = Tally::default();
     for task in tasks {
         let t = task.await.unwrap();
@@ -221,6 +312,7 @@ async fn main() {
     }
     sold_out.store(true, Ordering::Relaxed);
     sampler.await.unwrap();
+    let pipeline = scraper.await.unwrap();
     let wal_peak_mb = wal_peak.load(Ordering::Relaxed) as f64 / (1024.0 * 1024.0);
     let elapsed = match args.mode {
         Mode::Spread | Mode::Soak => Duration::from_secs(args.seconds),
@@ -284,8 +376,19 @@ async fn main() {
         pct(0.99)
     );
     println!("WAL peak: {wal_peak_mb:.1} MB");
+    let (events_per_s, p99_consume) = match pipeline {
+        Some((applied, p99)) => {
+            let rate = applied as f64 / elapsed.as_secs_f64();
+            println!(
+                "event pipeline: {applied} events applied ({rate:.0} events/s), 99 % within {} ms of their commit",
+                p99.map_or("?".to_owned(), |p| p.to_string())
+            );
+            (Some(rate.round()), p99)
+        }
+        None => (None, None),
+    };
     println!(
         "{}",
-        json!({"mode": mode, "clients": args.clients, "orders_per_s": per_second.round(), "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "oversold": oversold, "errors": all.other, "wal_peak_mb": (wal_peak_mb * 10.0).round() / 10.0})
+        json!({"mode": mode, "clients": args.clients, "bus": !args.no_bus, "orders_per_s": per_second.round(), "p50_ms": pct(0.50), "p95_ms": pct(0.95), "p99_ms": pct(0.99), "oversold": oversold, "errors": all.other, "wal_peak_mb": (wal_peak_mb * 10.0).round() / 10.0, "events_per_s": events_per_s, "p99_commit_to_consume_ms": p99_consume})
     );
 }

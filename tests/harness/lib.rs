@@ -90,9 +90,15 @@ impl Server {
 
     /// A given build of the server on `data_dir`.
     pub fn start_binary(binary: &Path, data_dir: &Path) -> Server {
+        Server::start_binary_with(binary, data_dir, &[])
+    }
+
+    /// A given build of the server on `data_dir`, with extra environment variables.
+    pub fn start_binary_with(binary: &Path, data_dir: &Path, env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(binary)
             .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .envs(env.iter().copied())
             .env("COMMERCE_JWT_SECRET", SECRET)
             .env("COMMERCE_SWEEP_INTERVAL_MS", "100")
             .env("RUST_LOG", "warn")

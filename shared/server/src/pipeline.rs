@@ -16,6 +16,9 @@ const PUBLISH_BATCH: usize = 500;
 const VISIBILITY: Duration = Duration::from_secs(30);
 /// How long a receive waits for a message before looking again.
 const RECEIVE_WAIT: Duration = Duration::from_secs(1);
+/// Consumers per projection: each receives and applies its own batches, so their commits
+/// share the writer's group commits instead of waiting for one another.
+const WORKERS: usize = 4;
 /// Pause after a failure before trying again.
 const BACKOFF: Duration = Duration::from_millis(200);
 
@@ -49,13 +52,16 @@ fn consume<P: Projection>(table: &SqliteTable, bus: &SqliteBus) {
         tracing::error!(projection = P::NAME, "no queue for this projection");
         return;
     };
-    let projector = Projector::<SqliteTable, P>::new(table.clone());
-    tokio::spawn(async move {
-        loop {
-            if let Err(e) = consume_once(&queue, &projector, VISIBILITY, RECEIVE_WAIT).await {
-                tracing::error!(projection = P::NAME, error = %e, "consuming failed; will retry");
-                tokio::time::sleep(BACKOFF).await;
+    for _ in 0..WORKERS {
+        let queue = queue.clone();
+        let projector = Projector::<SqliteTable, P>::new(table.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = consume_once(&queue, &projector, VISIBILITY, RECEIVE_WAIT).await {
+                    tracing::error!(projection = P::NAME, error = %e, "consuming failed; will retry");
+                    tokio::time::sleep(BACKOFF).await;
+                }
             }
-        }
-    });
+        });
+    }
 }

@@ -22,13 +22,15 @@ const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS bus_messages (
         seq INTEGER PRIMARY KEY,
         queue TEXT NOT NULL,
-        message TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        attributes TEXT NOT NULL,
+        body TEXT NOT NULL,
         visible_at INTEGER NOT NULL,
         receives INTEGER NOT NULL DEFAULT 0,
+        -- The current receipt's token; a receipt is `seq:token`, so no index is needed.
         receipt TEXT
     );
-    CREATE INDEX IF NOT EXISTS bus_due ON bus_messages (queue, visible_at);
-    CREATE UNIQUE INDEX IF NOT EXISTS bus_receipts ON bus_messages (receipt);";
+    CREATE INDEX IF NOT EXISTS bus_due ON bus_messages (queue, visible_at);";
 
 /// The topic and its queues on one SQLite file.
 #[derive(Clone)]
@@ -104,13 +106,13 @@ impl SqliteBus {
 
 impl Topic for SqliteBus {
     async fn publish(&self, messages: Vec<Message>) -> Result<(), BusError> {
-        let mut rows: Vec<(String, String)> = Vec::new();
-        for message in &messages {
-            let text = serde_json::to_string(message)
-                .map_err(|e| BusError::Failure(format!("cannot encode a message: {e}")))?;
+        let mut rows: Vec<(String, usize)> = Vec::new();
+        let mut encoded = Vec::with_capacity(messages.len());
+        for (n, message) in messages.iter().enumerate() {
+            encoded.push(attributes_text(message)?);
             for subscription in self.subscriptions.iter() {
                 if subscription.filter.matches(&message.attributes) {
-                    rows.push((subscription.queue.clone(), text.clone()));
+                    rows.push((subscription.queue.clone(), n));
                 }
             }
         }
@@ -127,10 +129,19 @@ impl Topic for SqliteBus {
         self.table
             .run_task(Box::new(move |sp| {
                 let mut insert = sp.prepare_cached(
-                    "INSERT INTO bus_messages (queue, message, visible_at) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO bus_messages (queue, message_id, attributes, body, visible_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?;
-                for (queue, message) in &rows {
-                    insert.execute(params![queue, message, now])?;
+                for (queue, n) in &rows {
+                    if let (Some(message), Some(attributes)) = (messages.get(*n), encoded.get(*n)) {
+                        insert.execute(params![
+                            queue,
+                            message.id,
+                            attributes,
+                            message.body,
+                            now
+                        ])?;
+                    }
                 }
                 Ok(rows.len())
             }))
@@ -159,19 +170,22 @@ impl SqliteQueue {
     pub fn peek(&self, max: usize) -> Result<Vec<(Message, u32)>, BusError> {
         let name = self.name.clone();
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let rows: Vec<(String, u32)> = self
+        let rows: Vec<(Stored, u32)> = self
             .bus
             .table
             .read_with(|c| {
                 c.prepare_cached(
-                    "SELECT message, receives FROM bus_messages WHERE queue = ?1 ORDER BY seq LIMIT ?2",
+                    "SELECT message_id, attributes, body, receives FROM bus_messages
+                     WHERE queue = ?1 ORDER BY seq LIMIT ?2",
                 )?
-                .query_map(params![name, limit], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .query_map(params![name, limit], |row| {
+                    Ok(((row.get(0)?, row.get(1)?, row.get(2)?), row.get(3)?))
+                })?
                 .collect()
             })
             .map_err(unavailable)?;
         rows.into_iter()
-            .map(|(text, receives)| Ok((decode(&text)?, receives)))
+            .map(|(stored, receives)| Ok((decode(stored)?, receives)))
             .collect()
     }
 
@@ -197,7 +211,7 @@ impl SqliteQueue {
         let now = SystemClock.now_ms();
         let hidden_until = now.saturating_add(millis(visibility));
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let taken: Arc<Mutex<Vec<(String, String, u32)>>> = Arc::default();
+        let taken: Arc<Mutex<Vec<(Stored, String, u32)>>> = Arc::default();
         let out = taken.clone();
         self.bus
             .table
@@ -209,23 +223,23 @@ impl SqliteQueue {
                     )?
                     .execute(params![dead_letters, name, now, max_receives])?;
                 }
-                let due: Vec<(i64, String, u32)> = sp
+                let due: Vec<(i64, Stored, u32)> = sp
                     .prepare_cached(
-                        "SELECT seq, message, receives FROM bus_messages
+                        "SELECT seq, message_id, attributes, body, receives FROM bus_messages
                          WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, seq LIMIT ?3",
                     )?
                     .query_map(params![name, now, limit], |row| {
-                        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+                        Ok((row.get(0)?, (row.get(1)?, row.get(2)?, row.get(3)?), row.get(4)?))
                     })?
                     .collect::<rusqlite::Result<_>>()?;
                 let mut hide = sp.prepare_cached(
                     "UPDATE bus_messages SET receives = receives + 1, visible_at = ?1, receipt = ?2 WHERE seq = ?3",
                 )?;
                 let mut got = Vec::with_capacity(due.len());
-                for (seq, message, receives) in due {
-                    let receipt = uuid::Uuid::new_v4().to_string();
-                    hide.execute(params![hidden_until, receipt, seq])?;
-                    got.push((message, receipt, receives + 1));
+                for (seq, stored, receives) in due {
+                    let token = format!("{:016x}", uuid::Uuid::new_v4().as_u64_pair().0);
+                    hide.execute(params![hidden_until, token, seq])?;
+                    got.push((stored, format!("{seq}:{token}"), receives + 1));
                 }
                 let n = got.len();
                 *out.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = got;
@@ -240,9 +254,9 @@ impl SqliteQueue {
         );
         taken
             .into_iter()
-            .map(|(text, receipt, receive_count)| {
+            .map(|(stored, receipt, receive_count)| {
                 Ok(Delivery {
-                    message: decode(&text)?,
+                    message: decode(stored)?,
                     receipt,
                     receive_count,
                 })
@@ -250,13 +264,14 @@ impl SqliteQueue {
             .collect()
     }
 
-    /// Runs one statement that takes the receipt as `?1` and `value` as `?2`.
+    /// Runs one statement that takes a receipt's row as `?1`, its token as `?2` and `value`
+    /// as `?3`.
     async fn update(&self, sql: &'static str, receipt: &str, value: i64) -> Result<(), BusError> {
-        let receipt = receipt.to_owned();
+        let (seq, token) = parse_receipt(receipt)?;
         self.bus
             .table
             .run_task(Box::new(move |sp| {
-                sp.prepare_cached(sql)?.execute(params![receipt, value])
+                sp.prepare_cached(sql)?.execute(params![seq, token, value])
             }))
             .await
             .map(|_| ())
@@ -292,31 +307,25 @@ impl Queue for SqliteQueue {
     }
 
     async fn delete(&self, receipt: &str) -> Result<(), BusError> {
-        let receipt = receipt.to_owned();
-        self.bus
-            .table
-            .run_task(Box::new(move |sp| {
-                sp.prepare_cached("DELETE FROM bus_messages WHERE receipt = ?1")?
-                    .execute(params![receipt])
-            }))
-            .await
-            .map(|_| ())
-            .map_err(unavailable)
+        self.delete_all(&[receipt.to_owned()]).await
     }
 
     async fn delete_all(&self, receipts: &[String]) -> Result<(), BusError> {
         if receipts.is_empty() {
             return Ok(());
         }
-        let receipts = receipts.to_vec();
+        let receipts = receipts
+            .iter()
+            .map(|r| parse_receipt(r))
+            .collect::<Result<Vec<_>, _>>()?;
         self.bus
             .table
             .run_task(Box::new(move |sp| {
                 let mut delete =
-                    sp.prepare_cached("DELETE FROM bus_messages WHERE receipt = ?1")?;
+                    sp.prepare_cached("DELETE FROM bus_messages WHERE seq = ?1 AND receipt = ?2")?;
                 let mut n = 0;
-                for receipt in &receipts {
-                    n += delete.execute(params![receipt])?;
+                for (seq, token) in &receipts {
+                    n += delete.execute(params![seq, token])?;
                 }
                 Ok(n)
             }))
@@ -328,7 +337,7 @@ impl Queue for SqliteQueue {
     async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), BusError> {
         let at = SystemClock.now_ms().saturating_add(millis(delay));
         self.update(
-            "UPDATE bus_messages SET visible_at = ?2 WHERE receipt = ?1",
+            "UPDATE bus_messages SET visible_at = ?3 WHERE seq = ?1 AND receipt = ?2",
             receipt,
             at,
         )
@@ -340,17 +349,17 @@ impl Queue for SqliteQueue {
     }
 
     async fn send(&self, message: Message, delay: Duration) -> Result<(), BusError> {
-        let text = serde_json::to_string(&message)
-            .map_err(|e| BusError::Failure(format!("cannot encode a message: {e}")))?;
+        let attributes = attributes_text(&message)?;
         let name = self.name.clone();
         let at = SystemClock.now_ms().saturating_add(millis(delay));
         self.bus
             .table
             .run_task(Box::new(move |sp| {
                 sp.prepare_cached(
-                    "INSERT INTO bus_messages (queue, message, visible_at) VALUES (?1, ?2, ?3)",
+                    "INSERT INTO bus_messages (queue, message_id, attributes, body, visible_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
                 )?
-                .execute(params![name, text, at])
+                .execute(params![name, message.id, attributes, message.body, at])
             }))
             .await
             .map_err(unavailable)?;
@@ -359,8 +368,29 @@ impl Queue for SqliteQueue {
     }
 }
 
-fn decode(text: &str) -> Result<Message, BusError> {
-    serde_json::from_str(text).map_err(|e| BusError::Failure(format!("corrupt message: {e}")))
+/// A message's id, attributes (JSON) and body, as stored.
+type Stored = (String, String, String);
+
+fn decode((id, attributes, body): Stored) -> Result<Message, BusError> {
+    Ok(Message {
+        id,
+        attributes: serde_json::from_str(&attributes)
+            .map_err(|e| BusError::Failure(format!("corrupt message attributes: {e}")))?,
+        body,
+    })
+}
+
+fn attributes_text(message: &Message) -> Result<String, BusError> {
+    serde_json::to_string(&message.attributes)
+        .map_err(|e| BusError::Failure(format!("cannot encode message attributes: {e}")))
+}
+
+/// A receipt is the message's row and the token of that receipt.
+fn parse_receipt(receipt: &str) -> Result<(i64, String), BusError> {
+    receipt
+        .split_once(':')
+        .and_then(|(seq, token)| Some((seq.parse().ok()?, token.to_owned())))
+        .ok_or_else(|| BusError::Failure(format!("{receipt} is not a receipt of this bus")))
 }
 
 fn millis(d: Duration) -> i64 {
