@@ -204,6 +204,8 @@ async fn the_audit_trail_filters_pages_and_refuses_bad_queries() {
 
     for bad in [
         "/v1/audit?aggregate_id=PEN",
+        "/v1/audit?aggregate_type=idempotency&aggregate_id=alice",
+        "/v1/audit?aggregate_type=order&aggregate_id=a%23b",
         "/v1/audit?from=yesterday",
         "/v1/audit?from=2026-01-01T00:00:00Z&to=2026-03-01T00:00:00Z",
         "/v1/audit?cursor=nonsense",

@@ -113,7 +113,8 @@ pub fn is_personal(pk: &str) -> bool {
     pk.starts_with(PERSONAL)
 }
 
-/// Most writes in one transaction (DynamoDB's TransactWriteItems limit).
+/// Most writes in one transaction on DynamoDB (TransactWriteItems' limit), and the most any
+/// command's own transaction may hold, so every command runs on every store.
 pub const MAX_TRANSACTION_WRITES: usize = 100;
 
 pub trait Table: Send + Sync + 'static {
@@ -131,6 +132,13 @@ pub trait Table: Send + Sync + 'static {
     /// Cheap round trip for health checks.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Most writes this store takes in one transaction. Commands keep to
+    /// [`MAX_TRANSACTION_WRITES`]; work that batches independent items (a projector's chunk)
+    /// asks the store, as a store with one writer commits a larger batch as cheaply as a small one.
+    fn max_transaction_writes(&self) -> usize {
+        MAX_TRANSACTION_WRITES
+    }
+
     /// Every event item ([`Write::Event`]) of every stream, a page at a time: each stream's
     /// events together and in version order. It reads the whole table, so only rebuilding read
     /// models uses it. `after` is the previous page's `next`.
@@ -144,11 +152,12 @@ pub trait Table: Send + Sync + 'static {
     fn estimate_events(&self) -> impl Future<Output = Result<Option<u64>, StoreError>> + Send;
 }
 
-/// Refuses transactions the store could not take, before they reach an adapter.
-pub fn check_transaction(writes: &[Write]) -> Result<(), StoreError> {
-    if writes.is_empty() || writes.len() > MAX_TRANSACTION_WRITES {
+/// Refuses transactions the store could not take (more than `max` writes, two writes to one
+/// key, an event in a personal partition), before they reach an adapter.
+pub fn check_transaction(writes: &[Write], max: usize) -> Result<(), StoreError> {
+    if writes.is_empty() || writes.len() > max {
         return Err(StoreError::Failure(format!(
-            "a transaction holds 1 to {MAX_TRANSACTION_WRITES} writes, not {}",
+            "a transaction holds 1 to {max} writes, not {}",
             writes.len()
         )));
     }

@@ -188,7 +188,7 @@ impl Table for DynamoTable {
     }
 
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        check_transaction(&writes)?;
+        check_transaction(&writes, self.max_transaction_writes())?;
         let now = now_seconds();
         if let [single] = writes.as_slice() {
             return self.write_one(single, now).await;

@@ -60,6 +60,8 @@ macro_rules! table_contract {
             events_out_of_order_apply_in_version_order,
             racing_projectors_apply_each_event_once,
             a_rebuild_while_events_keep_coming_equals_the_live_model,
+            a_batch_of_large_orders_keeps_each_transaction_within_the_store,
+            a_refused_event_holds_back_only_its_own_stream,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

@@ -188,6 +188,10 @@ impl<T: Table> Table for CutTable<T> {
         self.inner.ping().await
     }
 
+    fn max_transaction_writes(&self) -> usize {
+        self.inner.max_transaction_writes()
+    }
+
     async fn scan_events(&self, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
         self.inner.scan_events(after, limit).await
     }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::bus::{Delivery, Message};
 use crate::event_store::{Changes, Envelope, Origin, load, read_events};
-use crate::projection::audit::{Audit, aggregate_partition};
+use crate::projection::audit::{Audit, day_partition};
 use crate::projection::{Projection, Projector, Verdict, active_generation, partition, rebuild};
 use crate::table::{Query, Table};
 
@@ -55,30 +55,38 @@ async fn audited<T: Table>(table: &T, sku: &str) -> Vec<u64> {
     audited_in(table, sku, generation).await
 }
 
+/// The SKU's event versions in the audit trail's generation, in version order; a version
+/// there twice shows twice.
 async fn audited_in<T: Table>(table: &T, sku: &str, generation: u32) -> Vec<u64> {
-    let pk = partition(
-        "acme",
-        Audit::NAME,
-        generation,
-        &aggregate_partition("inventory", sku),
-    );
-    let page = table
-        .query(Query {
-            pk: &pk,
-            prefix: "",
-            after: None,
-            limit: 1000,
-            descending: false,
-        })
-        .await
-        .unwrap();
-    page.items
-        .iter()
-        .map(|item| {
+    let today = now_ms();
+    let mut versions = Vec::new();
+    // Yesterday too, for a run that crosses midnight.
+    for day in [today - 86_400_000, today] {
+        let pk = partition(
+            "acme",
+            Audit::NAME,
+            generation,
+            &day_partition(&crate::views::day(day)),
+        );
+        let page = table
+            .query(Query {
+                pk: &pk,
+                prefix: "",
+                after: None,
+                limit: 1000,
+                descending: false,
+            })
+            .await
+            .unwrap();
+        for item in &page.items {
             let e: Envelope<Value> = serde_json::from_slice(&item.data).unwrap();
-            e.aggregate_version
-        })
-        .collect()
+            if e.aggregate_id == sku {
+                versions.push(e.aggregate_version);
+            }
+        }
+    }
+    versions.sort_unstable();
+    versions
 }
 
 pub async fn a_redelivered_event_is_applied_once<T: Table + Clone>(table: &T) {
@@ -211,4 +219,156 @@ pub async fn a_rebuild_while_events_keep_coming_equals_the_live_model<T: Table +
         let old = &live_model[sku];
         assert_eq!(old[..], rebuilt[sku][..old.len()], "{sku}");
     }
+}
+
+/// Places an order of `lines` single units (SKU `L0`, `L1`, …, prefixed by `tag`) in a commit.
+async fn order_of<T: Table>(table: &T, id: &str, tag: &str, lines: usize) {
+    use commerce_domain::{
+        Currency, CustomerId, Money, NewOrder, Order, OrderId, OrderLine, PaymentAuthorization,
+        ReservationId, Sku,
+    };
+    let eur = Currency::parse("EUR").unwrap();
+    let price = Money::new(100, eur).unwrap();
+    let lines: Vec<OrderLine> = (0..lines)
+        .map(|n| OrderLine {
+            sku: Sku::parse(format!("{tag}{n}")).unwrap(),
+            quantity: 1,
+            unit_price: price,
+            line_total: price,
+        })
+        .collect();
+    let total = Money::new(100 * lines.len() as i64, eur).unwrap();
+    let mut order = load::<Order, _>(table, format!("acme#order#{id}"))
+        .await
+        .unwrap();
+    let events = order
+        .state
+        .place(NewOrder {
+            id: OrderId::parse(id).unwrap(),
+            customer: CustomerId::parse("alice").unwrap(),
+            reservation: ReservationId::parse(format!("r-{id}")).unwrap(),
+            lines,
+            total,
+            payment: PaymentAuthorization {
+                id: format!("auth-{id}"),
+                amount: total,
+            },
+            placed_at: now_ms(),
+        })
+        .unwrap();
+    let mut changes = Changes::new(Origin::system("contract"));
+    changes.append(&mut order, events, now_ms()).unwrap();
+    changes.commit(table).await.unwrap();
+}
+
+async fn order_deliveries<T: Table>(table: &T, id: &str) -> Vec<Delivery> {
+    let events: Vec<Envelope<Value>> = read_events(table, &format!("acme#order#{id}"))
+        .await
+        .unwrap();
+    events
+        .iter()
+        .map(|e| {
+            let body = serde_json::to_vec(e).unwrap();
+            Delivery {
+                message: Message::for_event(&body).unwrap(),
+                receipt: format!("r-{}", e.id),
+                receive_count: 1,
+            }
+        })
+        .collect()
+}
+
+/// Units sold today per SKU, as the sales report's rows say.
+async fn units_sold<T: Table>(table: &T) -> BTreeMap<String, u64> {
+    use crate::projection::sales::{Sales, SalesRow, day_partition as sales_day};
+    let generation = active_generation::<Sales, _>(table).await.unwrap();
+    let pk = partition(
+        "acme",
+        Sales::NAME,
+        generation,
+        &sales_day(&crate::views::day(now_ms())),
+    );
+    let mut units = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = table
+            .query(Query {
+                pk: &pk,
+                prefix: "",
+                after: after.as_deref(),
+                limit: 100,
+                descending: false,
+            })
+            .await
+            .unwrap();
+        for item in &page.items {
+            let row: SalesRow = serde_json::from_slice(&item.data).unwrap();
+            units.insert(row.sku, row.units);
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return units,
+        }
+    }
+}
+
+pub async fn a_batch_of_large_orders_keeps_each_transaction_within_the_store<T: Table + Clone>(
+    table: &T,
+) {
+    use crate::projection::sales::Sales;
+    let mut batch = Vec::new();
+    for n in 0..5 {
+        let id = format!("big-{n}");
+        order_of(table, &id, &format!("B{n}-"), commerce_domain::MAX_LINES).await;
+        batch.extend(order_deliveries(table, &id).await);
+    }
+    let projector = Projector::<T, Sales>::new(table.clone());
+    assert_eq!(projector.handle(&batch).await, vec![Verdict::Done; 5]);
+    let units = units_sold(table).await;
+    assert_eq!(units.len(), 5 * commerce_domain::MAX_LINES, "a row per SKU");
+    assert!(units.values().all(|u| *u == 1));
+}
+
+pub async fn a_refused_event_holds_back_only_its_own_stream<T: Table + Clone>(table: &T) {
+    use crate::projection::sales::Sales;
+    order_of(table, "good", "G", 2).await;
+    // An OrderPlaced the sales projection cannot read (as from an older schema).
+    let bad = Envelope {
+        id: uuid::Uuid::now_v7(),
+        event_type: "OrderPlaced".to_owned(),
+        schema_version: 1,
+        tenant: "acme".to_owned(),
+        aggregate_type: "order".to_owned(),
+        aggregate_id: "bad".to_owned(),
+        aggregate_version: 1,
+        occurred_at: crate::views::timestamp(now_ms()),
+        actor: "alice".to_owned(),
+        correlation_id: "c".to_owned(),
+        causation_id: None,
+        data: serde_json::json!({"type": "OrderPlaced", "lines": "not lines"}),
+    };
+    table
+        .transact(vec![crate::table::Write::Event {
+            item: crate::table::Item {
+                pk: "acme#order#bad".into(),
+                sk: crate::keys::event_sk(1),
+                version: 1,
+                data: serde_json::to_vec(&bad).unwrap(),
+                expires_at: None,
+                owner: None,
+            },
+        }])
+        .await
+        .unwrap();
+    let mut batch = order_deliveries(table, "bad").await;
+    batch.extend(order_deliveries(table, "good").await);
+    let projector = Projector::<T, Sales>::new(table.clone());
+    assert_eq!(
+        projector.handle(&batch).await,
+        vec![Verdict::Poison, Verdict::Done],
+        "the unreadable event stays behind; the good order is applied"
+    );
+    let units = units_sold(table).await;
+    assert_eq!(units.get("G0"), Some(&1));
+    assert_eq!(units.get("G1"), Some(&1));
 }

@@ -1,9 +1,10 @@
 //! The audit trail: every event of a shop, with who did it, when and in which request.
 //!
-//! Each event is kept twice in its generation: in the shop's day partition (`day#YYYY-MM-DD`)
-//! and in its aggregate's partition, both sorted by time then event id. A query reads the
-//! aggregate's partition when it names one, else the days of its time range; filters on actor
-//! and event type apply to what it reads, so a page may come back short with a cursor to go on.
+//! Each event is kept in the shop's day partition of its generation (`day#YYYY-MM-DD`), sorted by
+//! time then event id. A query that names one aggregate reads that aggregate's event stream
+//! instead, which holds the same envelopes in version order; any other query reads the days of
+//! its time range. Filters on actor and event type apply to what is read, so a page may come
+//! back short, with a cursor to go on.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -18,6 +19,7 @@ pub struct Audit;
 
 impl Projection for Audit {
     const NAME: &'static str = "audit";
+    const MAX_WRITES: usize = 1;
 
     fn filter() -> FilterPolicy {
         FilterPolicy::default()
@@ -32,9 +34,7 @@ impl Projection for Audit {
             .ok_or_else(|| StoreError::Failure(format!("event {} has no valid time", event.id)))?;
         let sk = entry_sk(at, &event.id.to_string());
         let day = day_partition(&crate::views::day(at));
-        let aggregate = aggregate_partition(&event.aggregate_type, &event.aggregate_id);
-        draft.insert(draft.partition(&event.tenant, &day), sk.clone(), event)?;
-        draft.insert(draft.partition(&event.tenant, &aggregate), sk, event)?;
+        draft.insert(draft.partition(&event.tenant, &day), sk, event)?;
         Ok(())
     }
 }
@@ -51,10 +51,6 @@ pub fn entries_from(at_ms: i64) -> String {
 
 pub fn day_partition(day: &str) -> String {
     format!("day#{day}")
-}
-
-pub fn aggregate_partition(aggregate_type: &str, aggregate_id: &str) -> String {
-    format!("aggregate#{aggregate_type}#{aggregate_id}")
 }
 
 /// One event as the audit trail shows it: its envelope.

@@ -25,6 +25,15 @@ pub struct Draft<'a, T> {
     pub(crate) generation: u32,
     touched: BTreeMap<(String, String), Touched>,
     inserts: Vec<Item>,
+    /// What each `store` replaced, newest last, to undo one event's changes.
+    journal: Vec<((String, String), Option<Touched>)>,
+}
+
+/// A draft as it was, for [`Draft::rollback`].
+#[derive(Debug)]
+pub(crate) struct Mark {
+    journal: usize,
+    inserts: usize,
 }
 
 impl<'a, T: Table> Draft<'a, T> {
@@ -35,7 +44,32 @@ impl<'a, T: Table> Draft<'a, T> {
             generation,
             touched: BTreeMap::new(),
             inserts: Vec::new(),
+            journal: Vec::new(),
         }
+    }
+
+    pub(crate) fn mark(&self) -> Mark {
+        Mark {
+            journal: self.journal.len(),
+            inserts: self.inserts.len(),
+        }
+    }
+
+    /// Undoes every store and insert since `mark`.
+    pub(crate) fn rollback(&mut self, mark: Mark) {
+        while self.journal.len() > mark.journal {
+            if let Some((key, before)) = self.journal.pop() {
+                match before {
+                    Some(touched) => {
+                        self.touched.insert(key, touched);
+                    }
+                    None => {
+                        self.touched.remove(&key);
+                    }
+                }
+            }
+        }
+        self.inserts.truncate(mark.inserts);
     }
 
     /// The partition of an item of this read model, in the generation being written.
@@ -74,10 +108,16 @@ impl<'a, T: Table> Draft<'a, T> {
     /// Replaces an item read with [`Draft::load`].
     pub fn store(&mut self, pk: &str, sk: &str, value: &impl Serialize) -> Result<(), StoreError> {
         let data = crate::event_store::to_json(value)?;
-        match self.touched.get_mut(&(pk.to_owned(), sk.to_owned())) {
+        let key = (pk.to_owned(), sk.to_owned());
+        match self.touched.get_mut(&key) {
             Some(touched) => {
-                touched.data = data;
+                let before = Touched {
+                    version: touched.version,
+                    data: std::mem::replace(&mut touched.data, data),
+                    changed: touched.changed,
+                };
                 touched.changed = true;
+                self.journal.push((key, Some(before)));
                 Ok(())
             }
             None => Err(StoreError::Failure(format!(
@@ -151,6 +191,7 @@ impl<'a, T: Table> Draft<'a, T> {
 
     /// The writes taken last went through: what was changed is now at its next version.
     pub(crate) fn committed(&mut self) {
+        self.journal.clear();
         for touched in self.touched.values_mut() {
             if touched.changed {
                 touched.version += 1;

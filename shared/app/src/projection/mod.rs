@@ -18,7 +18,7 @@ mod draft;
 pub mod rebuild;
 pub mod sales;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 
 use serde::{Deserialize, Serialize};
@@ -35,8 +35,9 @@ pub use rebuild::{Progress, rebuild};
 /// How long a processed record is kept: longer than SQS keeps a message (14 days), so any
 /// redelivery finds it. Positions catch anything older.
 const PROCESSED_TTL_SECONDS: i64 = 15 * 24 * 3600;
-/// Writes per transaction the projector aims under (DynamoDB takes 100).
-const CHUNK_WRITES: usize = 90;
+/// Writes each event costs the projector itself, per generation: its position and its
+/// processed record.
+const OWN_WRITES: usize = 2;
 /// Tries at a batch whose transactions lost a race.
 const PLANS: usize = 8;
 
@@ -44,6 +45,10 @@ const PLANS: usize = 8;
 pub trait Projection: Send + Sync + 'static {
     /// Names its queue, its items and its generations.
     const NAME: &'static str;
+
+    /// The most items one event may write: the projector keeps each transaction under the
+    /// store's limit with it.
+    const MAX_WRITES: usize;
 
     /// The events it is sent: its subscription's filter policy.
     fn filter() -> FilterPolicy;
@@ -174,12 +179,26 @@ impl<T: Table, P: Projection> Projector<T, P> {
             }
         }
         // Boxed: the applying future is deep, and callers' futures stay small.
-        if let Err(e) = Box::pin(self.apply_streams(streams, None)).await {
-            crate::metrics::batch_failed(P::NAME);
-            tracing::warn!(projection = P::NAME, error = %e, "batch not applied; will retry");
-            for verdict in &mut verdicts {
-                if *verdict == Verdict::Done {
-                    *verdict = Verdict::Later;
+        match Box::pin(self.apply_streams(streams, None)).await {
+            Ok(refused) => {
+                // Only the messages of a stream the projection refused stay behind.
+                for (delivery, verdict) in deliveries.iter().zip(verdicts.iter_mut()) {
+                    let stream = serde_json::from_str::<Envelope<serde::de::IgnoredAny>>(
+                        &delivery.message.body,
+                    )
+                    .map(|e| e.stream());
+                    if stream.is_ok_and(|s| refused.contains(&s)) {
+                        *verdict = Verdict::Poison;
+                    }
+                }
+            }
+            Err(e) => {
+                crate::metrics::batch_failed(P::NAME);
+                tracing::warn!(projection = P::NAME, error = %e, "batch not applied; will retry");
+                for verdict in &mut verdicts {
+                    if *verdict == Verdict::Done {
+                        *verdict = Verdict::Later;
+                    }
                 }
             }
         }
@@ -187,12 +206,14 @@ impl<T: Table, P: Projection> Projector<T, P> {
     }
 
     /// Brings every stream up to the highest version given for it, in every generation served
-    /// (or only in `only`, for a rebuild).
+    /// (or only in `only`, for a rebuild). Returns the streams the projection refused an event
+    /// of (a [`StoreError::Failure`] from [`Projection::apply`]): they stop at that event, and
+    /// the others go on.
     pub(crate) async fn apply_streams(
         &self,
         mut streams: BTreeMap<String, Vec<Envelope<Value>>>,
         only: Option<u32>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<BTreeSet<String>, StoreError> {
         for events in streams.values_mut() {
             events.sort_by_key(|e| e.aggregate_version);
             events.dedup_by_key(|e| e.aggregate_version);
@@ -205,7 +226,7 @@ impl<T: Table, P: Projection> Projector<T, P> {
                 None => meta.generations.targets(),
             };
             match self.apply_once(&meta, &generations, &streams).await {
-                Ok(()) => return Ok(()),
+                Ok(refused) => return Ok(refused),
                 // A race lost (another projector, a rebuild, a generation switch): plan again.
                 Err(StoreError::ConditionFailed { index }) => {
                     last = StoreError::Busy(format!("a race lost on write {index}"));
@@ -221,8 +242,17 @@ impl<T: Table, P: Projection> Projector<T, P> {
         meta: &Meta,
         generations: &[u32],
         streams: &BTreeMap<String, Vec<Envelope<Value>>>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<BTreeSet<String>, StoreError> {
         let mut chunk = Chunk::new(&self.table, P::NAME, meta);
+        let mut refused = BTreeSet::new();
+        // What one event may add, in every generation, plus the chunk's generation check.
+        let per_event = generations.len() * (P::MAX_WRITES + OWN_WRITES);
+        if per_event + 1 > self.table.max_transaction_writes() {
+            return Err(StoreError::Failure(format!(
+                "an event of {} may need {per_event} writes, more than a transaction takes",
+                P::NAME
+            )));
+        }
         for (stream, given) in streams {
             let Some(newest) = given.last() else { continue };
             let mut positions = Vec::with_capacity(generations.len());
@@ -235,28 +265,55 @@ impl<T: Table, P: Projection> Projector<T, P> {
             }
             let events = self.events_between(stream, from, given).await?;
             for event in &events {
-                for (position, &generation) in positions.iter_mut().zip(generations) {
-                    if event.aggregate_version != position.applied + 1 {
-                        continue;
-                    }
-                    chunk.draft.generation = generation;
-                    P::apply(&mut chunk.draft, event).await?;
-                    chunk.processed(P::NAME, generation, event)?;
-                    if generation == meta.generations.active {
-                        chunk.first_applied(event);
-                    }
-                    position.applied = event.aggregate_version;
-                    chunk.moved(position);
-                }
-                if chunk.full() {
+                if chunk.len() + per_event > self.table.max_transaction_writes() {
                     chunk.commit().await?;
                     for position in &mut positions {
                         position.committed();
                     }
                 }
+                let mark = chunk.mark(&positions);
+                match self
+                    .apply_event(&mut chunk, &mut positions, generations, meta, event)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(StoreError::Failure(why)) => {
+                        tracing::error!(projection = P::NAME, %stream, version = event.aggregate_version, %why, "event refused; its stream stops here");
+                        chunk.rollback(mark, &mut positions);
+                        refused.insert(stream.clone());
+                        break;
+                    }
+                    Err(other) => return Err(other),
+                }
             }
         }
-        chunk.commit().await
+        chunk.commit().await?;
+        Ok(refused)
+    }
+
+    /// Applies one event in each generation still before it.
+    async fn apply_event(
+        &self,
+        chunk: &mut Chunk<'_, T>,
+        positions: &mut [Position],
+        generations: &[u32],
+        meta: &Meta,
+        event: &Envelope<Value>,
+    ) -> Result<(), StoreError> {
+        for (position, &generation) in positions.iter_mut().zip(generations) {
+            if event.aggregate_version != position.applied + 1 {
+                continue;
+            }
+            chunk.draft.generation = generation;
+            P::apply(&mut chunk.draft, event).await?;
+            chunk.processed(P::NAME, generation, event)?;
+            if generation == meta.generations.active {
+                chunk.first_applied(event);
+            }
+            position.applied = event.aggregate_version;
+            chunk.moved(position);
+        }
+        Ok(())
     }
 
     /// The stream's events after version `from` up to the newest given, in order and without
@@ -426,8 +483,26 @@ impl<'a, T: Table> Chunk<'a, T> {
         self.draft.len() + self.positions.len() + self.processed.len() + 1
     }
 
-    fn full(&self) -> bool {
-        self.len() >= CHUNK_WRITES
+    /// Where the chunk stands before an event, to undo that event alone.
+    fn mark(&mut self, positions: &[Position]) -> ChunkMark {
+        ChunkMark {
+            draft: self.draft.mark(),
+            positions: self.positions.clone(),
+            processed: self.processed.len(),
+            recorded: self.recorded_at_ms.len(),
+            applied: positions.iter().map(|p| (p.applied, p.moved)).collect(),
+        }
+    }
+
+    fn rollback(&mut self, mark: ChunkMark, positions: &mut [Position]) {
+        self.draft.rollback(mark.draft);
+        self.positions = mark.positions;
+        self.processed.truncate(mark.processed);
+        self.recorded_at_ms.truncate(mark.recorded);
+        for (position, (applied, moved)) in positions.iter_mut().zip(mark.applied) {
+            position.applied = applied;
+            position.moved = moved;
+        }
     }
 
     async fn commit(&mut self) -> Result<(), StoreError> {
@@ -453,6 +528,15 @@ impl<'a, T: Table> Chunk<'a, T> {
         self.recorded_at_ms.clear();
         Ok(())
     }
+}
+
+/// A chunk as it was before an event.
+struct ChunkMark {
+    draft: draft::Mark,
+    positions: BTreeMap<String, Write>,
+    processed: usize,
+    recorded: usize,
+    applied: Vec<(u64, bool)>,
 }
 
 fn meta_key_of<T: Table>(draft: &Draft<'_, T>) -> (String, String) {

@@ -111,9 +111,16 @@ async fn apply<T: Table, P: Projection>(
     if pending.is_empty() {
         return Ok(());
     }
-    projector
+    let refused = projector
         .apply_streams(std::mem::take(pending), Some(generation))
-        .await
+        .await?;
+    match refused.first() {
+        None => Ok(()),
+        Some(stream) => Err(StoreError::Failure(format!(
+            "{} refused an event of {stream}; fix it, then run the rebuild again",
+            P::NAME
+        ))),
+    }
 }
 
 /// Opens a new generation for the rebuild, or resumes the one an earlier rebuild left open.

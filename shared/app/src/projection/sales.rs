@@ -30,6 +30,8 @@ pub struct SalesRow {
 
 impl Projection for Sales {
     const NAME: &'static str = "sales";
+    /// A row per line.
+    const MAX_WRITES: usize = commerce_domain::MAX_LINES;
 
     fn filter() -> FilterPolicy {
         FilterPolicy(

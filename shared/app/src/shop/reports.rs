@@ -4,9 +4,7 @@
 use serde::de::DeserializeOwned;
 
 use super::{Caller, Role, Shop};
-use crate::projection::audit::{
-    Audit, AuditEntry, AuditFilter, aggregate_partition, day_partition, entries_from,
-};
+use crate::projection::audit::{Audit, AuditEntry, AuditFilter, day_partition, entries_from};
 use crate::projection::sales::{self, Sales, SalesRow};
 use crate::projection::{Projection, active_generation, partition};
 use crate::table::{Query, StoreError};
@@ -38,7 +36,15 @@ pub struct AuditQuery {
 struct Source {
     label: String,
     pk: String,
+    /// Only sort keys starting with this.
+    prefix: &'static str,
+    /// Sorted by time (an audit day), so reading may start at a time and stop past one; an
+    /// event stream is sorted by version instead.
+    by_time: bool,
 }
+
+/// The aggregate types whose streams the audit trail reads.
+const AGGREGATE_TYPES: [&str; 4] = ["product", "inventory", "reservation", "order"];
 
 impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     /// The shop's events with their envelopes, oldest first. Operators and admins only.
@@ -56,11 +62,27 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         let tenant = caller.tenant.as_str();
         let generation = active_generation::<Audit, _>(&self.table).await?;
         let at = |rest: &str| partition(tenant, Audit::NAME, generation, rest);
+        if let Some(kind) = &query.filter.aggregate_type
+            && !AGGREGATE_TYPES.contains(&kind.as_str())
+        {
+            return Err(AppError::BadRequest(format!(
+                "aggregate_type is one of {}",
+                AGGREGATE_TYPES.join(", ")
+            )));
+        }
         let sources = match (&query.filter.aggregate_type, &query.filter.aggregate_id) {
-            (Some(kind), Some(id)) => vec![Source {
-                label: "aggregate".into(),
-                pk: at(&aggregate_partition(kind, id)),
-            }],
+            // One aggregate's history is its event stream: read it there, in version order.
+            (Some(kind), Some(id)) => {
+                if id.is_empty() || id.contains('#') {
+                    return Err(AppError::BadRequest("aggregate_id is malformed".into()));
+                }
+                vec![Source {
+                    label: "aggregate".into(),
+                    pk: crate::keys::stream(tenant, kind, id),
+                    prefix: crate::keys::EVENT_PREFIX,
+                    by_time: false,
+                }]
+            }
             (None, Some(_)) => {
                 return Err(AppError::BadRequest(
                     "aggregate_id needs aggregate_type".into(),
@@ -77,6 +99,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     .map(|date| Source {
                         pk: at(&day_partition(&date)),
                         label: date,
+                        prefix: "",
+                        by_time: true,
                     })
                     .collect()
             }
@@ -90,10 +114,10 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 query.cursor.as_deref(),
                 query.limit,
                 Some(entries_from(from)),
-                move |entry: &AuditEntry| {
+                move |entry: &AuditEntry, by_time: bool| {
                     let at = entry.occurred_at_ms().unwrap_or(i64::MIN);
-                    match at < to {
-                        true => Keep::Take(filter.admits(entry) && at >= from),
+                    match at < to || !by_time {
+                        true => Keep::Take(filter.admits(entry) && at >= from && at < to),
                         false => Keep::Stop,
                     }
                 },
@@ -142,10 +166,12 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     &sales::day_partition(&date),
                 ),
                 label: date,
+                prefix: "",
+                by_time: true,
             })
             .collect();
         let list = format!("{tenant}#sales");
-        self.read_sources(&list, &sources, cursor, limit, None, |_: &SalesRow| {
+        self.read_sources(&list, &sources, cursor, limit, None, |_: &SalesRow, _| {
             Keep::Take(true)
         })
         .await
@@ -159,7 +185,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         cursor: Option<&str>,
         limit: Option<usize>,
         start_after: Option<String>,
-        keep: impl Fn(&V) -> Keep,
+        keep: impl Fn(&V, bool) -> Keep,
     ) -> Result<ListPage<V>, AppError> {
         let limit = super::page_limit(limit);
         let resume = cursor
@@ -189,7 +215,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             } else {
                 None
             };
-            if after.is_none() {
+            if after.is_none() && source.by_time {
                 after.clone_from(&start_after);
             }
             'source: loop {
@@ -197,7 +223,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     .table
                     .query(Query {
                         pk: &source.pk,
-                        prefix: "",
+                        prefix: source.prefix,
                         after: after.as_deref(),
                         limit: (limit - items.len()).clamp(1, 100),
                         descending: false,
@@ -209,7 +235,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     })?;
                     budget = budget.saturating_sub(1);
                     after = Some(item.sk.clone());
-                    match keep(&value) {
+                    match keep(&value, source.by_time) {
                         Keep::Take(true) => items.push(value),
                         Keep::Take(false) => {}
                         Keep::Stop => break 'source,
