@@ -304,7 +304,7 @@ async fn sales_report<T: Table, P: PaymentGateway, C: Clock>(
         .await?))
 }
 
-#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "The event pipeline's counters and latency histogram, in Prometheus' text format", content_type = "text/plain"), (status = 403, description = "Only operators read metrics", body = Problem, content_type = "application/problem+json")))]
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, description = "The event pipeline's counters and latency histogram for the caller's shop, in Prometheus' text format", content_type = "text/plain"), (status = 403, description = "Only operators read metrics", body = Problem, content_type = "application/problem+json")))]
 async fn metrics(Authenticated(caller): Authenticated) -> Answer {
     if !caller.has(Role::Ops) {
         return Err(commerce_app::AppError::Forbidden("read metrics").into());
@@ -314,7 +314,7 @@ async fn metrics(Authenticated(caller): Authenticated) -> Answer {
             axum::http::header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        commerce_app::metrics::render(),
+        commerce_app::metrics::render(caller.tenant.as_str()),
     )
         .into_response())
 }

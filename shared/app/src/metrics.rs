@@ -1,6 +1,7 @@
 //! What the event pipeline has done in this process, for operators and the load benchmark:
 //! events published, events applied per projection, and how long an event took from being
-//! recorded to being applied. Rendered in Prometheus' text format by `GET /metrics`.
+//! recorded to being applied. Kept per tenant, and rendered in Prometheus' text format by
+//! `GET /metrics` for the caller's tenant only: one shop's volume is not another's business.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -37,33 +38,40 @@ impl Histogram {
     }
 }
 
+/// One tenant's figures.
 #[derive(Debug, Default)]
-struct Registry {
+struct Figures {
     published: u64,
     applied: BTreeMap<&'static str, u64>,
     failed_batches: BTreeMap<&'static str, u64>,
     latency: BTreeMap<&'static str, Histogram>,
 }
 
+type Registry = BTreeMap<String, Figures>;
+
 fn registry() -> &'static Mutex<Registry> {
     static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
     REGISTRY.get_or_init(Mutex::default)
 }
 
-fn with<R>(f: impl FnOnce(&mut Registry) -> R) -> R {
+fn with<R>(tenant: &str, f: impl FnOnce(&mut Figures) -> R) -> R {
     let mut guard = registry()
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    f(&mut guard)
+    if !guard.contains_key(tenant) {
+        guard.insert(tenant.to_owned(), Figures::default());
+    }
+    let mut none = Figures::default();
+    f(guard.get_mut(tenant).unwrap_or(&mut none))
 }
 
-pub fn published(events: usize) {
-    with(|r| r.published += events as u64);
+pub fn published(tenant: &str, events: usize) {
+    with(tenant, |r| r.published += events as u64);
 }
 
-/// Events a projection applied for the first time, with when each was recorded.
-pub fn applied(projection: &'static str, recorded_at_ms: &[i64], now_ms: i64) {
-    with(|r| {
+/// Events of a tenant a projection applied for the first time, with when each was recorded.
+pub fn applied(tenant: &str, projection: &'static str, recorded_at_ms: &[i64], now_ms: i64) {
+    with(tenant, |r| {
         *r.applied.entry(projection).or_default() += recorded_at_ms.len() as u64;
         let histogram = r.latency.entry(projection).or_default();
         for at in recorded_at_ms {
@@ -72,13 +80,15 @@ pub fn applied(projection: &'static str, recorded_at_ms: &[i64], now_ms: i64) {
     });
 }
 
-pub fn batch_failed(projection: &'static str) {
-    with(|r| *r.failed_batches.entry(projection).or_default() += 1);
+pub fn batch_failed(tenant: &str, projection: &'static str) {
+    with(tenant, |r| {
+        *r.failed_batches.entry(projection).or_default() += 1
+    });
 }
 
-/// Everything in Prometheus' text exposition format.
-pub fn render() -> String {
-    with(|r| {
+/// One tenant's figures in Prometheus' text exposition format.
+pub fn render(tenant: &str) -> String {
+    with(tenant, |r| {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -132,8 +142,12 @@ pub fn render() -> String {
 mod tests {
     #[test]
     fn latencies_land_in_cumulative_buckets() {
-        super::applied("test-projection", &[1000, 996, 900], 1000);
-        let text = super::render();
+        super::applied("acme", "test-projection", &[1000, 996, 900], 1000);
+        let text = super::render("acme");
+        assert!(
+            !super::render("globex").contains("test-projection"),
+            "another tenant sees none of it"
+        );
         assert!(
             text.contains(
                 r#"commerce_commit_to_apply_ms_bucket{projection="test-projection",le="1"} 1"#

@@ -60,8 +60,16 @@ pub async fn publish_pending<F: ChangeFeed, T: crate::bus::Topic>(
         .iter()
         .map(|e| crate::bus::Message::for_event(&e.envelope))
         .collect::<Result<Vec<_>, _>>()?;
+    let mut per_tenant: std::collections::BTreeMap<String, usize> = Default::default();
+    for message in &messages {
+        if let Some(tenant) = message.attributes.get(crate::bus::TENANT) {
+            *per_tenant.entry(tenant.clone()).or_default() += 1;
+        }
+    }
     topic.publish(messages).await?;
     feed.acknowledge(&last).await?;
-    crate::metrics::published(events.len());
+    for (tenant, n) in per_tenant {
+        crate::metrics::published(&tenant, n);
+    }
     Ok(events.len())
 }

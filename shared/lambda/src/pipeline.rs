@@ -68,25 +68,24 @@ impl StreamRecord {
     }
 }
 
-/// Publishes the records' events in order. At the first chunk that fails (or the first record
-/// that cannot be read), that record is reported failed: the mapping retries from there,
-/// bisecting a batch that keeps failing, and the records before it are not published again.
+/// Publishes the records' events in order. At the first chunk that fails, that chunk's first
+/// record is reported failed: the mapping retries from there (for as long as the stream keeps
+/// it), and the records before it are not published again. A record that cannot be read is
+/// logged and skipped rather than retried: it would hold back every event behind it, and the
+/// event itself stays in the table for a rebuild to read.
 pub async fn publish_records<T: Topic>(topic: &T, event: StreamEvent) -> DynamoDbEventResponse {
     let mut messages: Vec<(String, Message)> = Vec::with_capacity(event.records.len());
-    let mut unreadable = None;
     for record in &event.records {
         match record.envelope() {
             Some(Ok(message)) => messages.push((record.sequence_number(), message)),
             Some(Err(why)) => {
-                tracing::error!(sequence = %record.sequence_number(), %why, "unreadable event record");
-                unreadable = Some(record.sequence_number());
-                break;
+                tracing::error!(sequence = %record.sequence_number(), %why, "unreadable event record skipped");
             }
             None => {}
         }
     }
     let mut response = DynamoDbEventResponse::default();
-    if let Some(sequence) = publish_in_order(topic, &messages).await.or(unreadable) {
+    if let Some(sequence) = publish_in_order(topic, &messages).await {
         let mut failure = DynamoDbBatchItemFailure::default();
         failure.item_identifier = Some(sequence);
         response.batch_item_failures.push(failure);
@@ -102,7 +101,11 @@ async fn publish_in_order<T: Topic>(topic: &T, messages: &[(String, Message)]) -
             tracing::warn!(error = %e, "publishing failed; the stream will retry");
             return chunk.first().map(|(sequence, _)| sequence.clone());
         }
-        commerce_app::metrics::published(chunk.len());
+        for (_, message) in chunk {
+            if let Some(tenant) = message.attributes.get(commerce_app::bus::TENANT) {
+                commerce_app::metrics::published(tenant, 1);
+            }
+        }
     }
     None
 }

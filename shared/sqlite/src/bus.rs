@@ -437,7 +437,7 @@ impl SqliteQueue {
                 hold(sp, &name, &moved, now)?;
                 if let Some((dead_letters, max_receives)) = &redrive {
                     sp.prepare_cached(
-                        "UPDATE bus_held SET queue = ?1, receives = 0, receipt = NULL
+                        "UPDATE bus_held SET queue = ?1, receipt = NULL
                          WHERE queue = ?2 AND visible_at <= ?3 AND receives >= ?4",
                     )?
                     .execute(params![dead_letters, name, now, max_receives])?;

@@ -62,6 +62,7 @@ macro_rules! table_contract {
             a_rebuild_while_events_keep_coming_equals_the_live_model,
             a_batch_of_large_orders_keeps_each_transaction_within_the_store,
             a_refused_event_holds_back_only_its_own_stream,
+            an_audit_cursor_goes_on_however_late_the_next_page,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {

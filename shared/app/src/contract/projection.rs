@@ -372,3 +372,61 @@ pub async fn a_refused_event_holds_back_only_its_own_stream<T: Table + Clone>(ta
     assert_eq!(units.get("G0"), Some(&1));
     assert_eq!(units.get("G1"), Some(&1));
 }
+
+pub async fn an_audit_cursor_goes_on_however_late_the_next_page<T: Table + Clone>(table: &T) {
+    use crate::contract::HandClock;
+    use crate::shop::AuditQuery;
+    use crate::{Caller, Role, SandboxPayments, Shop, ShopConfig};
+    use commerce_domain::{CustomerId, TenantId};
+    receipts(table, "night", 3).await;
+    let projector = Projector::<T, Audit>::new(table.clone());
+    let delivered = projector.handle(&deliveries(table, "night").await).await;
+    assert_eq!(delivered, vec![Verdict::Done; 3]);
+    let clock = HandClock::new();
+    let shop = Shop::new(
+        table.clone(),
+        SandboxPayments::default(),
+        clock.clone(),
+        ShopConfig::default(),
+    );
+    let ops = Caller {
+        tenant: TenantId::parse("acme").unwrap(),
+        subject: CustomerId::parse("ops-1").unwrap(),
+        roles: vec![Role::Ops],
+        correlation_id: "c".into(),
+    };
+    let page = |cursor: Option<String>| AuditQuery {
+        cursor,
+        limit: Some(1),
+        ..AuditQuery::default()
+    };
+    let first = shop.audit(&ops, page(None)).await.unwrap();
+    let mut versions = Vec::new();
+    let mut cursor = None;
+    loop {
+        let got = shop.audit(&ops, page(cursor)).await.unwrap();
+        versions.extend(got.items.iter().map(|e| e.aggregate_version));
+        match got.next_cursor {
+            // The reader comes back days later: the default week has moved on, the cursor has not.
+            Some(next) => {
+                clock.advance(8 * 86_400_000);
+                cursor = Some(next);
+            }
+            None => break,
+        }
+    }
+    assert_eq!(versions, vec![1, 2, 3]);
+    // A cursor is bound to its filters too.
+    let other = AuditQuery {
+        cursor: first.next_cursor,
+        filter: crate::projection::audit::AuditFilter {
+            actor: Some("someone".into()),
+            ..Default::default()
+        },
+        ..AuditQuery::default()
+    };
+    assert!(matches!(
+        shop.audit(&ops, other).await,
+        Err(crate::AppError::BadRequest(_))
+    ));
+}

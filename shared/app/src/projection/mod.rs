@@ -193,7 +193,10 @@ impl<T: Table, P: Projection> Projector<T, P> {
                 }
             }
             Err(e) => {
-                crate::metrics::batch_failed(P::NAME);
+                let tenants: BTreeSet<&str> = streams_tenants(deliveries);
+                for tenant in tenants {
+                    crate::metrics::batch_failed(tenant, P::NAME);
+                }
                 tracing::warn!(projection = P::NAME, error = %e, "batch not applied; will retry");
                 for verdict in &mut verdicts {
                     if *verdict == Verdict::Done {
@@ -410,8 +413,8 @@ struct Chunk<'a, T> {
     meta: Meta,
     positions: BTreeMap<String, Write>,
     processed: Vec<Write>,
-    /// When the events this chunk applies to the readers' generation were recorded.
-    recorded_at_ms: Vec<i64>,
+    /// Whose events this chunk applies to the readers' generation, and when they were recorded.
+    recorded_at_ms: Vec<(String, i64)>,
 }
 
 impl<'a, T: Table> Chunk<'a, T> {
@@ -427,7 +430,7 @@ impl<'a, T: Table> Chunk<'a, T> {
 
     fn first_applied(&mut self, event: &Envelope<Value>) {
         if let Some(at) = event.occurred_at_ms() {
-            self.recorded_at_ms.push(at);
+            self.recorded_at_ms.push((event.tenant.clone(), at));
         }
     }
 
@@ -524,10 +527,29 @@ impl<'a, T: Table> Chunk<'a, T> {
         self.draft.table().transact(writes).await?;
         self.draft.committed();
         let now = crate::clock::SystemClock.now_ms();
-        crate::metrics::applied(self.draft.projection(), &self.recorded_at_ms, now);
+        let mut by_tenant: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+        for (tenant, at) in &self.recorded_at_ms {
+            by_tenant.entry(tenant).or_default().push(*at);
+        }
+        for (tenant, recorded) in by_tenant {
+            crate::metrics::applied(tenant, self.draft.projection(), &recorded, now);
+        }
         self.recorded_at_ms.clear();
         Ok(())
     }
+}
+
+/// The tenants whose events a batch carries.
+fn streams_tenants(deliveries: &[Delivery]) -> BTreeSet<&str> {
+    deliveries
+        .iter()
+        .filter_map(|d| {
+            d.message
+                .attributes
+                .get(crate::bus::TENANT)
+                .map(String::as_str)
+        })
+        .collect()
 }
 
 /// A chunk as it was before an event.

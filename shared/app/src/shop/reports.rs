@@ -54,12 +54,28 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         query: AuditQuery,
     ) -> Result<ListPage<AuditEvent>, AppError> {
         caller.require(&[Role::Ops, Role::Admin], "read the audit trail")?;
-        let to = query.to_ms.unwrap_or_else(|| self.now_ms() + 1);
-        let from = query.from_ms.unwrap_or(to - 7 * DAY_MS);
+        let tenant = caller.tenant.as_str();
+        // A cursor is bound to the filters, and carries the time range its first page resolved,
+        // so paging through a default range goes on past midnight.
+        let f = &query.filter;
+        let list = format!(
+            "{tenant}#audit#{}#{}#{}#{}",
+            f.aggregate_type.as_deref().unwrap_or_default(),
+            f.aggregate_id.as_deref().unwrap_or_default(),
+            f.actor.as_deref().unwrap_or_default(),
+            f.event_type.as_deref().unwrap_or_default()
+        );
+        let resume = self.page_position(&list, query.cursor.as_deref())?;
+        let (from, to) = match &resume {
+            Some(r) => r.range()?,
+            None => {
+                let to = query.to_ms.unwrap_or_else(|| self.now_ms() + 1);
+                (query.from_ms.unwrap_or(to - 7 * DAY_MS), to)
+            }
+        };
         if from >= to {
             return Err(AppError::BadRequest("from must be before to".into()));
         }
-        let tenant = caller.tenant.as_str();
         let generation = active_generation::<Audit, _>(&self.table).await?;
         let at = |rest: &str| partition(tenant, Audit::NAME, generation, rest);
         if let Some(kind) = &query.filter.aggregate_type
@@ -106,12 +122,12 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             }
         };
         let filter = query.filter.clone();
-        let list = format!("{tenant}#audit");
         let page = self
             .read_sources(
                 &list,
+                &format!("{from}:{to}"),
                 &sources,
-                query.cursor.as_deref(),
+                resume,
                 query.limit,
                 Some(entries_from(from)),
                 move |entry: &AuditEntry, by_time: bool| {
@@ -140,11 +156,20 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         limit: Option<usize>,
     ) -> Result<ListPage<SalesRow>, AppError> {
         caller.require(&[Role::Ops], "read sales reports")?;
-        let today = day(self.now_ms());
-        let to = parse_day(to.unwrap_or(&today))?;
-        let from = match from {
-            Some(from) => parse_day(from)?,
-            None => to,
+        let tenant = caller.tenant.as_str();
+        let list = format!("{tenant}#sales");
+        let resume = self.page_position(&list, cursor)?;
+        let (from, to) = match &resume {
+            Some(r) => r.range()?,
+            None => {
+                let today = day(self.now_ms());
+                let to = parse_day(to.unwrap_or(&today))?;
+                let from = match from {
+                    Some(from) => parse_day(from)?,
+                    None => to,
+                };
+                (from, to)
+            }
         };
         if from > to {
             return Err(AppError::BadRequest("from must not be after to".into()));
@@ -154,7 +179,6 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 "a report covers at most {MAX_REPORT_DAYS} days"
             )));
         }
-        let tenant = caller.tenant.as_str();
         let generation = active_generation::<Sales, _>(&self.table).await?;
         let sources: Vec<Source> = days(from, to)
             .into_iter()
@@ -170,34 +194,54 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 by_time: true,
             })
             .collect();
-        let list = format!("{tenant}#sales");
-        self.read_sources(&list, &sources, cursor, limit, None, |_: &SalesRow, _| {
-            Keep::Take(true)
-        })
+        let scope = format!("{from}:{to}");
+        self.read_sources(
+            &list,
+            &scope,
+            &sources,
+            resume,
+            limit,
+            None,
+            |_: &SalesRow, _| Keep::Take(true),
+        )
         .await
     }
 
-    /// Reads `sources` in order from where `cursor` left off, keeping what `keep` takes.
+    /// Where a cursor given out for `list` resumes.
+    fn page_position(&self, list: &str, cursor: Option<&str>) -> Result<Option<Resume>, AppError> {
+        let Some(cursor) = cursor else {
+            return Ok(None);
+        };
+        let position = self.config.cursors.open(list, cursor)?;
+        let mut parts = position.splitn(3, '\u{1f}');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(scope), Some(label), Some(sk)) => Ok(Some(Resume {
+                scope: scope.to_owned(),
+                label: label.to_owned(),
+                sk: sk.to_owned(),
+            })),
+            _ => Err(AppError::BadRequest(
+                "cursor is not one this API gave out".into(),
+            )),
+        }
+    }
+
+    /// Reads `sources` in order from where `resume` left off, keeping what `keep` takes. Next
+    /// cursors carry `scope` (the resolved range) for the next page to reuse.
+    #[allow(clippy::too_many_arguments)]
     async fn read_sources<V: DeserializeOwned>(
         &self,
         list: &str,
+        scope: &str,
         sources: &[Source],
-        cursor: Option<&str>,
+        resume: Option<Resume>,
         limit: Option<usize>,
         start_after: Option<String>,
         keep: impl Fn(&V, bool) -> Keep,
     ) -> Result<ListPage<V>, AppError> {
         let limit = super::page_limit(limit);
-        let resume = cursor
-            .map(|c| self.config.cursors.open(list, c))
-            .transpose()?;
-        let (resume_label, resume_after) = match &resume {
-            Some(position) => {
-                let (label, sk) = position.split_once('\u{1f}').ok_or_else(|| {
-                    AppError::BadRequest("cursor is not one this API gave out".into())
-                })?;
-                (Some(label.to_owned()), Some(sk.to_owned()))
-            }
+        let (resume_label, resume_after) = match resume {
+            Some(r) => (Some(r.label), Some(r.sk)),
             None => (None, None),
         };
         let first = match &resume_label {
@@ -241,7 +285,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                         Keep::Stop => break 'source,
                     }
                     if items.len() == limit || budget == 0 {
-                        let position = format!("{}\u{1f}{}", source.label, item.sk);
+                        let position = format!("{scope}\u{1f}{}\u{1f}{}", source.label, item.sk);
                         return Ok(ListPage {
                             items,
                             next_cursor: Some(self.config.cursors.seal(list, &position)),
@@ -257,6 +301,23 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             items,
             next_cursor: None,
         })
+    }
+}
+
+/// Where a page resumes: the range the first page resolved, the partition and the sort key.
+struct Resume {
+    scope: String,
+    label: String,
+    sk: String,
+}
+
+impl Resume {
+    /// The `from:to` range, in Unix milliseconds.
+    fn range(&self) -> Result<(i64, i64), AppError> {
+        self.scope
+            .split_once(':')
+            .and_then(|(from, to)| Some((from.parse().ok()?, to.parse().ok()?)))
+            .ok_or_else(|| AppError::BadRequest("cursor is not one this API gave out".into()))
     }
 }
 
