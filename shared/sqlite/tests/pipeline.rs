@@ -10,7 +10,7 @@ use commerce_app::bus::{FilterPolicy, Queue, redrive};
 use commerce_app::event_store::{Changes, Envelope, Origin, load};
 use commerce_app::outbox::publish_pending;
 use commerce_app::projection::audit::Audit;
-use commerce_app::projection::{Draft, Projection, Projector, consume_once, subscription};
+use commerce_app::projection::{Draft, Event, Projection, Projector, consume_once, subscription};
 use commerce_app::table::{Query, StoreError, Table};
 use commerce_domain::{Inventory, Quantity};
 use commerce_sqlite::{SqliteBus, SqliteTable};
@@ -30,10 +30,7 @@ impl Projection for Flaky {
         FilterPolicy::default()
     }
 
-    async fn apply<T: Table>(
-        draft: &mut Draft<'_, T>,
-        event: &Envelope<Value>,
-    ) -> Result<(), StoreError> {
+    async fn apply<T: Table>(draft: &mut Draft<'_, T>, event: &Event) -> Result<(), StoreError> {
         if BROKEN.load(Ordering::SeqCst) {
             FAILURES.fetch_add(1, Ordering::SeqCst);
             return Err(StoreError::Failure(

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Draft, Projection};
+use super::{Draft, Event, Projection};
 use crate::bus::FilterPolicy;
 use crate::event_store::Envelope;
 use crate::table::{StoreError, Table};
@@ -25,10 +25,7 @@ impl Projection for Audit {
         FilterPolicy::default()
     }
 
-    async fn apply<T: Table>(
-        draft: &mut Draft<'_, T>,
-        event: &Envelope<Value>,
-    ) -> Result<(), StoreError> {
+    async fn apply<T: Table>(draft: &mut Draft<'_, T>, event: &Event) -> Result<(), StoreError> {
         let at = event
             .occurred_at_ms()
             .ok_or_else(|| StoreError::Failure(format!("event {} has no valid time", event.id)))?;

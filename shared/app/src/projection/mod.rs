@@ -18,8 +18,9 @@ mod draft;
 pub mod rebuild;
 pub mod sales;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -30,6 +31,10 @@ use crate::event_store::{Envelope, read_events_after};
 use crate::table::{Condition, Item, StoreError, Table, Write};
 
 pub use draft::Draft;
+
+/// An event as projectors take it: the envelope read, its data left as the JSON it came as,
+/// for the projection that wants it to parse (most do not).
+pub type Event = Envelope<Box<serde_json::value::RawValue>>;
 pub use rebuild::{Progress, rebuild};
 
 /// How long a processed record is kept: longer than SQS keeps a message (14 days), so any
@@ -56,7 +61,7 @@ pub trait Projection: Send + Sync + 'static {
     /// Adds to `draft` what `event` changes in the read model (in `draft`'s generation).
     fn apply<T: Table>(
         draft: &mut Draft<'_, T>,
-        event: &Envelope<Value>,
+        event: &Event,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
 
@@ -143,6 +148,10 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct Projector<T, P> {
     table: T,
+    /// What this projector last read or wrote of positions and generations, shared by its
+    /// clones. Every commit's conditions check it, so a stale entry costs a lost race (and a
+    /// fresh read), never a wrong write.
+    known: Arc<Mutex<Known>>,
     _projection: std::marker::PhantomData<fn() -> P>,
 }
 
@@ -150,25 +159,49 @@ impl<T: Clone, P> Clone for Projector<T, P> {
     fn clone(&self) -> Self {
         Self {
             table: self.table.clone(),
+            known: self.known.clone(),
             _projection: std::marker::PhantomData,
         }
     }
+}
+
+/// Positions remembered at most; past it the memory starts over.
+const KNOWN_POSITIONS: usize = 100_000;
+
+#[derive(Debug, Default)]
+struct Known {
+    meta: Option<Meta>,
+    /// Position partition → (item version, version applied).
+    positions: HashMap<String, (u64, u64)>,
 }
 
 impl<T: Table, P: Projection> Projector<T, P> {
     pub fn new(table: T) -> Self {
         Self {
             table,
+            known: Arc::default(),
             _projection: std::marker::PhantomData,
         }
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn forget(&self) {
+        let mut known = self.known();
+        known.meta = None;
+        known.positions.clear();
     }
 
     /// Applies what `deliveries` carry; one verdict per delivery, in order.
     pub async fn handle(&self, deliveries: &[Delivery]) -> Vec<Verdict> {
         let mut verdicts = vec![Verdict::Done; deliveries.len()];
-        let mut streams: BTreeMap<String, Vec<Envelope<Value>>> = BTreeMap::new();
+        let mut streams: BTreeMap<String, Vec<Event>> = BTreeMap::new();
         for (n, delivery) in deliveries.iter().enumerate() {
-            match serde_json::from_str::<Envelope<Value>>(&delivery.message.body) {
+            match serde_json::from_str::<Event>(&delivery.message.body) {
                 Ok(event) => streams.entry(event.stream()).or_default().push(event),
                 Err(e) => {
                     tracing::error!(projection = P::NAME, error = %e, "not an event envelope");
@@ -214,7 +247,7 @@ impl<T: Table, P: Projection> Projector<T, P> {
     /// the others go on.
     pub(crate) async fn apply_streams(
         &self,
-        mut streams: BTreeMap<String, Vec<Envelope<Value>>>,
+        mut streams: BTreeMap<String, Vec<Event>>,
         only: Option<u32>,
     ) -> Result<BTreeSet<String>, StoreError> {
         for events in streams.values_mut() {
@@ -222,19 +255,36 @@ impl<T: Table, P: Projection> Projector<T, P> {
             events.dedup_by_key(|e| e.aggregate_version);
         }
         let mut last = StoreError::Busy("no plan tried".into());
-        for _ in 0..PLANS {
-            let meta = load_meta(&self.table, P::NAME).await?;
+        for plan in 0..PLANS {
+            // The first plan trusts what this projector knows; after a lost race, it reads.
+            let trusting = plan == 0;
+            let cached = if trusting { self.known().meta } else { None };
+            let meta = match cached {
+                Some(meta) => meta,
+                None => {
+                    let meta = load_meta(&self.table, P::NAME).await?;
+                    self.known().meta = Some(meta);
+                    meta
+                }
+            };
             let generations = match only {
                 Some(generation) => vec![generation],
                 None => meta.generations.targets(),
             };
-            match self.apply_once(&meta, &generations, &streams).await {
+            match self
+                .apply_once(&meta, &generations, &streams, trusting)
+                .await
+            {
                 Ok(refused) => return Ok(refused),
                 // A race lost (another projector, a rebuild, a generation switch): plan again.
                 Err(StoreError::ConditionFailed { index }) => {
+                    self.forget();
                     last = StoreError::Busy(format!("a race lost on write {index}"));
                 }
-                Err(e) => return Err(e),
+                Err(e) => {
+                    self.forget();
+                    return Err(e);
+                }
             }
         }
         Err(last)
@@ -244,10 +294,12 @@ impl<T: Table, P: Projection> Projector<T, P> {
         &self,
         meta: &Meta,
         generations: &[u32],
-        streams: &BTreeMap<String, Vec<Envelope<Value>>>,
+        streams: &BTreeMap<String, Vec<Event>>,
+        trusting: bool,
     ) -> Result<BTreeSet<String>, StoreError> {
         let mut chunk = Chunk::new(&self.table, P::NAME, meta);
         let mut refused = BTreeSet::new();
+        let mut learned: Vec<(String, (u64, u64))> = Vec::new();
         // What one event may add, in every generation, plus the chunk's generation check.
         let per_event = generations.len() * (P::MAX_WRITES + OWN_WRITES);
         if per_event + 1 > self.table.max_transaction_writes() {
@@ -260,7 +312,17 @@ impl<T: Table, P: Projection> Projector<T, P> {
             let Some(newest) = given.last() else { continue };
             let mut positions = Vec::with_capacity(generations.len());
             for &generation in generations {
-                positions.push(Position::load(&self.table, P::NAME, generation, newest).await?);
+                let pk = Position::key(P::NAME, generation, newest);
+                let known = self.known().positions.get(&pk).copied();
+                let first = given.first().map_or(0, |e| e.aggregate_version);
+                let position = match known {
+                    Some((version, applied)) if trusting => Position::at(pk, version, applied),
+                    // A stream seen from its first event most likely has no position yet: the
+                    // write's Absent condition tells if it had.
+                    None if trusting && first == 1 => Position::at(pk, 0, 0),
+                    _ => Position::load(&self.table, pk).await?,
+                };
+                positions.push(position);
             }
             let from = positions.iter().map(|p| p.applied).min().unwrap_or(0);
             if from >= newest.aggregate_version {
@@ -289,8 +351,17 @@ impl<T: Table, P: Projection> Projector<T, P> {
                     Err(other) => return Err(other),
                 }
             }
+            learned.extend(positions.iter().map(|p| {
+                let version = p.version + u64::from(p.moved);
+                (p.pk.clone(), (version, p.applied))
+            }));
         }
         chunk.commit().await?;
+        let mut known = self.known();
+        if known.positions.len() + learned.len() > KNOWN_POSITIONS {
+            known.positions.clear();
+        }
+        known.positions.extend(learned);
         Ok(refused)
     }
 
@@ -301,7 +372,7 @@ impl<T: Table, P: Projection> Projector<T, P> {
         positions: &mut [Position],
         generations: &[u32],
         meta: &Meta,
-        event: &Envelope<Value>,
+        event: &Event,
     ) -> Result<(), StoreError> {
         for (position, &generation) in positions.iter_mut().zip(generations) {
             if event.aggregate_version != position.applied + 1 {
@@ -325,10 +396,10 @@ impl<T: Table, P: Projection> Projector<T, P> {
         &self,
         stream: &str,
         from: u64,
-        given: &[Envelope<Value>],
-    ) -> Result<Vec<Envelope<Value>>, StoreError> {
+        given: &[Event],
+    ) -> Result<Vec<Event>, StoreError> {
         let newest = given.last().map_or(0, |e| e.aggregate_version);
-        let wanted: Vec<&Envelope<Value>> = given
+        let wanted: Vec<&Event> = given
             .iter()
             .filter(|e| e.aggregate_version > from)
             .collect();
@@ -339,7 +410,9 @@ impl<T: Table, P: Projection> Projector<T, P> {
         if contiguous {
             return Ok(wanted.into_iter().cloned().collect());
         }
-        let mut events = read_events_after::<Value, _>(&self.table, stream, from).await?;
+        let mut events =
+            read_events_after::<Box<serde_json::value::RawValue>, _>(&self.table, stream, from)
+                .await?;
         events.retain(|e| e.aggregate_version <= newest);
         if events.last().map(|e| e.aggregate_version) != Some(newest) {
             return Err(StoreError::Busy(format!(
@@ -362,7 +435,7 @@ struct Position {
 }
 
 impl Position {
-    fn key(name: &str, generation: u32, event: &Envelope<Value>) -> String {
+    fn key(name: &str, generation: u32, event: &Event) -> String {
         partition(
             &event.tenant,
             name,
@@ -371,13 +444,16 @@ impl Position {
         )
     }
 
-    async fn load<T: Table>(
-        table: &T,
-        name: &str,
-        generation: u32,
-        event: &Envelope<Value>,
-    ) -> Result<Self, StoreError> {
-        let pk = Self::key(name, generation, event);
+    fn at(pk: String, version: u64, applied: u64) -> Self {
+        Self {
+            pk,
+            version,
+            applied,
+            moved: false,
+        }
+    }
+
+    async fn load<T: Table>(table: &T, pk: String) -> Result<Self, StoreError> {
         let (version, applied) = match table.get(&pk, POSITION).await? {
             Some(item) => {
                 let applied: u64 = serde_json::from_slice::<Value>(&item.data)
@@ -428,18 +504,13 @@ impl<'a, T: Table> Chunk<'a, T> {
         }
     }
 
-    fn first_applied(&mut self, event: &Envelope<Value>) {
+    fn first_applied(&mut self, event: &Event) {
         if let Some(at) = event.occurred_at_ms() {
             self.recorded_at_ms.push((event.tenant.clone(), at));
         }
     }
 
-    fn processed(
-        &mut self,
-        name: &str,
-        generation: u32,
-        event: &Envelope<Value>,
-    ) -> Result<(), StoreError> {
+    fn processed(&mut self, name: &str, generation: u32, event: &Event) -> Result<(), StoreError> {
         let expires = crate::clock::now_seconds() + PROCESSED_TTL_SECONDS;
         self.processed.push(Write::Put {
             item: Item {

@@ -9,11 +9,8 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
-use super::{Generations, Projection, Projector, load_meta, meta_key};
+use super::{Event, Generations, Projection, Projector, load_meta, meta_key};
 use crate::bus::Message;
-use crate::event_store::Envelope;
 use crate::table::{Condition, Item, StoreError, Table, Write};
 
 /// Events read from the log per page, and applied per stream at a time.
@@ -67,7 +64,7 @@ pub async fn rebuild<P: Projection, T: Table + Clone>(
         elapsed: Duration::ZERO,
     };
     report(&progress);
-    let mut pending: BTreeMap<String, Vec<Envelope<Value>>> = BTreeMap::new();
+    let mut pending: BTreeMap<String, Vec<Event>> = BTreeMap::new();
     let mut after: Option<String> = None;
     loop {
         let page = table.scan_events(after.as_deref(), PAGE).await?;
@@ -82,7 +79,7 @@ pub async fn rebuild<P: Projection, T: Table + Clone>(
             if !pending.contains_key(&item.pk) && !pending.is_empty() {
                 apply(&projector, &mut pending, generation).await?;
             }
-            let event: Envelope<Value> = serde_json::from_slice(&item.data)
+            let event: Event = serde_json::from_slice(&item.data)
                 .map_err(|e| StoreError::Failure(format!("corrupt event in {}: {e}", item.pk)))?;
             let events = pending.entry(item.pk.clone()).or_default();
             events.push(event);
@@ -105,7 +102,7 @@ pub async fn rebuild<P: Projection, T: Table + Clone>(
 
 async fn apply<T: Table, P: Projection>(
     projector: &Projector<T, P>,
-    pending: &mut BTreeMap<String, Vec<Envelope<Value>>>,
+    pending: &mut BTreeMap<String, Vec<Event>>,
     generation: u32,
 ) -> Result<(), StoreError> {
     if pending.is_empty() {

@@ -3,11 +3,9 @@
 
 use commerce_domain::OrderEvent;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use super::{Draft, Projection};
+use super::{Draft, Event, Projection};
 use crate::bus::{AGGREGATE_TYPE, FilterPolicy};
-use crate::event_store::Envelope;
 use crate::table::{StoreError, Table};
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -41,16 +39,13 @@ impl Projection for Sales {
         )
     }
 
-    async fn apply<T: Table>(
-        draft: &mut Draft<'_, T>,
-        event: &Envelope<Value>,
-    ) -> Result<(), StoreError> {
+    async fn apply<T: Table>(draft: &mut Draft<'_, T>, event: &Event) -> Result<(), StoreError> {
         if event.event_type != "OrderPlaced" {
             return Ok(());
         }
         let Ok(OrderEvent::OrderPlaced {
             lines, placed_at, ..
-        }) = serde_json::from_value::<OrderEvent>(event.data.clone())
+        }) = serde_json::from_str::<OrderEvent>(event.data.get())
         else {
             return Err(StoreError::Failure(format!(
                 "event {} is not a readable OrderPlaced",
