@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use commerce_app::outbox::publish_pending;
 use commerce_app::projection::audit::Audit;
 use commerce_app::projection::sales::Sales;
 use commerce_app::projection::{Projection, Projector, consume_once};
@@ -18,7 +17,7 @@ const VISIBILITY: Duration = Duration::from_secs(30);
 const RECEIVE_WAIT: Duration = Duration::from_secs(1);
 /// Consumers per projection: each receives and applies its own batches, so their commits
 /// share the writer's group commits instead of waiting for one another.
-const WORKERS: usize = 4;
+const WORKERS: usize = 2;
 /// Pause after a failure before trying again.
 const BACKOFF: Duration = Duration::from_millis(200);
 
@@ -31,9 +30,13 @@ pub fn start(table: &SqliteTable, bus: &SqliteBus) {
 
 async fn publish(table: SqliteTable, bus: SqliteBus) {
     loop {
-        match publish_pending(&table, &bus, PUBLISH_BATCH).await {
+        match bus.publish_feed(PUBLISH_BATCH).await {
             // More may be waiting already: go on at once.
-            Ok(n) if n > 0 => {}
+            Ok(counts) if !counts.is_empty() => {
+                for (tenant, n) in counts {
+                    commerce_app::metrics::published(&tenant, n);
+                }
+            }
             Ok(_) => {
                 // A commit with events wakes this; the timeout covers one that raced the look.
                 let _ =

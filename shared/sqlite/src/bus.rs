@@ -212,6 +212,60 @@ impl SqliteBus {
     }
 }
 
+impl SqliteBus {
+    /// The local publisher: moves up to `limit` events from the table's change feed onto the
+    /// topic in one transaction (reading each event's routing attributes from its envelope),
+    /// and forgets them from the feed in the same transaction, so each event is published
+    /// exactly once, with no copy through this process. Returns how many, per tenant.
+    pub async fn publish_feed(&self, limit: usize) -> Result<Vec<(String, usize)>, BusError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let prune = self.prune.clone();
+        let counts: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
+        let out = counts.clone();
+        let published = self
+            .table
+            .run_task(Box::new(move |sp| {
+                let upto: Option<i64> = sp
+                    .prepare_cached("SELECT max(seq) FROM (SELECT seq FROM feed ORDER BY seq LIMIT ?1)")?
+                    .query_row(params![limit], |row| row.get(0))?;
+                let Some(upto) = upto else { return Ok(0) };
+                let per_tenant: Vec<(String, usize)> = sp
+                    .prepare_cached(
+                        "SELECT json_extract(i.data, '$.tenant'), count(*) FROM feed f
+                         JOIN items i ON i.pk = f.pk AND i.sk = f.sk
+                         WHERE f.seq <= ?1 GROUP BY 1",
+                    )?
+                    .query_map(params![upto], |row| {
+                        Ok((row.get(0)?, usize::try_from(row.get::<_, i64>(1)?).unwrap_or(0)))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                let n = sp
+                    .prepare_cached(
+                        "INSERT INTO bus_log (message_id, attributes, body)
+                         SELECT json_extract(i.data, '$.id'),
+                                json_object('aggregate_type', json_extract(i.data, '$.aggregate_type'),
+                                            'event_type', json_extract(i.data, '$.type'),
+                                            'tenant', json_extract(i.data, '$.tenant')),
+                                CAST(i.data AS TEXT)
+                         FROM feed f JOIN items i ON i.pk = f.pk AND i.sk = f.sk
+                         WHERE f.seq <= ?1 ORDER BY f.seq",
+                    )?
+                    .execute(params![upto])?;
+                sp.prepare_cached("DELETE FROM feed WHERE seq <= ?1")?
+                    .execute(params![upto])?;
+                sp.prepare_cached(&prune)?.execute([])?;
+                *lock(&out) = per_tenant;
+                Ok(n)
+            }))
+            .await
+            .map_err(unavailable)?;
+        if published > 0 {
+            self.announce(self.subscriptions.iter().map(|s| s.queue.as_str()));
+        }
+        Ok(std::mem::take(&mut *lock(&counts)))
+    }
+}
+
 impl Topic for SqliteBus {
     async fn publish(&self, messages: Vec<Message>) -> Result<(), BusError> {
         let wanted: Vec<(Message, String)> = messages

@@ -24,6 +24,9 @@ use commerce_app::table::{
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
+/// Prepared statements kept per connection: more than the table and the bus use, so none is
+/// parsed again (rusqlite keeps 16 by default).
+const STATEMENTS: usize = 64;
 /// Most writes one transaction may hold here (DynamoDB takes 100; commands keep to that).
 /// Larger savepoints hold the writer longer for everyone in the batch; 400 measured best.
 const MAX_WRITES: usize = 400;
@@ -114,6 +117,7 @@ impl SqliteTable {
     pub fn open_with(path: impl AsRef<Path>, limits: Limits) -> Result<Self, StoreError> {
         let path = path.as_ref().to_path_buf();
         let writer = Connection::open(&path).map_err(failure)?;
+        writer.set_prepared_statement_cache_capacity(STATEMENTS);
         let wal_limit = WAL_HARD_BYTES;
         writer
             .execute_batch(&format!(
@@ -393,6 +397,7 @@ fn add_owner_column(conn: &Connection) -> Result<(), StoreError> {
 fn configure_reader(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(failure)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENTS);
     // Reads go through the map instead of a read() per page.
     conn.execute_batch("PRAGMA mmap_size = 1073741824;")
         .map_err(failure)

@@ -151,3 +151,55 @@ async fn applied(table: &SqliteTable) -> Vec<u64> {
         })
         .collect()
 }
+
+/// The local publisher moves committed events from the feed onto the topic in one transaction:
+/// each once, with its routing attributes, and only events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_publisher_moves_each_event_once() {
+    use commerce_app::bus::Queue;
+    use commerce_app::projection::subscriptions;
+    let dir = tempfile::tempdir().unwrap();
+    let table = SqliteTable::open(dir.path().join("shop.db")).unwrap();
+    let bus = SqliteBus::open(&table, subscriptions()).await.unwrap();
+    for sku in ["cup", "pot"] {
+        let mut stock = load::<Inventory, _>(&table, format!("acme#inventory#{sku}"))
+            .await
+            .unwrap();
+        let events = stock.state.receive(Quantity::new(2).unwrap()).unwrap();
+        let mut changes = Changes::new(Origin::system("test"));
+        changes
+            .append(&mut stock, events, 1_800_000_000_000)
+            .unwrap();
+        changes.commit(&table).await.unwrap();
+    }
+    assert_eq!(
+        bus.publish_feed(100).await.unwrap(),
+        vec![("acme".to_owned(), 2)]
+    );
+    assert!(
+        bus.publish_feed(100).await.unwrap().is_empty(),
+        "the feed is empty now"
+    );
+    let audit = bus.queue("audit").unwrap();
+    let got = audit
+        .receive(10, Duration::from_secs(30), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    for delivery in &got {
+        let envelope: Envelope<Value> = serde_json::from_str(&delivery.message.body).unwrap();
+        assert_eq!(delivery.message.id, envelope.id.to_string());
+        assert_eq!(delivery.message.attributes["event_type"], "StockReceived");
+        assert_eq!(delivery.message.attributes["aggregate_type"], "inventory");
+        assert_eq!(delivery.message.attributes["tenant"], "acme");
+    }
+    let sales = bus.queue("sales").unwrap();
+    assert!(
+        sales
+            .receive(10, Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty(),
+        "the sales filter takes order events only"
+    );
+}
