@@ -7,6 +7,11 @@
 mod ops;
 mod pipeline;
 
+/// Allocation is a fifth of the request path's CPU with the system allocator (JSON, items,
+/// messages); mimalloc's thread-local pools halve that.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

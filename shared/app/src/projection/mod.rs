@@ -213,6 +213,7 @@ impl<T: Table, P: Projection> Projector<T, P> {
         }
         // Boxed: the applying future is deep, and callers' futures stay small.
         match Box::pin(self.apply_streams(streams, None)).await {
+            Ok(refused) if refused.is_empty() => {}
             Ok(refused) => {
                 // Only the messages of a stream the projection refused stay behind.
                 for (delivery, verdict) in deliveries.iter().zip(verdicts.iter_mut()) {
