@@ -138,82 +138,13 @@ impl StreamFeed {
 }
 
 impl StreamFeed {
-    /// Every record of the stream so far, unfiltered, shaped as the DynamoDB stream event a
-    /// Lambda receives (`Records[].eventName`, `.dynamodb.SequenceNumber`, `.dynamodb.NewImage`
-    /// with the attributes the publisher reads).
-    pub async fn lambda_event(&self) -> serde_json::Value {
-        use aws_sdk_dynamodbstreams::types::{AttributeValue, ShardIteratorType};
-        let stream = self
-            .client
-            .describe_stream()
-            .stream_arn(&self.arn)
-            .send()
-            .await
-            .unwrap();
-        let mut records = Vec::new();
-        for shard in stream
-            .stream_description()
-            .map(|d| d.shards().to_vec())
-            .unwrap_or_default()
-        {
-            let mut iterator = self
-                .client
-                .get_shard_iterator()
-                .stream_arn(&self.arn)
-                .shard_id(shard.shard_id().unwrap_or_default())
-                .shard_iterator_type(ShardIteratorType::TrimHorizon)
-                .send()
-                .await
-                .unwrap()
-                .shard_iterator;
-            while let Some(current) = iterator.take() {
-                let page = self
-                    .client
-                    .get_records()
-                    .shard_iterator(current)
-                    .send()
-                    .await
-                    .unwrap();
-                if page.records().is_empty() {
-                    break;
-                }
-                for record in page.records() {
-                    let change = record.dynamodb();
-                    let mut image = serde_json::Map::new();
-                    for (name, value) in change.and_then(|c| c.new_image()).into_iter().flatten() {
-                        let value = match value {
-                            AttributeValue::S(s) => serde_json::json!({"S": s}),
-                            AttributeValue::N(n) => serde_json::json!({"N": n}),
-                            AttributeValue::Bool(b) => serde_json::json!({"BOOL": b}),
-                            _ => continue,
-                        };
-                        image.insert(name.clone(), value);
-                    }
-                    records.push(serde_json::json!({
-                        "eventName": record.event_name().map(|n| n.as_str()),
-                        "dynamodb": {
-                            "SequenceNumber": change.and_then(|c| c.sequence_number()),
-                            "NewImage": image,
-                        },
-                    }));
-                }
-                iterator = page.next_shard_iterator;
-            }
-        }
-        serde_json::json!({ "Records": records })
-    }
-}
-
-impl commerce_app::outbox::ChangeFeed for StreamFeed {
-    async fn read(
+    /// Every stream record after the positions in `after` (shard → last sequence number read),
+    /// each with its shard, in order per shard.
+    async fn records(
         &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Vec<commerce_app::outbox::FeedEvent>, commerce_app::StoreError> {
-        use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType, ShardIteratorType};
-        let mut seen: std::collections::BTreeMap<String, String> = after
-            .map(|text| serde_json::from_str(text).unwrap())
-            .unwrap_or_default();
+        after: &std::collections::BTreeMap<String, String>,
+    ) -> Vec<(String, aws_sdk_dynamodbstreams::types::Record)> {
+        use aws_sdk_dynamodbstreams::types::ShardIteratorType;
         let stream = self
             .client
             .describe_stream()
@@ -225,7 +156,7 @@ impl commerce_app::outbox::ChangeFeed for StreamFeed {
             .stream_description()
             .map(|d| d.shards().to_vec())
             .unwrap_or_default();
-        let mut events = Vec::new();
+        let mut records = Vec::new();
         for shard in shards {
             let id = shard.shard_id().unwrap_or_default().to_owned();
             let request = self
@@ -233,7 +164,7 @@ impl commerce_app::outbox::ChangeFeed for StreamFeed {
                 .get_shard_iterator()
                 .stream_arn(&self.arn)
                 .shard_id(&id);
-            let request = match seen.get(&id) {
+            let request = match after.get(&id) {
                 Some(sequence) => request
                     .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
                     .sequence_number(sequence),
@@ -251,27 +182,72 @@ impl commerce_app::outbox::ChangeFeed for StreamFeed {
                 if page.records().is_empty() {
                     break;
                 }
-                for record in page.records() {
-                    let Some(change) = record.dynamodb() else {
-                        continue;
-                    };
-                    if let Some(sequence) = change.sequence_number() {
-                        seen.insert(id.clone(), sequence.to_owned());
-                    }
-                    let image = change.new_image();
-                    let is_event = image
-                        .and_then(|i| i.get("e"))
-                        .is_some_and(|e| matches!(e, AttributeValue::Bool(true)));
-                    let inserted = record.event_name() == Some(&OperationType::Insert);
-                    let data = image.and_then(|i| i.get("d")).and_then(|d| d.as_s().ok());
-                    if let (true, true, Some(data)) = (inserted, is_event, data) {
-                        events.push(commerce_app::outbox::FeedEvent {
-                            position: serde_json::to_string(&seen).unwrap(),
-                            envelope: data.clone().into_bytes(),
-                        });
-                    }
-                }
+                records.extend(page.records().iter().map(|r| (id.clone(), r.clone())));
                 iterator = page.next_shard_iterator;
+            }
+        }
+        records
+    }
+
+    /// Every record of the stream so far, unfiltered, shaped as the DynamoDB stream event a
+    /// Lambda receives (`Records[].eventName`, `.dynamodb.SequenceNumber`, `.dynamodb.NewImage`
+    /// with the attributes the publisher reads).
+    pub async fn lambda_event(&self) -> serde_json::Value {
+        use aws_sdk_dynamodbstreams::types::AttributeValue;
+        let mut records = Vec::new();
+        for (_, record) in self.records(&Default::default()).await {
+            let change = record.dynamodb();
+            let mut image = serde_json::Map::new();
+            for (name, value) in change.and_then(|c| c.new_image()).into_iter().flatten() {
+                let value = match value {
+                    AttributeValue::S(s) => serde_json::json!({"S": s}),
+                    AttributeValue::N(n) => serde_json::json!({"N": n}),
+                    AttributeValue::Bool(b) => serde_json::json!({"BOOL": b}),
+                    _ => continue,
+                };
+                image.insert(name.clone(), value);
+            }
+            records.push(serde_json::json!({
+                "eventName": record.event_name().map(|n| n.as_str()),
+                "dynamodb": {
+                    "SequenceNumber": change.and_then(|c| c.sequence_number()),
+                    "NewImage": image,
+                },
+            }));
+        }
+        serde_json::json!({ "Records": records })
+    }
+}
+
+impl commerce_app::outbox::ChangeFeed for StreamFeed {
+    async fn read(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<commerce_app::outbox::FeedEvent>, commerce_app::StoreError> {
+        use aws_sdk_dynamodbstreams::types::{AttributeValue, OperationType};
+        let mut seen: std::collections::BTreeMap<String, String> = after
+            .map(|text| serde_json::from_str(text).unwrap())
+            .unwrap_or_default();
+        let mut events = Vec::new();
+        for (shard, record) in self.records(&seen.clone()).await {
+            let Some(change) = record.dynamodb() else {
+                continue;
+            };
+            if let Some(sequence) = change.sequence_number() {
+                seen.insert(shard, sequence.to_owned());
+            }
+            let image = change.new_image();
+            let is_event = image
+                .and_then(|i| i.get("e"))
+                .is_some_and(|e| matches!(e, AttributeValue::Bool(true)));
+            let inserted = record.event_name() == Some(&OperationType::Insert);
+            let data = image.and_then(|i| i.get("d")).and_then(|d| d.as_s().ok());
+            if let (true, true, Some(data)) = (inserted, is_event, data) {
+                events.push(commerce_app::outbox::FeedEvent {
+                    position: serde_json::to_string(&seen).unwrap(),
+                    envelope: data.clone().into_bytes(),
+                });
             }
         }
         events.truncate(limit);

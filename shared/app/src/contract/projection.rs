@@ -33,9 +33,14 @@ fn stream(sku: &str) -> String {
     format!("acme#inventory#{sku}")
 }
 
-/// The stream's events as the bus would deliver them.
+/// The SKU's stock events as the bus would deliver them.
 async fn deliveries<T: Table>(table: &T, sku: &str) -> Vec<Delivery> {
-    let events: Vec<Envelope<Value>> = read_events(table, &stream(sku)).await.unwrap();
+    stream_deliveries(table, &stream(sku)).await
+}
+
+/// A stream's events as the bus would deliver them.
+async fn stream_deliveries<T: Table>(table: &T, pk: &str) -> Vec<Delivery> {
+    let events: Vec<Envelope<Value>> = read_events(table, pk).await.unwrap();
     events
         .iter()
         .map(|e| {
@@ -262,20 +267,7 @@ async fn order_of<T: Table>(table: &T, id: &str, tag: &str, lines: usize) {
 }
 
 async fn order_deliveries<T: Table>(table: &T, id: &str) -> Vec<Delivery> {
-    let events: Vec<Envelope<Value>> = read_events(table, &format!("acme#order#{id}"))
-        .await
-        .unwrap();
-    events
-        .iter()
-        .map(|e| {
-            let body = serde_json::to_vec(e).unwrap();
-            Delivery {
-                message: Message::for_event(&body).unwrap(),
-                receipt: format!("r-{}", e.id),
-                receive_count: 1,
-            }
-        })
-        .collect()
+    stream_deliveries(table, &format!("acme#order#{id}")).await
 }
 
 /// Units sold today per SKU, as the sales report's rows say.
