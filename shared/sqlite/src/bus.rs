@@ -484,43 +484,43 @@ impl SqliteQueue {
         let saving = cursor.clone();
         let taken: Arc<Mutex<Vec<Taken>>> = Arc::default();
         let out = taken.clone();
-        let result = self
-            .bus
-            .table
-            .run_task(Box::new(move |sp| {
-                hold(sp, &name, &moved, now)?;
-                if let Some((dead_letters, max_receives)) = &redrive {
-                    sp.prepare_cached(
-                        "UPDATE bus_held SET queue = ?1, receipt = NULL
+        let task: crate::Task = Box::new(move |sp| {
+            hold(sp, &name, &moved, now)?;
+            if let Some((dead_letters, max_receives)) = &redrive {
+                sp.prepare_cached(
+                    "UPDATE bus_held SET queue = ?1, receipt = NULL
                          WHERE queue = ?2 AND visible_at <= ?3 AND receives >= ?4",
-                    )?
-                    .execute(params![dead_letters, name, now, max_receives])?;
-                }
-                let due: Vec<(i64, Stored, u32)> = sp
-                    .prepare_cached(
-                        "SELECT seq, message_id, attributes, body, receives FROM bus_held
+                )?
+                .execute(params![dead_letters, name, now, max_receives])?;
+            }
+            let due: Vec<(i64, Stored, u32)> = sp
+                .prepare_cached(
+                    "SELECT seq, message_id, attributes, body, receives FROM bus_held
                          WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, seq LIMIT ?3",
-                    )?
-                    .query_map(params![name, now, limit], |row| {
-                        Ok((row.get(0)?, (row.get(1)?, row.get(2)?, row.get(3)?), row.get(4)?))
-                    })?
-                    .collect::<rusqlite::Result<_>>()?;
-                let mut hide = sp.prepare_cached(
+                )?
+                .query_map(params![name, now, limit], |row| {
+                    Ok((
+                        row.get(0)?,
+                        (row.get(1)?, row.get(2)?, row.get(3)?),
+                        row.get(4)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut hide = sp.prepare_cached(
                     "UPDATE bus_held SET receives = receives + 1, visible_at = ?1, receipt = ?2 WHERE seq = ?3",
                 )?;
-                let mut got = Vec::with_capacity(due.len());
-                for (seq, stored, receives) in due {
-                    let token = new_token();
-                    hide.execute(params![hidden_until, token, seq])?;
-                    got.push((seq, stored, token, receives + 1));
-                }
-                save_cursor(sp, saving.as_ref())?;
-                let n = got.len();
-                *lock(&out) = got;
-                Ok(n)
-            }))
-            .await;
-        self.settle(expired, cursor, result, now)?;
+            let mut got = Vec::with_capacity(due.len());
+            for (seq, stored, receives) in due {
+                let token = new_token();
+                hide.execute(params![hidden_until, token, seq])?;
+                got.push((seq, stored, token, receives + 1));
+            }
+            save_cursor(sp, saving.as_ref())?;
+            let n = got.len();
+            *lock(&out) = got;
+            Ok(n)
+        });
+        self.run_settled(task, expired, cursor, now).await?;
         let taken = std::mem::take(&mut *lock(&taken));
         taken
             .into_iter()
@@ -539,6 +539,25 @@ impl SqliteQueue {
         let lane = lock(self.lane()?);
         let settled = lane.settled();
         (settled > lane.cursor).then(|| (self.name.clone(), settled))
+    }
+
+    /// Runs `task` on the writer and settles the lane after it, in a task of its own: a caller
+    /// that goes away meanwhile (a timeout, a dropped future) cannot leave flights landing, and
+    /// the cursor held back, for ever.
+    async fn run_settled(
+        &self,
+        task: crate::Task,
+        flights: Vec<(i64, Flight)>,
+        cursor: Option<(String, i64)>,
+        now: i64,
+    ) -> Result<(), BusError> {
+        let queue = self.clone();
+        tokio::spawn(async move {
+            let result = queue.bus.table.run_task(task).await;
+            queue.settle(flights, cursor, result, now)
+        })
+        .await
+        .map_err(|e| BusError::Failure(format!("the bus task stopped: {e}")))?
     }
 
     /// After a task that held `flights` and saved `cursor`: on success they have landed and
@@ -616,7 +635,14 @@ impl Queue for SqliteQueue {
             let held_due = deliveries.len() < max && self.held_due(now).unwrap_or(true);
             if !expired.is_empty() || held_due {
                 let room = max - deliveries.len();
-                deliveries.extend(self.take_held(expired, room, visibility).await?);
+                match self.take_held(expired, room, visibility).await {
+                    Ok(held) => deliveries.extend(held),
+                    // What the log gave is handed out all the same: its receive counted.
+                    Err(e) if deliveries.is_empty() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(queue = %self.name, error = %e, "held messages not taken; will retry");
+                    }
+                }
             }
             if !deliveries.is_empty() {
                 return Ok(deliveries);
@@ -657,23 +683,20 @@ impl Queue for SqliteQueue {
             return Ok(());
         }
         let saving = cursor.clone();
-        let result = self
-            .bus
-            .table
-            .run_task(Box::new(move |sp| {
-                let mut delete =
-                    sp.prepare_cached("DELETE FROM bus_held WHERE seq = ?1 AND receipt = ?2")?;
-                let mut n = 0;
-                for (seq, token) in &held {
-                    n += delete.execute(params![seq, token])?;
-                }
-                save_cursor(sp, saving.as_ref())?;
-                Ok(n)
-            }))
-            .await;
+        let task: crate::Task = Box::new(move |sp| {
+            let mut delete =
+                sp.prepare_cached("DELETE FROM bus_held WHERE seq = ?1 AND receipt = ?2")?;
+            let mut n = 0;
+            for (seq, token) in &held {
+                n += delete.execute(params![seq, token])?;
+            }
+            save_cursor(sp, saving.as_ref())?;
+            Ok(n)
+        });
         // Deleted log messages are done whether or not the cursor was saved: a later save
         // covers them, and a crash before it only delivers them again.
-        self.settle(Vec::new(), cursor, result, SystemClock.now_ms())
+        self.run_settled(task, Vec::new(), cursor, SystemClock.now_ms())
+            .await
     }
 
     async fn retry_after(&self, receipt: &str, delay: Duration) -> Result<(), BusError> {
@@ -684,22 +707,19 @@ impl Queue for SqliteQueue {
         let name = self.name.clone();
         let cursor = self.cursor_to_save();
         let saving = cursor.clone();
-        let result = self
-            .bus
-            .table
-            .run_task(Box::new(move |sp| {
-                hold(sp, &name, &moved, at)?;
-                if let Receipt::Held(seq, token) = &receipt {
-                    sp.prepare_cached(
-                        "UPDATE bus_held SET visible_at = ?3 WHERE seq = ?1 AND receipt = ?2",
-                    )?
-                    .execute(params![seq, token, at])?;
-                }
-                save_cursor(sp, saving.as_ref())?;
-                Ok(0)
-            }))
-            .await;
-        self.settle(flights, cursor, result, SystemClock.now_ms())?;
+        let task: crate::Task = Box::new(move |sp| {
+            hold(sp, &name, &moved, at)?;
+            if let Receipt::Held(seq, token) = &receipt {
+                sp.prepare_cached(
+                    "UPDATE bus_held SET visible_at = ?3 WHERE seq = ?1 AND receipt = ?2",
+                )?
+                .execute(params![seq, token, at])?;
+            }
+            save_cursor(sp, saving.as_ref())?;
+            Ok(0)
+        });
+        self.run_settled(task, flights, cursor, SystemClock.now_ms())
+            .await?;
         if delay.is_zero() {
             self.bus.announce([self.name.as_str()]);
         }

@@ -79,3 +79,56 @@ async fn a_restart_loses_no_message() {
         "the other subscription kept its copies too"
     );
 }
+
+/// A receive whose held-row write fails (a full disk) still hands out what it took from the
+/// log: no message is hidden and charged a receive its caller never saw.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_write_during_a_receive_swallows_no_message() {
+    use commerce_app::bus::{Message, Queue, Topic};
+    use commerce_sqlite::Limits;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let limits = Limits {
+        max_size_bytes: Some(400_000),
+    };
+    let table = SqliteTable::open_with(dir.path().join("shop.db"), limits).expect("open");
+    let bus = SqliteBus::open(&table, contract_subscriptions())
+        .await
+        .expect("bus");
+    let message = |n: u32| Message {
+        id: format!("m{n}"),
+        attributes: [("aggregate_type".to_owned(), "order".to_owned())].into(),
+        body: "x".repeat(20_000),
+    };
+    // Fill the file, so the next write fails as on a full disk.
+    let mut published = 0;
+    while bus.publish(vec![message(published)]).await.is_ok() {
+        published += 1;
+    }
+    assert!(published > 3, "{published}");
+    let orders = bus.queue("orders").expect("queue");
+    let first = orders
+        .receive(1, Duration::from_millis(50), Duration::ZERO)
+        .await
+        .expect("receive");
+    assert_eq!(first.len(), 1);
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    // Its visibility ran out: taking it back needs a write, which fails.
+    let handed = orders
+        .receive(5, Duration::from_secs(30), Duration::ZERO)
+        .await
+        .expect("what the log gave is handed out");
+    assert!(!handed.is_empty());
+    let charged: Vec<String> = orders
+        .peek(100)
+        .expect("peek")
+        .into_iter()
+        .filter(|(_, receives)| *receives > 0)
+        .map(|(m, _)| m.id)
+        .collect();
+    let given: Vec<String> = handed.iter().map(|d| d.message.id.clone()).collect();
+    assert!(
+        charged.iter().all(|id| given.contains(id) || id == "m0"),
+        "in flight only what was handed out (and the first, back in flight): {charged:?} vs {given:?}"
+    );
+}

@@ -339,26 +339,35 @@ pub async fn a_refused_event_holds_back_only_its_own_stream<T: Table + Clone>(ta
         causation_id: None,
         data: serde_json::json!({"type": "OrderPlaced", "lines": "not lines"}),
     };
-    table
-        .transact(vec![crate::table::Write::Event {
-            item: crate::table::Item {
-                pk: "acme#order#bad".into(),
-                sk: crate::keys::event_sk(1),
-                version: 1,
-                data: serde_json::to_vec(&bad).unwrap(),
-                expires_at: None,
-                owner: None,
-            },
-        }])
-        .await
-        .unwrap();
+    // And one after the good order's first event, in its stream.
+    let late = Envelope {
+        id: uuid::Uuid::now_v7(),
+        aggregate_id: "good".to_owned(),
+        aggregate_version: 2,
+        ..bad.clone()
+    };
+    for (pk, version, envelope) in [("acme#order#bad", 1, &bad), ("acme#order#good", 2, &late)] {
+        table
+            .transact(vec![crate::table::Write::Event {
+                item: crate::table::Item {
+                    pk: pk.into(),
+                    sk: crate::keys::event_sk(version),
+                    version,
+                    data: serde_json::to_vec(envelope).unwrap(),
+                    expires_at: None,
+                    owner: None,
+                },
+            }])
+            .await
+            .unwrap();
+    }
     let mut batch = order_deliveries(table, "bad").await;
     batch.extend(order_deliveries(table, "good").await);
     let projector = Projector::<T, Sales>::new(table.clone());
     assert_eq!(
         projector.handle(&batch).await,
-        vec![Verdict::Poison, Verdict::Done],
-        "the unreadable event stays behind; the good order is applied"
+        vec![Verdict::Poison, Verdict::Done, Verdict::Poison],
+        "an unreadable event stays behind with what follows it; the rest is applied"
     );
     let units = units_sold(table).await;
     assert_eq!(units.get("G0"), Some(&1));

@@ -215,13 +215,17 @@ impl<T: Table, P: Projection> Projector<T, P> {
         match Box::pin(self.apply_streams(streams, None)).await {
             Ok(refused) if refused.is_empty() => {}
             Ok(refused) => {
-                // Only the messages of a stream the projection refused stay behind.
+                // Only the refused event and those after it in its stream stay behind.
                 for (delivery, verdict) in deliveries.iter().zip(verdicts.iter_mut()) {
-                    let stream = serde_json::from_str::<Envelope<serde::de::IgnoredAny>>(
+                    let event = serde_json::from_str::<Envelope<serde::de::IgnoredAny>>(
                         &delivery.message.body,
-                    )
-                    .map(|e| e.stream());
-                    if stream.is_ok_and(|s| refused.contains(&s)) {
+                    );
+                    let held_back = event.is_ok_and(|e| {
+                        refused
+                            .get(&e.stream())
+                            .is_some_and(|from| e.aggregate_version >= *from)
+                    });
+                    if held_back {
                         *verdict = Verdict::Poison;
                     }
                 }
@@ -244,13 +248,13 @@ impl<T: Table, P: Projection> Projector<T, P> {
 
     /// Brings every stream up to the highest version given for it, in every generation served
     /// (or only in `only`, for a rebuild). Returns the streams the projection refused an event
-    /// of (a [`StoreError::Failure`] from [`Projection::apply`]): they stop at that event, and
-    /// the others go on.
+    /// of (a [`StoreError::Failure`] from [`Projection::apply`]), with that event's version:
+    /// they stop there, and the others go on.
     pub(crate) async fn apply_streams(
         &self,
         mut streams: BTreeMap<String, Vec<Event>>,
         only: Option<u32>,
-    ) -> Result<BTreeSet<String>, StoreError> {
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
         for events in streams.values_mut() {
             events.sort_by_key(|e| e.aggregate_version);
             events.dedup_by_key(|e| e.aggregate_version);
@@ -297,9 +301,9 @@ impl<T: Table, P: Projection> Projector<T, P> {
         generations: &[u32],
         streams: &BTreeMap<String, Vec<Event>>,
         trusting: bool,
-    ) -> Result<BTreeSet<String>, StoreError> {
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
         let mut chunk = Chunk::new(&self.table, P::NAME, meta);
-        let mut refused = BTreeSet::new();
+        let mut refused = BTreeMap::new();
         let mut learned: Vec<(String, (u64, u64))> = Vec::new();
         // What one event may add, in every generation, plus the chunk's generation check.
         let per_event = generations.len() * (P::MAX_WRITES + OWN_WRITES);
@@ -346,7 +350,7 @@ impl<T: Table, P: Projection> Projector<T, P> {
                     Err(StoreError::Failure(why)) => {
                         tracing::error!(projection = P::NAME, %stream, version = event.aggregate_version, %why, "event refused; its stream stops here");
                         chunk.rollback(mark, &mut positions);
-                        refused.insert(stream.clone());
+                        refused.insert(stream.clone(), event.aggregate_version);
                         break;
                     }
                     Err(other) => return Err(other),

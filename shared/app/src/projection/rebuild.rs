@@ -111,9 +111,9 @@ async fn apply<T: Table, P: Projection>(
     let refused = projector
         .apply_streams(std::mem::take(pending), Some(generation))
         .await?;
-    match refused.first() {
+    match refused.first_key_value() {
         None => Ok(()),
-        Some(stream) => Err(StoreError::Failure(format!(
+        Some((stream, _)) => Err(StoreError::Failure(format!(
             "{} refused an event of {stream}; fix it, then run the rebuild again",
             P::NAME
         ))),
