@@ -267,10 +267,6 @@ impl Changes {
         }
     }
 
-    pub fn origin(&self) -> &Origin {
-        &self.origin
-    }
-
     pub fn is_empty(&self) -> bool {
         self.writes.is_empty()
     }

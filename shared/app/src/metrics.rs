@@ -58,11 +58,7 @@ fn with<R>(tenant: &str, f: impl FnOnce(&mut Figures) -> R) -> R {
     let mut guard = registry()
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    if !guard.contains_key(tenant) {
-        guard.insert(tenant.to_owned(), Figures::default());
-    }
-    let mut none = Figures::default();
-    f(guard.get_mut(tenant).unwrap_or(&mut none))
+    f(guard.entry(tenant.to_owned()).or_default())
 }
 
 pub fn published(tenant: &str, events: usize) {

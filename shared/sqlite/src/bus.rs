@@ -199,10 +199,6 @@ impl SqliteBus {
         })
     }
 
-    pub fn subscriptions(&self) -> &[Subscription] {
-        &self.subscriptions
-    }
-
     fn announce<'a>(&self, queues: impl IntoIterator<Item = &'a str>) {
         for queue in queues {
             if let Some(arrival) = self.arrivals.get(queue) {

@@ -54,6 +54,13 @@ async fn stream_deliveries<T: Table>(table: &T, pk: &str) -> Vec<Delivery> {
         .collect()
 }
 
+/// Projects every event of the SKU's stream into the audit trail, each done.
+async fn audit_all<T: Table + Clone>(table: &T, sku: &str) {
+    let projector = Projector::<T, Audit>::new(table.clone());
+    let verdicts = projector.handle(&deliveries(table, sku).await).await;
+    assert!(verdicts.iter().all(|v| *v == Verdict::Done), "{verdicts:?}");
+}
+
 /// The aggregate's audit entries (event versions) in the generation readers use.
 async fn audited<T: Table>(table: &T, sku: &str) -> Vec<u64> {
     let generation = active_generation::<Audit, _>(table).await.unwrap();
@@ -164,14 +171,7 @@ pub async fn a_rebuild_while_events_keep_coming_equals_the_live_model<T: Table +
     let skus = ["r1", "r2", "r3"];
     for sku in skus {
         receipts(table, sku, 3).await;
-        let projector = Projector::<T, Audit>::new(table.clone());
-        assert!(
-            projector
-                .handle(&deliveries(table, sku).await)
-                .await
-                .iter()
-                .all(|v| *v == Verdict::Done)
-        );
+        audit_all(table, sku).await;
     }
     let before = active_generation::<Audit, _>(table).await.unwrap();
     // Events keep being recorded and projected while the rebuild runs.
@@ -195,15 +195,8 @@ pub async fn a_rebuild_while_events_keep_coming_equals_the_live_model<T: Table +
     let progress = rebuild::<Audit, T>(table, |_| {}).await.unwrap();
     live.await.unwrap();
     // Whatever the live projector could not finish during the switch, it finishes now.
-    let projector = Projector::<T, Audit>::new(table.clone());
     for sku in skus {
-        assert!(
-            projector
-                .handle(&deliveries(table, sku).await)
-                .await
-                .iter()
-                .all(|v| *v == Verdict::Done)
-        );
+        audit_all(table, sku).await;
     }
     let after = active_generation::<Audit, _>(table).await.unwrap();
     assert_eq!(after, progress.generation);
