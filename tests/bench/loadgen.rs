@@ -51,6 +51,10 @@ struct Args {
     /// Run the server without its event pipeline (events wait in the change feed).
     #[arg(long)]
     no_bus: bool,
+    /// Drive this build of the server instead of building the tree's (to compare two builds,
+    /// or to profile one built with frame pointers).
+    #[arg(long)]
+    server: Option<std::path::PathBuf>,
 }
 
 /// What the server's `/metrics` says about the audit projection (which every event reaches).
@@ -147,7 +151,8 @@ async fn main() {
     } else {
         &[]
     };
-    let server = Server::start_binary_with(&build_server(true), dir.path(), env);
+    let binary = args.server.clone().unwrap_or_else(|| build_server(true));
+    let server = Server::start_binary_with(&binary, dir.path(), env);
     let base = server.base.clone();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients)

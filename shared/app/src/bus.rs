@@ -36,26 +36,50 @@ pub enum BusError {
 impl Message {
     /// The message for a stored event envelope (JSON), attributes taken from the envelope.
     pub fn for_event(envelope: &[u8]) -> Result<Self, BusError> {
-        #[derive(Deserialize)]
-        struct Routing {
-            id: String,
-            #[serde(rename = "type")]
-            event_type: String,
-            tenant: String,
-            aggregate_type: String,
-        }
-        let routing: Routing = serde_json::from_slice(envelope)
-            .map_err(|e| BusError::Failure(format!("not an event envelope: {e}")))?;
+        let Routing { id, attributes } = Routing::of_event(envelope)?;
         let body = String::from_utf8(envelope.to_vec())
             .map_err(|_| BusError::Failure("an envelope is UTF-8 JSON".into()))?;
         Ok(Self {
-            id: routing.id,
-            attributes: BTreeMap::from([
-                (EVENT_TYPE.to_owned(), routing.event_type),
-                (TENANT.to_owned(), routing.tenant),
-                (AGGREGATE_TYPE.to_owned(), routing.aggregate_type),
-            ]),
+            id,
+            attributes,
             body,
+        })
+    }
+}
+
+/// What a message of an event is routed by: its id and attributes, without its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routing {
+    pub id: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+impl Routing {
+    /// Read from a stored event envelope (JSON).
+    pub fn of_event(envelope: &[u8]) -> Result<Self, BusError> {
+        #[derive(Deserialize)]
+        struct Fields<'a> {
+            #[serde(borrow)]
+            id: std::borrow::Cow<'a, str>,
+            #[serde(rename = "type", borrow)]
+            event_type: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            tenant: std::borrow::Cow<'a, str>,
+            #[serde(borrow)]
+            aggregate_type: std::borrow::Cow<'a, str>,
+        }
+        let fields: Fields<'_> = serde_json::from_slice(envelope)
+            .map_err(|e| BusError::Failure(format!("not an event envelope: {e}")))?;
+        Ok(Self {
+            id: fields.id.into_owned(),
+            attributes: BTreeMap::from([
+                (EVENT_TYPE.to_owned(), fields.event_type.into_owned()),
+                (TENANT.to_owned(), fields.tenant.into_owned()),
+                (
+                    AGGREGATE_TYPE.to_owned(),
+                    fields.aggregate_type.into_owned(),
+                ),
+            ]),
         })
     }
 }

@@ -55,9 +55,11 @@ fn consume<P: Projection>(table: &SqliteTable, bus: &SqliteBus) {
         tracing::error!(projection = P::NAME, "no queue for this projection");
         return;
     };
+    // One projector for all of them: what one learns of positions, the others use.
+    let projector = Projector::<SqliteTable, P>::new(table.clone());
     for _ in 0..WORKERS {
         let queue = queue.clone();
-        let projector = Projector::<SqliteTable, P>::new(table.clone());
+        let projector = projector.clone();
         tokio::spawn(async move {
             loop {
                 if let Err(e) = consume_once(&queue, &projector, VISIBILITY, RECEIVE_WAIT).await {

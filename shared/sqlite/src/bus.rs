@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use commerce_app::bus::{BusError, Delivery, Message, Queue, Subscription, Topic};
+use commerce_app::bus::{BusError, Delivery, FilterPolicy, Message, Queue, Subscription, Topic};
 use commerce_app::{Clock, StoreError, SystemClock};
 use rusqlite::{OptionalExtension, params};
 use tokio::sync::Notify;
@@ -32,7 +32,10 @@ const SCHEMA: &str = "
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         message_id TEXT NOT NULL,
         attributes TEXT NOT NULL,
-        body TEXT NOT NULL
+        -- Empty for an event's message: its body is the event item (pk, sk), read from there.
+        body TEXT NOT NULL,
+        pk TEXT,
+        sk TEXT
     );
     CREATE TABLE IF NOT EXISTS bus_cursors (
         queue TEXT PRIMARY KEY,
@@ -131,6 +134,16 @@ impl SqliteBus {
         table
             .run_task(Box::new(move |sp| {
                 sp.execute_batch(SCHEMA)?;
+                let referenced: i64 = sp.query_row(
+                    "SELECT count(*) FROM pragma_table_info('bus_log') WHERE name = 'pk'",
+                    [],
+                    |row| row.get(0),
+                )?;
+                if referenced == 0 {
+                    sp.execute_batch(
+                        "ALTER TABLE bus_log ADD COLUMN pk TEXT; ALTER TABLE bus_log ADD COLUMN sk TEXT;",
+                    )?;
+                }
                 let mut start = sp.prepare_cached(
                     "INSERT OR IGNORE INTO bus_cursors (queue, seq)
                      VALUES (?1, (SELECT coalesce(max(seq), 0) FROM bus_log))",
@@ -210,47 +223,39 @@ impl SqliteBus {
 
 impl SqliteBus {
     /// The local publisher: moves up to `limit` events from the table's change feed onto the
-    /// topic in one transaction (reading each event's routing attributes from its envelope),
-    /// and forgets them from the feed in the same transaction, so each event is published
-    /// exactly once, with no copy through this process. Returns how many, per tenant.
+    /// topic in one transaction, and forgets them from the feed in the same transaction, so
+    /// each event is published exactly once. A feed row already holds its message's id and
+    /// attributes, and the message's body is the event item itself, so nothing is parsed or
+    /// copied here. Returns how many, per tenant.
     pub async fn publish_feed(&self, limit: usize) -> Result<Vec<(String, usize)>, BusError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let prune = self.prune.clone();
-        let counts: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
-        let out = counts.clone();
+        let routed: Arc<Mutex<Vec<String>>> = Arc::default();
+        let out = routed.clone();
         let published = self
             .table
             .run_task(Box::new(move |sp| {
                 let upto: Option<i64> = sp
-                    .prepare_cached("SELECT max(seq) FROM (SELECT seq FROM feed ORDER BY seq LIMIT ?1)")?
+                    .prepare_cached(
+                        "SELECT max(seq) FROM (SELECT seq FROM feed ORDER BY seq LIMIT ?1)",
+                    )?
                     .query_row(params![limit], |row| row.get(0))?;
                 let Some(upto) = upto else { return Ok(0) };
-                let per_tenant: Vec<(String, usize)> = sp
-                    .prepare_cached(
-                        "SELECT json_extract(i.data, '$.tenant'), count(*) FROM feed f
-                         JOIN items i ON i.pk = f.pk AND i.sk = f.sk
-                         WHERE f.seq <= ?1 GROUP BY 1",
-                    )?
-                    .query_map(params![upto], |row| {
-                        Ok((row.get(0)?, usize::try_from(row.get::<_, i64>(1)?).unwrap_or(0)))
-                    })?
+                let attributes: Vec<String> = sp
+                    .prepare_cached("SELECT attributes FROM feed WHERE seq <= ?1")?
+                    .query_map(params![upto], |row| row.get(0))?
                     .collect::<rusqlite::Result<_>>()?;
                 let n = sp
                     .prepare_cached(
-                        "INSERT INTO bus_log (message_id, attributes, body)
-                         SELECT json_extract(i.data, '$.id'),
-                                json_object('aggregate_type', json_extract(i.data, '$.aggregate_type'),
-                                            'event_type', json_extract(i.data, '$.type'),
-                                            'tenant', json_extract(i.data, '$.tenant')),
-                                CAST(i.data AS TEXT)
-                         FROM feed f JOIN items i ON i.pk = f.pk AND i.sk = f.sk
-                         WHERE f.seq <= ?1 ORDER BY f.seq",
+                        "INSERT INTO bus_log (message_id, attributes, body, pk, sk)
+                         SELECT message_id, attributes, '', pk, sk FROM feed
+                         WHERE seq <= ?1 ORDER BY seq",
                     )?
                     .execute(params![upto])?;
                 sp.prepare_cached("DELETE FROM feed WHERE seq <= ?1")?
                     .execute(params![upto])?;
                 sp.prepare_cached(&prune)?.execute([])?;
-                *lock(&out) = per_tenant;
+                *lock(&out) = attributes;
                 Ok(n)
             }))
             .await
@@ -258,7 +263,15 @@ impl SqliteBus {
         if published > 0 {
             self.announce(self.subscriptions.iter().map(|s| s.queue.as_str()));
         }
-        Ok(std::mem::take(&mut *lock(&counts)))
+        let mut per_tenant: BTreeMap<String, usize> = BTreeMap::new();
+        for attributes in std::mem::take(&mut *lock(&routed)) {
+            let tenant = serde_json::from_str::<BTreeMap<String, String>>(&attributes)
+                .ok()
+                .and_then(|mut a| a.remove(commerce_app::bus::TENANT))
+                .unwrap_or_default();
+            *per_tenant.entry(tenant).or_default() += 1;
+        }
+        Ok(per_tenant.into_iter().collect())
     }
 }
 
@@ -346,11 +359,11 @@ impl SqliteQueue {
             .collect::<Result<Vec<_>, BusError>>()?;
         if let (Some(subscription), Some(lane)) = (&self.subscription, self.lane()) {
             let cursor = lock(lane).cursor;
-            for (_, message) in self.read_log(cursor, limit)? {
+            for (_, message) in self.read_log(cursor, limit, &subscription.filter)? {
                 if found.len() >= max {
                     break;
                 }
-                if subscription.filter.matches(&message.attributes) {
+                if let Some(message) = message {
                     let receives = lock(lane)
                         .in_flight
                         .values()
@@ -363,23 +376,63 @@ impl SqliteQueue {
         Ok(found)
     }
 
-    fn read_log(&self, after: i64, limit: i64) -> Result<Vec<(i64, Message)>, BusError> {
-        let rows: Vec<(i64, Stored)> = self
+    /// Up to `limit` log messages after `after`, each with its message when it passes `filter`
+    /// (`None`: it does not, and its body is never read).
+    fn read_log(
+        &self,
+        after: i64,
+        limit: i64,
+        filter: &FilterPolicy,
+    ) -> Result<Vec<(i64, Option<Message>)>, BusError> {
+        let rows: Vec<(i64, Option<Stored>)> = self
             .bus
             .table
             .read_with(|c| {
-                c.prepare_cached(
-                    "SELECT seq, message_id, attributes, body FROM bus_log
-                     WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                )?
-                .query_map(params![after, limit], |row| {
-                    Ok((row.get(0)?, (row.get(1)?, row.get(2)?, row.get(3)?)))
-                })?
-                .collect()
+                let rows: Vec<LogRow> = c
+                    .prepare_cached(
+                        "SELECT seq, message_id, attributes, body, pk, sk FROM bus_log
+                         WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+                    )?
+                    .query_map(params![after, limit], |row| {
+                        let pk: Option<String> = row.get(4)?;
+                        let sk: Option<String> = row.get(5)?;
+                        Ok((
+                            row.get(0)?,
+                            row.get(1)?,
+                            row.get(2)?,
+                            row.get(3)?,
+                            pk.zip(sk),
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut item = c.prepare_cached(
+                    "SELECT CAST(data AS TEXT) FROM items WHERE pk = ?1 AND sk = ?2",
+                )?;
+                let mut found = Vec::with_capacity(rows.len());
+                for (seq, id, attributes, body, event) in rows {
+                    // Unreadable attributes pass, so decoding them reports the fault.
+                    let wanted =
+                        serde_json::from_str(&attributes).map_or(true, |a| filter.matches(&a));
+                    if !wanted {
+                        found.push((seq, None));
+                        continue;
+                    }
+                    let body = match event {
+                        // An event's item is never deleted; were it gone, the empty body
+                        // fails its consumers and the message is dead-lettered.
+                        Some((pk, sk)) => item
+                            .query_row(params![pk, sk], |row| row.get(0))
+                            .optional()?
+                            .unwrap_or_default(),
+                        None => body,
+                    };
+                    found.push((seq, Some((id, attributes, body))));
+                }
+                Ok(found)
             })
             .map_err(unavailable)?;
         rows.into_iter()
-            .map(|(seq, stored)| Ok((seq, decode(stored)?)))
+            .map(|(seq, stored)| Ok((seq, stored.map(decode).transpose()?)))
             .collect()
     }
 
@@ -413,7 +466,7 @@ impl SqliteQueue {
         let scanned = lock(lane).scanned;
         let limit = LOG_PAGE.min(i64::try_from(max.saturating_mul(4)).unwrap_or(LOG_PAGE));
         // Read before anything leaves the lane, so a failed read loses nothing.
-        let page = self.read_log(scanned, limit)?;
+        let page = self.read_log(scanned, limit, &subscription.filter)?;
         let mut lane = lock(lane);
         let expired: Vec<i64> = lane
             .in_flight
@@ -436,9 +489,7 @@ impl SqliteQueue {
                 continue;
             }
             lane.scanned = seq;
-            if !subscription.filter.matches(&message.attributes) {
-                continue;
-            }
+            let Some(message) = message else { continue };
             let token = new_token();
             found.deliveries.push(Delivery {
                 message: message.clone(),
@@ -803,6 +854,10 @@ impl Receipt {
         }
     }
 }
+
+/// A log row: its position, message id, attributes (JSON), body, and the event item that is
+/// its body instead, if any.
+type LogRow = (i64, String, String, String, Option<(String, String)>);
 
 /// A message's id, attributes (JSON) and body, as stored.
 type Stored = (String, String, String);

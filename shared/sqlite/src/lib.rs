@@ -74,7 +74,8 @@ struct Job {
 pub(crate) type Task = Box<dyn Fn(&rusqlite::Savepoint<'_>) -> rusqlite::Result<usize> + Send>;
 
 enum Work {
-    Writes(Vec<Write>),
+    /// A transaction's writes, with the routing of each event among them, in order.
+    Writes(Vec<Write>, Vec<Route>),
     Task(Task),
     /// Forgets the change feed's rows up to and including this position.
     Acknowledge(i64),
@@ -83,6 +84,34 @@ enum Work {
     /// Aborts the batch's transaction, as SQLite does on some disk-full and I/O errors.
     #[cfg(test)]
     AbortTransaction,
+}
+
+/// How an event's message is routed on the local bus: its id and attributes (JSON), as its
+/// feed row keeps them. An item that is no envelope still gets a message (its key for an id, no
+/// attributes): it fails its consumers and ends in their dead-letter queues, in plain sight,
+/// instead of stopping the publisher.
+#[derive(Debug, Clone)]
+struct Route {
+    message_id: String,
+    attributes: String,
+}
+
+impl Route {
+    fn of(item: &Item) -> Self {
+        let routing = commerce_app::bus::Routing::of_event(&item.data)
+            .ok()
+            .and_then(|r| serde_json::to_string(&r.attributes).ok().map(|a| (r.id, a)));
+        match routing {
+            Some((message_id, attributes)) => Self {
+                message_id,
+                attributes,
+            },
+            None => Self {
+                message_id: format!("{}/{}", item.pk, item.sk),
+                attributes: "{}".into(),
+            },
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -143,11 +172,16 @@ impl SqliteTable {
                  CREATE TABLE IF NOT EXISTS feed (
                      seq INTEGER PRIMARY KEY AUTOINCREMENT,
                      pk TEXT NOT NULL,
-                     sk TEXT NOT NULL
+                     sk TEXT NOT NULL,
+                     -- The event's message id and routing attributes (JSON), read before the
+                     -- writer takes the transaction, so publishing parses nothing.
+                     message_id TEXT,
+                     attributes TEXT
                  );"
             ))
             .map_err(failure)?;
         add_owner_column(&writer)?;
+        add_feed_routing(&writer)?;
         if let Some(bytes) = limits.max_size_bytes {
             let page_size: i64 = writer
                 .query_row("PRAGMA page_size", [], |row| row.get(0))
@@ -326,7 +360,15 @@ impl Table for SqliteTable {
 
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         check_transaction(&writes, self.max_transaction_writes())?;
-        self.submit(Work::Writes(writes)).await.map(|_| ())
+        // Read here, off the writer thread: the feed row carries it to the bus.
+        let routes = writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Event { item } => Some(Route::of(item)),
+                _ => None,
+            })
+            .collect();
+        self.submit(Work::Writes(writes, routes)).await.map(|_| ())
     }
 
     async fn scan_events(&self, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
@@ -394,13 +436,61 @@ fn add_owner_column(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Feed rows carry their event's message id and routing attributes (`NULL` in rows written
+/// before they did: those are filled in here, from their envelopes).
+fn add_feed_routing(conn: &Connection) -> Result<(), StoreError> {
+    let has: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('feed') WHERE name = 'message_id'",
+            [],
+            |row| row.get(0),
+        )
+        .map_err(failure)?;
+    if has == 0 {
+        conn.execute_batch(
+            "ALTER TABLE feed ADD COLUMN message_id TEXT;
+             ALTER TABLE feed ADD COLUMN attributes TEXT;",
+        )
+        .map_err(failure)?;
+    }
+    let legacy: Vec<(i64, Vec<u8>, String, String)> = conn
+        .prepare(
+            "SELECT f.seq, coalesce(i.data, x''), f.pk, f.sk FROM feed f
+             LEFT JOIN items i ON i.pk = f.pk AND i.sk = f.sk WHERE f.message_id IS NULL",
+        )
+        .and_then(|mut q| {
+            q.query_map([], |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?
+            .collect()
+        })
+        .map_err(failure)?;
+    for (seq, data, pk, sk) in legacy {
+        let route = Route::of(&Item {
+            pk,
+            sk,
+            version: 0,
+            data,
+            expires_at: None,
+            owner: None,
+        });
+        conn.execute(
+            "UPDATE feed SET message_id = ?2, attributes = ?3 WHERE seq = ?1",
+            params![seq, route.message_id, route.attributes],
+        )
+        .map_err(failure)?;
+    }
+    Ok(())
+}
+
 fn configure_reader(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(failure)?;
     conn.set_prepared_statement_cache_capacity(STATEMENTS);
-    // Reads go through the map instead of a read() per page.
-    conn.execute_batch("PRAGMA mmap_size = 1073741824;")
-        .map_err(failure)
+    // No memory map for readers: a read transaction that starts after any commit unmaps the
+    // whole file, and under load every one does, so each paid an unmap and a page fault per
+    // page it touched. Plain reads measured 8–10 % more orders per second.
+    conn.execute_batch("PRAGMA mmap_size = 0;").map_err(failure)
 }
 
 /// Copies the WAL back into the database file off the write path, so commits never wait for a
@@ -518,7 +608,7 @@ fn write_loop(
         let results = commit_batch(&mut writer.conn, &batch);
         let recorded_events = batch.iter().zip(&results).any(|(job, result)| {
             result.is_ok()
-                && matches!(&job.work, Work::Writes(w) if w.iter().any(|w| matches!(w, Write::Event { .. })))
+                && matches!(&job.work, Work::Writes(w, _) if w.iter().any(|w| matches!(w, Write::Event { .. })))
         });
         if recorded_events {
             events_committed.notify_one();
@@ -569,7 +659,7 @@ fn commit_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<usize, Store
 fn run_job(tx: &mut rusqlite::Transaction<'_>, work: &Work, now: i64) -> Result<usize, StoreError> {
     let mut sp = tx.savepoint().map_err(failure)?;
     match work {
-        Work::Writes(writes) => match apply(&mut sp, writes, now) {
+        Work::Writes(writes, routes) => match apply(&mut sp, writes, routes, now) {
             Ok(Ok(())) => sp.commit().map(|()| 0).map_err(failure),
             Ok(Err(failed)) => Err(failed),
             Err(e) => Err(failure(e)),
@@ -598,8 +688,10 @@ fn run_job(tx: &mut rusqlite::Transaction<'_>, work: &Work, now: i64) -> Result<
 fn apply(
     tx: &mut rusqlite::Savepoint<'_>,
     writes: &[Write],
+    routes: &[Route],
     now: i64,
 ) -> rusqlite::Result<Result<(), StoreError>> {
+    let mut routes = routes.iter();
     for (index, write) in writes.iter().enumerate() {
         let held = match write {
             Write::Put { item, condition } => put(tx, item, condition, now)?,
@@ -622,10 +714,18 @@ fn apply(
             },
             Write::Check { pk, sk, condition } => check(tx, pk, sk, condition, now)?,
             Write::Event { item } => {
+                let route = routes.next();
                 let added = put(tx, item, &Condition::Absent, now)?;
                 if added {
-                    tx.prepare_cached("INSERT INTO feed (pk, sk) VALUES (?1, ?2)")?
-                        .execute(params![item.pk, item.sk])?;
+                    tx.prepare_cached(
+                        "INSERT INTO feed (pk, sk, message_id, attributes) VALUES (?1, ?2, ?3, ?4)",
+                    )?
+                    .execute(params![
+                        item.pk,
+                        item.sk,
+                        route.map(|r| &r.message_id),
+                        route.map(|r| &r.attributes)
+                    ])?;
                 }
                 added
             }
@@ -722,10 +822,13 @@ mod tests {
             expires_at: None,
             owner: None,
         };
-        let work = Work::Writes(vec![Write::Put {
-            item,
-            condition: Condition::Absent,
-        }]);
+        let work = Work::Writes(
+            vec![Write::Put {
+                item,
+                condition: Condition::Absent,
+            }],
+            Vec::new(),
+        );
         (Job { work, done }, result)
     }
 

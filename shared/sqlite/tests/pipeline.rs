@@ -203,3 +203,123 @@ async fn the_local_publisher_moves_each_event_once() {
         "the sales filter takes order events only"
     );
 }
+
+/// An item written as an event that is no envelope is still published, with its key for an id
+/// and no attributes: its consumers refuse it (and dead-letter it), and the events after it go
+/// through. It never stops the publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_item_that_is_no_envelope_is_refused_downstream_and_stops_nothing() {
+    use commerce_app::bus::Queue;
+    use commerce_app::projection::{Verdict, subscriptions};
+    use commerce_app::table::{Item, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let table = SqliteTable::open(dir.path().join("shop.db")).unwrap();
+    let bus = SqliteBus::open(&table, subscriptions()).await.unwrap();
+    table
+        .transact(vec![Write::Event {
+            item: Item {
+                pk: "acme#inventory#junk".into(),
+                sk: "event#000000000001".into(),
+                version: 1,
+                data: b"not an envelope".to_vec(),
+                expires_at: None,
+                owner: None,
+            },
+        }])
+        .await
+        .unwrap();
+    let mut stock = load::<Inventory, _>(&table, "acme#inventory#cup".into())
+        .await
+        .unwrap();
+    let events = stock.state.receive(Quantity::new(2).unwrap()).unwrap();
+    let mut changes = Changes::new(Origin::system("test"));
+    changes
+        .append(&mut stock, events, 1_800_000_000_000)
+        .unwrap();
+    changes.commit(&table).await.unwrap();
+
+    let published = bus.publish_feed(100).await.unwrap();
+    assert_eq!(
+        published.iter().map(|(_, n)| n).sum::<usize>(),
+        2,
+        "both published"
+    );
+    let audit = bus.queue("audit").unwrap();
+    let got = audit
+        .receive(10, Duration::from_secs(30), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].message.id, "acme#inventory#junk/event#000000000001");
+    assert_eq!(got[0].message.body, "not an envelope");
+    assert!(got[0].message.attributes.is_empty());
+    let projector = Projector::<SqliteTable, Audit>::new(table.clone());
+    assert_eq!(
+        projector.handle(&got).await,
+        vec![Verdict::Poison, Verdict::Done],
+        "the junk is refused, the event after it applied"
+    );
+}
+
+/// Feed rows and bus messages written by a build that kept no routing in the feed (and copied
+/// bodies into the log) are read after an upgrade: the feed's rows get their routing from their
+/// envelopes, and old and new messages come in publishing order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_an_older_build_left_in_the_feed_and_on_the_bus_is_delivered_after_an_upgrade() {
+    use commerce_app::bus::Queue;
+    use commerce_app::projection::subscriptions;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shop.db");
+    {
+        let table = SqliteTable::open(&path).unwrap();
+        let mut stock = load::<Inventory, _>(&table, "acme#inventory#cup".into())
+            .await
+            .unwrap();
+        let events = stock.state.receive(Quantity::new(2).unwrap()).unwrap();
+        let mut changes = Changes::new(Origin::system("test"));
+        changes
+            .append(&mut stock, events, 1_800_000_000_000)
+            .unwrap();
+        changes.commit(&table).await.unwrap();
+    }
+    // The older schema: a feed of keys only, and a log with its bodies inline, holding one
+    // message published before the upgrade and not yet received.
+    let old = rusqlite::Connection::open(&path).unwrap();
+    old.busy_timeout(Duration::from_secs(5)).unwrap();
+    old.execute_batch(
+        r#"ALTER TABLE feed DROP COLUMN message_id;
+           ALTER TABLE feed DROP COLUMN attributes;
+           CREATE TABLE bus_log (
+               seq INTEGER PRIMARY KEY AUTOINCREMENT,
+               message_id TEXT NOT NULL,
+               attributes TEXT NOT NULL,
+               body TEXT NOT NULL
+           );
+           CREATE TABLE bus_cursors (queue TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+           INSERT INTO bus_cursors VALUES ('audit', 0), ('sales', 0);
+           INSERT INTO bus_log (message_id, attributes, body)
+           VALUES ('before', '{"tenant":"acme"}', '{"old":true}');"#,
+    )
+    .unwrap();
+    drop(old);
+
+    let table = SqliteTable::open(&path).unwrap();
+    let bus = SqliteBus::open(&table, subscriptions()).await.unwrap();
+    assert_eq!(
+        bus.publish_feed(100).await.unwrap(),
+        vec![("acme".to_owned(), 1)]
+    );
+    let got = bus
+        .queue("audit")
+        .unwrap()
+        .receive(10, Duration::from_secs(30), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].message.id, "before");
+    assert_eq!(got[0].message.body, r#"{"old":true}"#);
+    let envelope: Envelope<Value> = serde_json::from_str(&got[1].message.body).unwrap();
+    assert_eq!(got[1].message.id, envelope.id.to_string());
+    assert_eq!(got[1].message.attributes["event_type"], "StockReceived");
+    assert_eq!(got[1].message.attributes["tenant"], "acme");
+}

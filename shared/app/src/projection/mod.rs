@@ -566,7 +566,11 @@ impl<'a, T: Table> Chunk<'a, T> {
     fn mark(&mut self, positions: &[Position]) -> ChunkMark {
         ChunkMark {
             draft: self.draft.mark(),
-            positions: self.positions.clone(),
+            // An event moves only its own stream's positions.
+            positions: positions
+                .iter()
+                .map(|p| (p.pk.clone(), self.positions.get(&p.pk).cloned()))
+                .collect(),
             processed: self.processed.len(),
             recorded: self.recorded_at_ms.len(),
             applied: positions.iter().map(|p| (p.applied, p.moved)).collect(),
@@ -575,7 +579,12 @@ impl<'a, T: Table> Chunk<'a, T> {
 
     fn rollback(&mut self, mark: ChunkMark, positions: &mut [Position]) {
         self.draft.rollback(mark.draft);
-        self.positions = mark.positions;
+        for (pk, write) in mark.positions {
+            match write {
+                Some(write) => self.positions.insert(pk, write),
+                None => self.positions.remove(&pk),
+            };
+        }
         self.processed.truncate(mark.processed);
         self.recorded_at_ms.truncate(mark.recorded);
         for (position, (applied, moved)) in positions.iter_mut().zip(mark.applied) {
@@ -631,7 +640,8 @@ fn streams_tenants(deliveries: &[Delivery]) -> BTreeSet<&str> {
 /// A chunk as it was before an event.
 struct ChunkMark {
     draft: draft::Mark,
-    positions: BTreeMap<String, Write>,
+    /// The stream's position writes as they were (`None`: not in the chunk).
+    positions: Vec<(String, Option<Write>)>,
     processed: usize,
     recorded: usize,
     applied: Vec<(u64, bool)>,
