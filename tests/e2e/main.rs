@@ -7,6 +7,7 @@
     clippy::indexing_slicing
 )]
 
+mod asl;
 mod auth;
 mod catalog;
 mod errors;

@@ -4,6 +4,7 @@
 //! `commerce token` prints a token the server accepts; `commerce dlq` and `commerce replay` are
 //! for operators (see `--help`).
 
+mod asl;
 mod ops;
 mod pipeline;
 
@@ -53,6 +54,9 @@ enum Command {
     Dlq(ops::Dlq),
     /// Rebuild read models from the event log, while the service serves.
     Replay(ops::Replay),
+    /// Run or check a state machine definition locally, with scripted task answers.
+    #[command(subcommand)]
+    Asl(asl::Asl),
 }
 
 #[derive(Args, Clone)]
@@ -123,7 +127,7 @@ struct Token {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -140,13 +144,14 @@ async fn main() -> anyhow::Result<()> {
                 auth.mint(&token.tenant, &token.sub, &roles, token.ttl_seconds)
                     .map_err(|e| anyhow::anyhow!("{}", e.0.detail))?
             );
-            Ok(())
         }
-        Some(Command::Serve(serve)) => run(serve).await,
-        Some(Command::Dlq(command)) => dlq(command).await,
-        Some(Command::Replay(command)) => replay(command).await,
-        None => run(cli.serve).await,
+        Some(Command::Serve(serve)) => run(serve).await?,
+        Some(Command::Dlq(command)) => dlq(command).await?,
+        Some(Command::Replay(command)) => replay(command).await?,
+        Some(Command::Asl(command)) => return Ok(asl::asl(command).await),
+        None => run(cli.serve).await?,
     }
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 async fn run(serve: Serve) -> anyhow::Result<()> {
