@@ -32,6 +32,37 @@ pub trait PaymentGateway: Send + Sync + 'static {
     /// Lets go of whatever is held for `order`, if anything; repeating it is harmless. An order
     /// once voided is not authorized afterwards, so a late request cannot undo the void.
     fn void(&self, order: &OrderId) -> impl Future<Output = Result<(), PaymentError>> + Send;
+
+    /// Takes `amount` (at most what `authorization` holds) from the payment method. The
+    /// provider acts once per `key` ([`operation_key`]): a repeat answers the first receipt.
+    fn capture(
+        &self,
+        authorization: &PaymentAuthorization,
+        amount: Money,
+        key: &str,
+    ) -> impl Future<Output = Result<PaymentReceipt, PaymentError>> + Send;
+
+    /// Gives back `amount` (at most what was captured and not yet refunded), once per `key`.
+    fn refund(
+        &self,
+        authorization: &PaymentAuthorization,
+        amount: Money,
+        key: &str,
+    ) -> impl Future<Output = Result<PaymentReceipt, PaymentError>> + Send;
+}
+
+/// What a capture or a refund did, as the provider records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PaymentReceipt {
+    pub id: String,
+    pub amount: Money,
+}
+
+/// The idempotency key of one payment operation on an order: `kind` names it (`capture`,
+/// `refund`) and `attempt` tells apart operations a shop means to be distinct (the first
+/// cancellation and a later one), so a retried call is the same operation and a new one is not.
+pub fn operation_key(order: &OrderId, kind: &str, attempt: u32) -> String {
+    format!("{order}:{kind}:{attempt}")
 }
 
 /// A deterministic provider that keeps its ledger in memory. Its test tokens:
@@ -45,7 +76,11 @@ pub trait PaymentGateway: Send + Sync + 'static {
 /// | `tok_unavailable` | unavailable, every time |
 /// | `tok_flaky` | unavailable on the first try for an order, approved after |
 /// | `tok_outage` | unavailable on the first three tries for an order (one request's worth), approved after |
+/// | `tok_refund_unavailable_N` | approved; its order's first N refund tries are unavailable |
+/// | `tok_refund_refused` | approved; every refund for its order is declined: `refund_refused` |
 /// | anything not starting with `tok_` | declined: `invalid_token` |
+///
+/// Captures and refunds are kept per key: a repeated key answers its first receipt.
 #[derive(Debug, Default)]
 pub struct SandboxPayments {
     ledger: Mutex<Ledger>,
@@ -61,8 +96,13 @@ struct Ledger {
 #[derive(Debug, Default)]
 struct Entry {
     authorization: Option<PaymentAuthorization>,
+    /// The token it was authorized with, which may ask for faults in later operations.
+    token: String,
     /// Voided orders are never authorized again, even if the void came first.
     voided: bool,
+    capture: Option<(String, PaymentReceipt)>,
+    refunds: Vec<(String, PaymentReceipt)>,
+    failed_refunds: u32,
 }
 
 /// What the sandbox has done, for tests to check.
@@ -72,6 +112,10 @@ pub struct SandboxCounts {
     pub authorizations: usize,
     /// Authorizations voided.
     pub voids: usize,
+    /// Captures made (repeats of a key are not new ones).
+    pub captures: usize,
+    /// Refunds made (repeats of a key are not new ones).
+    pub refunds: usize,
 }
 
 /// Tries for one order that `tok_outage` fails.
@@ -118,6 +162,7 @@ impl PaymentGateway for SandboxPayments {
         if entry.voided {
             return Err(PaymentError::Declined("order_voided".into()));
         }
+        token.clone_into(&mut entry.token);
         let authorization = entry
             .authorization
             .get_or_insert_with(|| PaymentAuthorization {
@@ -127,6 +172,84 @@ impl PaymentGateway for SandboxPayments {
         Ok(authorization.clone())
     }
 
+    async fn capture(
+        &self,
+        authorization: &PaymentAuthorization,
+        amount: Money,
+        key: &str,
+    ) -> Result<PaymentReceipt, PaymentError> {
+        let mut ledger = self.ledger()?;
+        let entry = ledger.authorized(authorization)?;
+        if let Some((first, receipt)) = &entry.capture {
+            return if first == key {
+                Ok(receipt.clone())
+            } else {
+                Err(PaymentError::Declined("already_captured".into()))
+            };
+        }
+        if entry.voided {
+            return Err(PaymentError::Declined("authorization_voided".into()));
+        }
+        if !fits(amount, authorization.amount) {
+            return Err(PaymentError::Declined(
+                "capture_exceeds_authorization".into(),
+            ));
+        }
+        let receipt = PaymentReceipt {
+            id: format!("cap_{}", authorization.id),
+            amount,
+        };
+        entry.capture = Some((key.to_owned(), receipt.clone()));
+        Ok(receipt)
+    }
+
+    async fn refund(
+        &self,
+        authorization: &PaymentAuthorization,
+        amount: Money,
+        key: &str,
+    ) -> Result<PaymentReceipt, PaymentError> {
+        let mut ledger = self.ledger()?;
+        let entry = ledger.authorized(authorization)?;
+        if let Some((_, receipt)) = entry.refunds.iter().find(|(k, _)| k == key) {
+            return Ok(receipt.clone());
+        }
+        if entry.token == "tok_refund_refused" {
+            return Err(PaymentError::Declined("refund_refused".into()));
+        }
+        let failing = entry
+            .token
+            .strip_prefix("tok_refund_unavailable_")
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
+        if entry.failed_refunds < failing {
+            entry.failed_refunds += 1;
+            return Err(PaymentError::Unavailable(
+                "sandbox: refund unavailable".into(),
+            ));
+        }
+        let Some((_, captured)) = &entry.capture else {
+            return Err(PaymentError::Declined("nothing_captured".into()));
+        };
+        let refunded = entry
+            .refunds
+            .iter()
+            .try_fold(0i64, |sum, (_, r)| sum.checked_add(r.amount.amount_minor));
+        let left = refunded.and_then(|r| captured.amount.amount_minor.checked_sub(r));
+        if amount.currency != captured.amount.currency
+            || amount.amount_minor <= 0
+            || left.is_none_or(|left| amount.amount_minor > left)
+        {
+            return Err(PaymentError::Declined("refund_exceeds_captured".into()));
+        }
+        let receipt = PaymentReceipt {
+            id: format!("re_{}_{}", authorization.id, entry.refunds.len() + 1),
+            amount,
+        };
+        entry.refunds.push((key.to_owned(), receipt.clone()));
+        Ok(receipt)
+    }
+
     async fn void(&self, order: &OrderId) -> Result<(), PaymentError> {
         self.ledger()?
             .by_order
@@ -134,6 +257,30 @@ impl PaymentGateway for SandboxPayments {
             .or_default()
             .voided = true;
         Ok(())
+    }
+}
+
+/// Whether `amount` is positive, in `limit`'s currency and no more than it.
+fn fits(amount: Money, limit: Money) -> bool {
+    amount.currency == limit.currency
+        && amount.amount_minor > 0
+        && amount.amount_minor <= limit.amount_minor
+}
+
+impl Ledger {
+    /// The entry of an authorization this sandbox made.
+    fn authorized(
+        &mut self,
+        authorization: &PaymentAuthorization,
+    ) -> Result<&mut Entry, PaymentError> {
+        self.by_order
+            .values_mut()
+            .find(|e| {
+                e.authorization
+                    .as_ref()
+                    .is_some_and(|a| a.id == authorization.id)
+            })
+            .ok_or_else(|| PaymentError::Declined("unknown_authorization".into()))
     }
 }
 
@@ -166,6 +313,8 @@ impl SandboxPayments {
                 SandboxCounts {
                     authorizations: authorized().count(),
                     voids: authorized().filter(|e| e.voided).count(),
+                    captures: authorized().filter(|e| e.capture.is_some()).count(),
+                    refunds: authorized().map(|e| e.refunds.len()).sum(),
                 }
             })
             .unwrap_or_default()
@@ -219,7 +368,8 @@ mod tests {
             sandbox.counts(),
             SandboxCounts {
                 authorizations: 1,
-                voids: 1
+                voids: 1,
+                ..SandboxCounts::default()
             }
         );
         assert!(!sandbox.is_authorized(&order("o1")));
@@ -267,6 +417,107 @@ mod tests {
             "approved"
         );
         assert_eq!(sandbox.counts().authorizations, 2);
+    }
+
+    #[tokio::test]
+    async fn a_capture_and_refunds_act_once_per_key_and_never_exceed_what_was_taken() {
+        let sandbox = SandboxPayments::default();
+        let auth = sandbox
+            .authorize(&order("o1"), eur(1000), "tok_visa")
+            .await
+            .unwrap();
+        let capture_key = operation_key(&order("o1"), "capture", 1);
+        assert_eq!(
+            sandbox.capture(&auth, eur(1001), &capture_key).await,
+            Err(PaymentError::Declined(
+                "capture_exceeds_authorization".into()
+            ))
+        );
+        let captured = sandbox
+            .capture(&auth, eur(800), &capture_key)
+            .await
+            .unwrap();
+        assert_eq!(
+            sandbox.capture(&auth, eur(800), &capture_key).await,
+            Ok(captured.clone()),
+            "a repeated capture answers the first"
+        );
+        assert_eq!(
+            sandbox
+                .capture(&auth, eur(100), &operation_key(&order("o1"), "capture", 2))
+                .await,
+            Err(PaymentError::Declined("already_captured".into()))
+        );
+        let first = operation_key(&order("o1"), "refund", 1);
+        let refund = sandbox.refund(&auth, eur(300), &first).await.unwrap();
+        assert_eq!(sandbox.refund(&auth, eur(300), &first).await, Ok(refund));
+        let second = operation_key(&order("o1"), "refund", 2);
+        assert_eq!(
+            sandbox.refund(&auth, eur(501), &second).await,
+            Err(PaymentError::Declined("refund_exceeds_captured".into())),
+            "800 captured, 300 refunded: 500 left"
+        );
+        sandbox.refund(&auth, eur(500), &second).await.unwrap();
+        assert_eq!(
+            sandbox.counts(),
+            SandboxCounts {
+                authorizations: 1,
+                voids: 0,
+                captures: 1,
+                refunds: 2,
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn refund_faults_are_asked_for_by_token() {
+        let sandbox = SandboxPayments::default();
+        let flaky = sandbox
+            .authorize(&order("f"), eur(10), "tok_refund_unavailable_2")
+            .await
+            .unwrap();
+        let refused = sandbox
+            .authorize(&order("r"), eur(10), "tok_refund_refused")
+            .await
+            .unwrap();
+        for auth in [&flaky, &refused] {
+            sandbox.capture(auth, eur(10), "capture").await.unwrap();
+        }
+        let key = operation_key(&order("f"), "refund", 1);
+        for _ in 0..2 {
+            assert!(matches!(
+                sandbox.refund(&flaky, eur(10), &key).await,
+                Err(PaymentError::Unavailable(_))
+            ));
+        }
+        sandbox.refund(&flaky, eur(10), &key).await.unwrap();
+        assert_eq!(
+            sandbox.refund(&refused, eur(10), "any").await,
+            Err(PaymentError::Declined("refund_refused".into()))
+        );
+        assert_eq!(sandbox.counts().refunds, 1);
+    }
+
+    #[tokio::test]
+    async fn a_voided_authorization_cannot_be_captured_nor_an_unknown_one_refunded() {
+        let sandbox = SandboxPayments::default();
+        let auth = sandbox
+            .authorize(&order("v"), eur(10), "tok_visa")
+            .await
+            .unwrap();
+        sandbox.void(&order("v")).await.unwrap();
+        assert_eq!(
+            sandbox.capture(&auth, eur(10), "k").await,
+            Err(PaymentError::Declined("authorization_voided".into()))
+        );
+        let stranger = PaymentAuthorization {
+            id: "auth_elsewhere".into(),
+            amount: eur(10),
+        };
+        assert_eq!(
+            sandbox.refund(&stranger, eur(1), "k").await,
+            Err(PaymentError::Declined("unknown_authorization".into()))
+        );
     }
 
     #[tokio::test(start_paused = true)]

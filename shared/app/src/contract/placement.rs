@@ -245,6 +245,28 @@ impl PaymentGateway for CutPayments {
         }
         self.cut.call(self.inner.void(order)).await
     }
+
+    async fn capture(
+        &self,
+        authorization: &PaymentAuthorization,
+        amount: Money,
+        key: &str,
+    ) -> Result<crate::payments::PaymentReceipt, PaymentError> {
+        self.cut
+            .call(self.inner.capture(authorization, amount, key))
+            .await
+    }
+
+    async fn refund(
+        &self,
+        authorization: &PaymentAuthorization,
+        amount: Money,
+        key: &str,
+    ) -> Result<crate::payments::PaymentReceipt, PaymentError> {
+        self.cut
+            .call(self.inner.refund(authorization, amount, key))
+            .await
+    }
 }
 
 type TestShop<T> = Shop<CutTable<T>, CutPayments, HandClock>;
@@ -668,7 +690,8 @@ pub async fn a_retry_never_holds_a_basket_twice<T: Table + Clone>(table: &T) {
         world.counts(),
         SandboxCounts {
             authorizations: 1,
-            voids: 0
+            voids: 0,
+            ..SandboxCounts::default()
         }
     );
 }
@@ -691,7 +714,8 @@ pub async fn a_void_that_fails_is_tried_again<T: Table + Clone>(table: &T) {
         world.counts(),
         SandboxCounts {
             authorizations: 1,
-            voids: 0
+            voids: 0,
+            ..SandboxCounts::default()
         }
     );
     world.clock.advance(world.config.lease_ms + 1);
@@ -701,7 +725,8 @@ pub async fn a_void_that_fails_is_tried_again<T: Table + Clone>(table: &T) {
         world.counts(),
         SandboxCounts {
             authorizations: 1,
-            voids: 1
+            voids: 1,
+            ..SandboxCounts::default()
         }
     );
     assert_eq!(world.stock().await, (10, 0, 10));
@@ -737,7 +762,8 @@ pub async fn a_lease_lost_mid_payment_lets_only_one_run_act<T: Table + Clone>(ta
         world.counts(),
         SandboxCounts {
             authorizations: 1,
-            voids: 0
+            voids: 0,
+            ..SandboxCounts::default()
         }
     );
     assert_eq!(world.stock().await, (10, 3, 7));
@@ -815,7 +841,8 @@ pub async fn a_reservation_survives_an_outage_and_the_retry_orders_it<T: Table +
         world.counts(),
         SandboxCounts {
             authorizations: 1,
-            voids: 0
+            voids: 0,
+            ..SandboxCounts::default()
         }
     );
     assert_eq!(world.stock().await, (10, 2, 8));
@@ -857,7 +884,8 @@ pub async fn a_store_failure_after_payment_is_retried<T: Table + Clone>(table: &
         world.counts(),
         SandboxCounts {
             authorizations: 2,
-            voids: 0
+            voids: 0,
+            ..SandboxCounts::default()
         }
     );
     assert_eq!(world.stock().await, (10, 5, 5));
