@@ -242,13 +242,14 @@ impl SqliteBus {
                     .query_row(params![limit], |row| row.get(0))?;
                 let Some(upto) = upto else { return Ok(0) };
                 let attributes: Vec<String> = sp
-                    .prepare_cached("SELECT attributes FROM feed WHERE seq <= ?1")?
+                    .prepare_cached("SELECT coalesce(attributes, '{}') FROM feed WHERE seq <= ?1")?
                     .query_map(params![upto], |row| row.get(0))?
                     .collect::<rusqlite::Result<_>>()?;
                 let n = sp
                     .prepare_cached(
                         "INSERT INTO bus_log (message_id, attributes, body, pk, sk)
-                         SELECT message_id, attributes, '', pk, sk FROM feed
+                         SELECT coalesce(message_id, pk || '/' || sk), coalesce(attributes, '{}'),
+                                '', pk, sk FROM feed
                          WHERE seq <= ?1 ORDER BY seq",
                     )?
                     .execute(params![upto])?;
@@ -405,9 +406,8 @@ impl SqliteQueue {
                         ))
                     })?
                     .collect::<rusqlite::Result<_>>()?;
-                let mut item = c.prepare_cached(
-                    "SELECT CAST(data AS TEXT) FROM items WHERE pk = ?1 AND sk = ?2",
-                )?;
+                let mut item =
+                    c.prepare_cached("SELECT data FROM items WHERE pk = ?1 AND sk = ?2")?;
                 let mut found = Vec::with_capacity(rows.len());
                 for (seq, id, attributes, body, event) in rows {
                     // Unreadable attributes pass, so decoding them reports the fault.
@@ -418,11 +418,12 @@ impl SqliteQueue {
                         continue;
                     }
                     let body = match event {
-                        // An event's item is never deleted; were it gone, the empty body
-                        // fails its consumers and the message is dead-lettered.
+                        // An event's item is never deleted; were it gone (or not UTF-8), the
+                        // empty body fails its consumers and the message is dead-lettered.
                         Some((pk, sk)) => item
-                            .query_row(params![pk, sk], |row| row.get(0))
+                            .query_row(params![pk, sk], |row| row.get::<_, Vec<u8>>(0))
                             .optional()?
+                            .and_then(|data| String::from_utf8(data).ok())
                             .unwrap_or_default(),
                         None => body,
                     };

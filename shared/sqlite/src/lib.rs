@@ -437,50 +437,63 @@ fn add_owner_column(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// Feed rows carry their event's message id and routing attributes (`NULL` in rows written
-/// before they did: those are filled in here, from their envelopes).
+/// before they did: those are filled in here, from their envelopes). One transaction, so an
+/// interrupted upgrade leaves the old schema, and a process opening the file beside it waits.
 fn add_feed_routing(conn: &Connection) -> Result<(), StoreError> {
-    let has: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM pragma_table_info('feed') WHERE name = 'message_id'",
-            [],
-            |row| row.get(0),
-        )
+    /// Legacy rows routed per step, so memory stays bounded however long the feed grew.
+    const CHUNK: i64 = 1000;
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
         .map_err(failure)?;
-    if has == 0 {
-        conn.execute_batch(
-            "ALTER TABLE feed ADD COLUMN message_id TEXT;
-             ALTER TABLE feed ADD COLUMN attributes TEXT;",
-        )
-        .map_err(failure)?;
+    for column in ["message_id", "attributes"] {
+        let has: i64 = tx
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('feed') WHERE name = ?1",
+                [column],
+                |row| row.get(0),
+            )
+            .map_err(failure)?;
+        if has == 0 {
+            tx.execute_batch(&format!("ALTER TABLE feed ADD COLUMN {column} TEXT"))
+                .map_err(failure)?;
+        }
     }
-    let legacy: Vec<(i64, Vec<u8>, String, String)> = conn
-        .prepare(
-            "SELECT f.seq, coalesce(i.data, x''), f.pk, f.sk FROM feed f
-             LEFT JOIN items i ON i.pk = f.pk AND i.sk = f.sk WHERE f.message_id IS NULL",
-        )
-        .and_then(|mut q| {
-            q.query_map([], |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-            })?
-            .collect()
-        })
-        .map_err(failure)?;
-    for (seq, data, pk, sk) in legacy {
-        let route = Route::of(&Item {
-            pk,
-            sk,
-            version: 0,
-            data,
-            expires_at: None,
-            owner: None,
-        });
-        conn.execute(
-            "UPDATE feed SET message_id = ?2, attributes = ?3 WHERE seq = ?1",
-            params![seq, route.message_id, route.attributes],
-        )
-        .map_err(failure)?;
+    let mut after = 0i64;
+    loop {
+        let legacy: Vec<(i64, Vec<u8>, String, String)> = tx
+            .prepare_cached(
+                "SELECT f.seq, coalesce(i.data, x''), f.pk, f.sk FROM feed f
+                 LEFT JOIN items i ON i.pk = f.pk AND i.sk = f.sk
+                 WHERE f.seq > ?1 AND (f.message_id IS NULL OR f.attributes IS NULL)
+                 ORDER BY f.seq LIMIT ?2",
+            )
+            .and_then(|mut q| {
+                q.query_map(params![after, CHUNK], |row| {
+                    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                })?
+                .collect()
+            })
+            .map_err(failure)?;
+        let Some(&(last, ..)) = legacy.last() else {
+            break;
+        };
+        for (seq, data, pk, sk) in legacy {
+            let route = Route::of(&Item {
+                pk,
+                sk,
+                version: 0,
+                data,
+                expires_at: None,
+                owner: None,
+            });
+            tx.prepare_cached("UPDATE feed SET message_id = ?2, attributes = ?3 WHERE seq = ?1")
+                .and_then(|mut update| {
+                    update.execute(params![seq, route.message_id, route.attributes])
+                })
+                .map_err(failure)?;
+        }
+        after = last;
     }
-    Ok(())
+    tx.commit().map_err(failure)
 }
 
 fn configure_reader(conn: &Connection) -> Result<(), StoreError> {

@@ -323,3 +323,117 @@ async fn what_an_older_build_left_in_the_feed_and_on_the_bus_is_delivered_after_
     assert_eq!(got[1].message.attributes["event_type"], "StockReceived");
     assert_eq!(got[1].message.attributes["tenant"], "acme");
 }
+
+/// An upgrade interrupted after adding one of the feed's routing columns (as an earlier build's
+/// two statements could be) is finished at the next open, and events are written and published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_upgrade_interrupted_halfway_is_finished_at_the_next_open() {
+    use commerce_app::projection::subscriptions;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shop.db");
+    drop(SqliteTable::open(&path).unwrap());
+    let old = rusqlite::Connection::open(&path).unwrap();
+    old.execute_batch(
+        "ALTER TABLE feed DROP COLUMN message_id;
+         ALTER TABLE feed DROP COLUMN attributes;
+         ALTER TABLE feed ADD COLUMN message_id TEXT;",
+    )
+    .unwrap();
+    drop(old);
+    let table = SqliteTable::open(&path).unwrap();
+    let bus = SqliteBus::open(&table, subscriptions()).await.unwrap();
+    let mut stock = load::<Inventory, _>(&table, "acme#inventory#cup".into())
+        .await
+        .unwrap();
+    let events = stock.state.receive(Quantity::new(2).unwrap()).unwrap();
+    let mut changes = Changes::new(Origin::system("test"));
+    changes
+        .append(&mut stock, events, 1_800_000_000_000)
+        .unwrap();
+    changes.commit(&table).await.unwrap();
+    assert_eq!(
+        bus.publish_feed(100).await.unwrap(),
+        vec![("acme".to_owned(), 1)]
+    );
+}
+
+/// An event item whose bytes are not UTF-8 reaches its consumers with an empty body (they
+/// refuse it), and the event after it is delivered all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_item_that_is_not_text_holds_up_no_other_message() {
+    use commerce_app::bus::Queue;
+    use commerce_app::projection::subscriptions;
+    use commerce_app::table::{Item, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let table = SqliteTable::open(dir.path().join("shop.db")).unwrap();
+    let bus = SqliteBus::open(&table, subscriptions()).await.unwrap();
+    table
+        .transact(vec![Write::Event {
+            item: Item {
+                pk: "acme#inventory#bytes".into(),
+                sk: "event#000000000001".into(),
+                version: 1,
+                data: vec![0xff, 0xfe, 0x00],
+                expires_at: None,
+                owner: None,
+            },
+        }])
+        .await
+        .unwrap();
+    let mut stock = load::<Inventory, _>(&table, "acme#inventory#cup".into())
+        .await
+        .unwrap();
+    let events = stock.state.receive(Quantity::new(2).unwrap()).unwrap();
+    let mut changes = Changes::new(Origin::system("test"));
+    changes
+        .append(&mut stock, events, 1_800_000_000_000)
+        .unwrap();
+    changes.commit(&table).await.unwrap();
+    bus.publish_feed(100).await.unwrap();
+    let got = bus
+        .queue("audit")
+        .unwrap()
+        .receive(10, Duration::from_secs(30), Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[0].message.body, "");
+    assert!(got[1].message.body.contains("StockReceived"));
+}
+
+/// A feed row without routing (written by anything but this build's writer) is published with
+/// its key for an id and no attributes, instead of stopping every publish behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_feed_row_without_routing_does_not_stop_the_publisher() {
+    use commerce_app::projection::subscriptions;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shop.db");
+    let table = SqliteTable::open(&path).unwrap();
+    let bus = SqliteBus::open(&table, subscriptions()).await.unwrap();
+    let mut stock = load::<Inventory, _>(&table, "acme#inventory#cup".into())
+        .await
+        .unwrap();
+    let events = stock.state.receive(Quantity::new(2).unwrap()).unwrap();
+    let mut changes = Changes::new(Origin::system("test"));
+    changes
+        .append(&mut stock, events, 1_800_000_000_000)
+        .unwrap();
+    changes.commit(&table).await.unwrap();
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.busy_timeout(Duration::from_secs(5)).unwrap();
+    other
+        .execute(
+            "INSERT INTO feed (pk, sk) VALUES ('acme#inventory#cup', 'event#000000000001')",
+            [],
+        )
+        .unwrap();
+    drop(other);
+    let published: usize = bus
+        .publish_feed(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(published, 2);
+}
