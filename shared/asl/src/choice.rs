@@ -270,7 +270,8 @@ impl Order {
 /// How two values compare as `kind`; `None` when either is not of that kind (the rule fails).
 fn compare(kind: Kind, a: &Value, b: &Value) -> Option<std::cmp::Ordering> {
     match kind {
-        Kind::String => Some(a.as_str()?.cmp(b.as_str()?)),
+        // By UTF-16 code units, as Step Functions (Java) orders strings.
+        Kind::String => Some(a.as_str()?.encode_utf16().cmp(b.as_str()?.encode_utf16())),
         Kind::Numeric => a.as_f64()?.partial_cmp(&b.as_f64()?),
         Kind::Boolean => Some(a.as_bool()?.cmp(&b.as_bool()?)),
         Kind::Timestamp => Some(timestamp(a.as_str()?)?.cmp(&timestamp(b.as_str()?)?)),

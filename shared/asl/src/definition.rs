@@ -133,7 +133,12 @@ impl Definition {
         Self::from_value(&value, "definition")
     }
 
+    /// A whole definition, from its JSON.
     pub fn from_value(value: &Value, at: &str) -> Result<Self, Refused> {
+        Self::read(value, at, Level::Top)
+    }
+
+    fn read(value: &Value, at: &str, level: Level) -> Result<Self, Refused> {
         let refuse = |why: String| Refused {
             at: at.to_owned(),
             why,
@@ -144,22 +149,18 @@ impl Definition {
         if map.contains_key("QueryLanguage") {
             return Err(refuse("only JSONPath is supported, not JSONata".into()));
         }
-        only(
-            map,
-            &[
-                "StartAt",
-                "States",
-                "Comment",
-                "Version",
-                "TimeoutSeconds",
-                "ProcessorConfig",
-            ],
-            at,
-        )?;
+        let fields: &[&str] = match level {
+            Level::Top => &["StartAt", "States", "Comment", "Version", "TimeoutSeconds"],
+            Level::Branch => &["StartAt", "States", "Comment"],
+            Level::ItemProcessor => &["StartAt", "States", "Comment", "ProcessorConfig"],
+        };
+        only(map, fields, at)?;
         if let Some(config) = map.get("ProcessorConfig") {
-            let inline = config
-                .get("Mode")
-                .is_none_or(|mode| mode == &Value::String("INLINE".into()));
+            let inline = config.as_object().is_some_and(|c| {
+                c.keys().all(|k| k == "Mode")
+                    && c.get("Mode")
+                        .is_none_or(|mode| mode == &Value::String("INLINE".into()))
+            });
             if !inline {
                 return Err(refuse("only an INLINE Map processor is supported".into()));
             }
@@ -313,8 +314,13 @@ impl State {
             Flow::NextOrEnd => &["Next", "End"],
             Flow::Neither => &[],
         };
-        // Fail takes no InputPath/OutputPath, but accepting them costs nothing and AWS does.
-        let known: Vec<&str> = COMMON
+        // A Fail state takes only Type and Comment of the common fields.
+        let common: &[&str] = if kind_name == "Fail" {
+            &["Type", "Comment"]
+        } else {
+            COMMON
+        };
+        let known: Vec<&str> = common
             .iter()
             .chain(fields)
             .chain(flow_fields)
@@ -428,7 +434,9 @@ impl State {
                     branches: branches
                         .iter()
                         .enumerate()
-                        .map(|(n, b)| Definition::from_value(b, &format!("{at}.Branches[{n}]")))
+                        .map(|(n, b)| {
+                            Definition::read(b, &format!("{at}.Branches[{n}]"), Level::Branch)
+                        })
                         .collect::<Result<_, _>>()?,
                 }
             }
@@ -445,7 +453,8 @@ impl State {
                     .into_iter()
                     .find_map(|k| map.get(k).map(|v| (k, v)))
                     .ok_or_else(|| refuse("ItemProcessor is missing".into()))?;
-                let processor = Definition::from_value(processor, &format!("{at}.{key}"))?;
+                let processor =
+                    Definition::read(processor, &format!("{at}.{key}"), Level::ItemProcessor)?;
                 let items_path = match map.get("ItemsPath") {
                     None => Path::parse("$").map_err(refuse)?,
                     Some(_) => path(map, "ItemsPath", at)?,
@@ -505,6 +514,26 @@ enum Flow {
     NextOrEnd,
     Neither,
 }
+
+/// Where a definition sits: what top-level fields it may have.
+#[derive(Clone, Copy)]
+enum Level {
+    Top,
+    Branch,
+    ItemProcessor,
+}
+
+/// The intrinsic functions a Fail state's ErrorPath or CausePath may use: those that give a
+/// string.
+const STRING_FUNCTIONS: &[&str] = &[
+    "States.Format",
+    "States.JsonToString",
+    "States.ArrayGetItem",
+    "States.Base64Encode",
+    "States.Base64Decode",
+    "States.Hash",
+    "States.UUID",
+];
 
 fn only(map: &Map<String, Value>, known: &[&str], at: &str) -> Result<(), Refused> {
     match map.keys().find(|k| !known.contains(&k.as_str())) {
@@ -604,9 +633,14 @@ fn dynamic(map: &Map<String, Value>, key: &str, at: &str) -> Result<Option<Dynam
                 why,
             };
             if given.starts_with("States.") {
-                crate::intrinsic::Call::parse(given)
-                    .map(|c| Some(Dynamic::Intrinsic(c)))
-                    .map_err(refuse)
+                let call = crate::intrinsic::Call::parse(given).map_err(refuse)?;
+                if !STRING_FUNCTIONS.contains(&call.name.as_str()) {
+                    return Err(refuse(format!(
+                        "{} does not give a string; {path_key} takes one of {STRING_FUNCTIONS:?}",
+                        call.name
+                    )));
+                }
+                Ok(Some(Dynamic::Intrinsic(call)))
             } else {
                 Path::parse(given)
                     .map(|p| Some(Dynamic::Path(p)))
@@ -669,14 +703,21 @@ fn retriers(map: &Map<String, Value>, at: &str) -> Result<Vec<Retrier>, Refused>
             ],
             &at,
         )?;
-        let number = |key: &str, default: f64, min: f64| -> Result<f64, Refused> {
+        let whole = |key: &str, default: u64, min: u64| -> Result<u64, Refused> {
             match map.get(key) {
                 None => Ok(default),
-                Some(v) => v.as_f64().filter(|f| *f >= min).ok_or_else(|| Refused {
+                Some(v) => v.as_u64().filter(|n| *n >= min).ok_or_else(|| Refused {
                     at: at.clone(),
-                    why: format!("{key} must be a number of at least {min}"),
+                    why: format!("{key} must be a whole number of at least {min}"),
                 }),
             }
+        };
+        let backoff_rate = match map.get("BackoffRate") {
+            None => 2.0,
+            Some(v) => v.as_f64().filter(|f| *f >= 1.0).ok_or_else(|| Refused {
+                at: at.clone(),
+                why: "BackoffRate must be a number of at least 1.0".into(),
+            })?,
         };
         let full_jitter = match map.get("JitterStrategy").map(Value::as_str) {
             None | Some(Some("NONE")) => false,
@@ -685,13 +726,12 @@ fn retriers(map: &Map<String, Value>, at: &str) -> Result<Vec<Retrier>, Refused>
         };
         out.push(Retrier {
             errors: error_names(map.get("ErrorEquals"), &at)?,
-            interval_seconds: number("IntervalSeconds", 1.0, 1.0)?,
-            max_attempts: u32::try_from(number("MaxAttempts", 3.0, 0.0)? as u64)
-                .unwrap_or(u32::MAX),
-            backoff_rate: number("BackoffRate", 2.0, 1.0)?,
+            interval_seconds: whole("IntervalSeconds", 1, 1)? as f64,
+            max_attempts: u32::try_from(whole("MaxAttempts", 3, 0)?).unwrap_or(u32::MAX),
+            backoff_rate,
             max_delay_seconds: map
                 .get("MaxDelaySeconds")
-                .map(|_| number("MaxDelaySeconds", 0.0, 1.0))
+                .map(|_| whole("MaxDelaySeconds", 1, 1).map(|n| n as f64))
                 .transpose()?,
             full_jitter,
         });

@@ -87,15 +87,17 @@ fn apply(name: &str, args: &[Value]) -> Result<Value, String> {
             .as_array()
             .ok_or_else(|| fail(&format!("argument {} must be an array", i + 1)))
     };
+    // Step Functions rounds a number with a fraction to the nearest integer.
     let integer = |i: usize| -> Result<i64, String> {
         let v = arg(i)?;
         v.as_i64()
             .or_else(|| {
                 v.as_f64()
-                    .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                    .map(f64::round)
+                    .filter(|f| f.abs() < 9.0e15)
                     .map(|f| f as i64)
             })
-            .ok_or_else(|| fail(&format!("argument {} must be an integer", i + 1)))
+            .ok_or_else(|| fail(&format!("argument {} must be a number", i + 1)))
     };
     match name {
         "States.Format" => {
@@ -185,14 +187,11 @@ fn apply(name: &str, args: &[Value]) -> Result<Value, String> {
                 .map_err(|_| fail("the decoded data is not UTF-8"))
         }
         "States.Hash" => {
-            let data = match arg(0)? {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
+            let data = text(0)?;
             let digest = match text(1)? {
-                "SHA-256" => hex::encode(sha2::Sha256::digest(data.as_bytes())),
-                "SHA-384" => hex::encode(sha2::Sha384::digest(data.as_bytes())),
-                "SHA-512" => hex::encode(sha2::Sha512::digest(data.as_bytes())),
+                "SHA-256" => hex::encode(sha2::Sha256::digest(data)),
+                "SHA-384" => hex::encode(sha2::Sha384::digest(data)),
+                "SHA-512" => hex::encode(sha2::Sha512::digest(data)),
                 other => return Err(fail(&format!("{other} is not one of {HASHES:?}"))),
             };
             Ok(Value::String(digest))
@@ -221,10 +220,14 @@ fn apply(name: &str, args: &[Value]) -> Result<Value, String> {
             let offset = splitmix(seed) % span;
             Ok(Value::from(start.saturating_add_unsigned(offset)))
         }
-        "States.MathAdd" => integer(0)?
-            .checked_add(integer(1)?)
-            .map(Value::from)
-            .ok_or_else(|| fail("overflow")),
+        "States.MathAdd" => {
+            let (a, b) = (integer(0)?, integer(1)?);
+            let range = -(1i64 << 31)..(1i64 << 31);
+            if !range.contains(&a) || !range.contains(&b) {
+                return Err(fail("arguments must be 32-bit integers"));
+            }
+            Ok(Value::from(a + b))
+        }
         "States.StringSplit" => {
             let delimiters: Vec<char> = text(1)?.chars().collect();
             Ok(Value::Array(
@@ -429,6 +432,7 @@ mod tests {
                 json!({"a": 1, "b": 2}),
             ),
             ("States.MathAdd($.n, -5)", json!(-2)),
+            ("States.MathAdd(1.4, 1.6)", json!(3)),
             ("States.StringSplit('a,b;;c', ',;')", json!(["a", "b", "c"])),
             ("States.Format('a\\\\b \\{}')", json!("a\\b {}")),
             ("States.Array('it\\'s', '\\{x\\}')", json!(["it's", "{x}"])),
@@ -465,6 +469,8 @@ mod tests {
     fn fails_at_run_time_on_bad_values() {
         assert!(eval("States.Format('{} {}', 1)", json!({})).is_err());
         assert!(eval("States.MathAdd($.missing, 1)", json!({})).is_err());
+        assert!(eval("States.MathAdd(2147483648, 1)", json!({})).is_err());
+        assert!(eval("States.Hash(1, 'SHA-256')", json!({})).is_err());
         assert!(eval("States.ArrayGetItem(States.Array(1), 5)", json!({})).is_err());
         assert!(eval("States.StringToJson('{')", json!({})).is_err());
     }

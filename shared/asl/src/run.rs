@@ -18,10 +18,7 @@ pub const ALL: &str = "States.ALL";
 pub const TASK_FAILED: &str = "States.TaskFailed";
 pub const TIMEOUT: &str = "States.Timeout";
 pub const RUNTIME: &str = "States.Runtime";
-pub const PARAMETER_PATH_FAILURE: &str = "States.ParameterPathFailure";
 pub const RESULT_PATH_MATCH_FAILURE: &str = "States.ResultPathMatchFailure";
-pub const INTRINSIC_FAILURE: &str = "States.IntrinsicFailure";
-pub const NO_CHOICE_MATCHED: &str = "States.NoChoiceMatched";
 
 /// How a state, a branch or an execution failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,8 +274,10 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
                         )?;
                         Ok((out, Some(to.clone())))
                     }
+                    // Step Functions reports this as States.Runtime (States.NoChoiceMatched is
+                    // reserved), so nothing retries or catches it.
                     None => Err(Failure::new(
-                        NO_CHOICE_MATCHED,
+                        RUNTIME,
                         format!("no choice of {name} matched, and it has no Default"),
                     )),
                 }
@@ -299,14 +298,21 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
                         Some(Dynamic::Fixed(s)) => s.clone(),
                         Some(Dynamic::Path(p)) => match p.select(&raw, &context) {
                             Some(Value::String(s)) => s,
-                            Some(other) => other.to_string(),
+                            Some(_) => {
+                                return Err(Failure::new(RUNTIME, format!("{p} is not a string")));
+                            }
                             None => {
                                 return Err(Failure::new(RUNTIME, format!("{p} selects nothing")));
                             }
                         },
                         Some(Dynamic::Intrinsic(call)) => match call.eval(&raw, &context) {
                             Ok(Value::String(s)) => s,
-                            Ok(other) => other.to_string(),
+                            Ok(_) => {
+                                return Err(Failure::new(
+                                    RUNTIME,
+                                    format!("{} gave no string", call.name),
+                                ));
+                            }
                             Err(cause) => return Err(Failure::new(RUNTIME, cause)),
                         },
                     })
@@ -555,10 +561,12 @@ fn fill(template: Option<&Template>, input: &Value, context: &Value) -> Result<V
     }
 }
 
+/// A template that cannot be filled fails the execution: Step Functions reports a path that
+/// selects nothing, or a failing intrinsic, as `States.Runtime` (`States.ParameterPathFailure`
+/// and `States.IntrinsicFailure` are reserved names), which nothing retries or catches.
 fn unfilled(e: Unfilled) -> Failure {
     match e {
-        Unfilled::Path(cause) => Failure::new(PARAMETER_PATH_FAILURE, cause),
-        Unfilled::Intrinsic(cause) => Failure::new(INTRINSIC_FAILURE, cause),
+        Unfilled::Path(cause) | Unfilled::Intrinsic(cause) => Failure::new(RUNTIME, cause),
     }
 }
 
@@ -598,6 +606,10 @@ pub fn delay(retrier: &Retrier, done: u32) -> Duration {
     Duration::try_from_secs_f64(seconds).unwrap_or(Duration::MAX)
 }
 
+/// RFC 3339 with milliseconds, as Step Functions writes them.
 fn timestamp(at: OffsetDateTime) -> String {
+    let at = at
+        .replace_nanosecond(at.millisecond() as u32 * 1_000_000)
+        .unwrap_or(at);
     at.format(&Rfc3339).unwrap_or_default()
 }

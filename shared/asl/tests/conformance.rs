@@ -189,6 +189,26 @@ fn definitions_are_refused_when_loaded_not_when_run() {
             json!({"StartAt": "A", "States": {"A": {"Type": "Wait", "Timestamp": "tomorrow", "End": true}}}),
             "RFC 3339",
         ),
+        (
+            json!({"StartAt": "A", "States": {"A": {"Type": "Task", "Resource": "r", "Retry": [{"ErrorEquals": ["X"], "MaxAttempts": 2.5}], "End": true}}}),
+            "whole number",
+        ),
+        (
+            json!({"StartAt": "A", "States": {"A": {"Type": "Fail", "InputPath": "$.x"}}}),
+            "InputPath is not supported",
+        ),
+        (
+            json!({"StartAt": "A", "States": {"A": {"Type": "Fail", "ErrorPath": "States.MathAdd(1, 2)"}}}),
+            "does not give a string",
+        ),
+        (
+            json!({"StartAt": "A", "States": {"A": {"Type": "Parallel", "Branches": [{"TimeoutSeconds": 5, "StartAt": "I", "States": {"I": {"Type": "Succeed"}}}], "End": true}}}),
+            "TimeoutSeconds is not supported",
+        ),
+        (
+            json!({"StartAt": "A", "States": {"A": {"Type": "Map", "ItemProcessor": {"ProcessorConfig": {"Mode": "INLINE", "ExecutionType": "STANDARD"}, "StartAt": "I", "States": {"I": {"Type": "Succeed"}}}, "End": true}}}),
+            "INLINE",
+        ),
     ];
     for (definition, why) in refused {
         let err = Definition::from_value(&definition, "definition")

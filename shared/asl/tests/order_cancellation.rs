@@ -106,3 +106,17 @@ async fn marking_the_order_cancelled_failing_for_good_needs_attention() {
     assert_eq!(ended.unwrap_err().error, "NeedsAttention");
     assert_eq!(calls["MarkCancelled"], 1);
 }
+
+/// Answers without the fields one might expect still lead where they should: the definition
+/// reads none of them (a path that selects nothing would fail the execution past every Catch).
+#[tokio::test]
+async fn answers_and_failures_of_any_shape_are_carried_not_read() {
+    let (ended, calls) = cancel(json!({
+        "ReleaseStock": [{"result": {}}],
+        "SettlePayment": [{"error": "Commerce.PaymentRefused"}],
+        "RecordNeedsAttention": [{"result": null}],
+    }))
+    .await;
+    assert_eq!(ended.unwrap_err().error, "NeedsAttention");
+    assert_eq!(calls["RecordNeedsAttention"], 1);
+}
