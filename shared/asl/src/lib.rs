@@ -3,6 +3,7 @@
 //! README; anything else is refused when a definition is loaded ([`Definition::load`]), never
 //! while it runs.
 
+pub mod callback;
 pub mod choice;
 pub mod definition;
 pub mod intrinsic;
@@ -11,6 +12,7 @@ pub mod run;
 pub mod script;
 pub mod template;
 
+pub use callback::{CallbackError, Callbacks, WithCallbacks};
 pub use definition::{Definition, Refused};
 pub use run::{Clock, Execution, Failure, RealTime, TaskCall, Tasks, VirtualTime, run};
 pub use script::Script;

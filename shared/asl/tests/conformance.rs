@@ -300,3 +300,66 @@ async fn a_callback_task_gets_a_token_and_its_heartbeat() {
     assert_eq!(call.input, json!({"token": token}));
     assert_eq!(call.heartbeat, Some(Duration::from_secs(5)));
 }
+
+/// Hands the token of each call to someone who answers it later (or never).
+struct Courier {
+    callbacks: std::sync::Arc<commerce_asl::Callbacks>,
+    answer: Option<Value>,
+}
+
+impl Tasks for Courier {
+    async fn invoke(&self, call: TaskCall) -> Result<Value, Failure> {
+        let token = call.token.expect("a callback task gets a token");
+        if let Some(answer) = self.answer.clone() {
+            let callbacks = self.callbacks.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                callbacks.succeed(&token, answer).unwrap();
+            });
+        }
+        Ok(json!("sent"))
+    }
+}
+
+#[tokio::test]
+async fn a_callback_task_waits_for_its_token_and_ends_without_heartbeats() {
+    let definition = Definition::from_value(
+        &json!({"StartAt": "T", "States": {"T": {"Type": "Task",
+            "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
+            "Parameters": {"token.$": "$$.Task.Token"}, "HeartbeatSeconds": 1,
+            "Catch": [{"ErrorEquals": ["States.HeartbeatTimeout"], "Next": "Silent"}], "ResultPath": "$.answer", "End": true},
+            "Silent": {"Type": "Pass", "Result": "no heartbeat", "End": true}}}),
+        "definition",
+    )
+    .unwrap();
+    let callbacks = std::sync::Arc::new(commerce_asl::Callbacks::default());
+    let answering = Courier {
+        callbacks: callbacks.clone(),
+        answer: Some(json!({"approved": true})),
+    };
+    let tasks = commerce_asl::WithCallbacks {
+        inner: &answering,
+        callbacks: &callbacks,
+        clock: &RealTime,
+    };
+    let ended = run(
+        &definition,
+        &execution(json!({"order": 1})),
+        &tasks,
+        &RealTime,
+    )
+    .await;
+    assert_eq!(ended, Ok(json!({"order": 1, "answer": {"approved": true}})));
+
+    let silent = Courier {
+        callbacks: callbacks.clone(),
+        answer: None,
+    };
+    let tasks = commerce_asl::WithCallbacks {
+        inner: &silent,
+        callbacks: &callbacks,
+        clock: &RealTime,
+    };
+    let ended = run(&definition, &execution(json!({})), &tasks, &RealTime).await;
+    assert_eq!(ended, Ok(json!("no heartbeat")));
+}
