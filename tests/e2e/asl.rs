@@ -41,17 +41,13 @@ fn write(dir: &Path, name: &str, text: &str) {
     std::fs::write(dir.join(name), text).unwrap();
 }
 
-#[test]
-fn a_run_that_succeeds_after_retries_prints_its_output_and_exits_0() {
+/// Runs DEFINITION for order o-1 with `tasks` answering, on the virtual clock.
+fn refund_run(tasks: &str) -> (Value, i32) {
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "def.json", DEFINITION);
     write(dir.path(), "input.json", r#"{"order": "o-1"}"#);
-    write(
-        dir.path(),
-        "tasks.json",
-        r#"{"Refund": [{"error": "Transient", "cause": "503"}, {"error": "Transient"}, {"result": {"refund": "re_1"}}]}"#,
-    );
-    let (line, code) = asl(
+    write(dir.path(), "tasks.json", tasks);
+    asl(
         dir.path(),
         &[
             "run",
@@ -62,6 +58,13 @@ fn a_run_that_succeeds_after_retries_prints_its_output_and_exits_0() {
             "tasks.json",
             "--no-wait",
         ],
+    )
+}
+
+#[test]
+fn a_run_that_succeeds_after_retries_prints_its_output_and_exits_0() {
+    let (line, code) = refund_run(
+        r#"{"Refund": [{"error": "Transient", "cause": "503"}, {"error": "Transient"}, {"result": {"refund": "re_1"}}]}"#,
     );
     assert_eq!(
         line,
@@ -72,26 +75,8 @@ fn a_run_that_succeeds_after_retries_prints_its_output_and_exits_0() {
 
 #[test]
 fn a_run_that_fails_prints_its_error_and_exits_1() {
-    let dir = tempfile::tempdir().unwrap();
-    write(dir.path(), "def.json", DEFINITION);
-    write(dir.path(), "input.json", r#"{"order": "o-1"}"#);
-    write(
-        dir.path(),
-        "tasks.json",
-        r#"{"Refund": [{"error": "Declined", "cause": "card declined"}]}"#,
-    );
-    let (line, code) = asl(
-        dir.path(),
-        &[
-            "run",
-            "def.json",
-            "--input",
-            "input.json",
-            "--tasks",
-            "tasks.json",
-            "--no-wait",
-        ],
-    );
+    let (line, code) =
+        refund_run(r#"{"Refund": [{"error": "Declined", "cause": "card declined"}]}"#);
     assert_eq!(
         line,
         json!({"error": "NeedsAttention", "cause": "card declined"})

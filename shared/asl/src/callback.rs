@@ -140,14 +140,25 @@ impl<T: Tasks, C: Clock> Tasks for WithCallbacks<'_, T, C> {
         };
         let heartbeat = call.heartbeat;
         let pending = self.callbacks.register(&token);
-        let waited = async {
-            self.inner.invoke(call).await?;
-            pending.wait(heartbeat, self.clock).await
-        }
-        .await;
-        // Answered, failed, or timed out: the token is spent either way.
-        self.callbacks.forget(&token);
-        waited
+        // Answered, failed, timed out or dropped midway: the token is spent either way.
+        let _spent = Spent {
+            callbacks: self.callbacks,
+            token,
+        };
+        self.inner.invoke(call).await?;
+        pending.wait(heartbeat, self.clock).await
+    }
+}
+
+/// Forgets its token when dropped.
+struct Spent<'a> {
+    callbacks: &'a Callbacks,
+    token: String,
+}
+
+impl Drop for Spent<'_> {
+    fn drop(&mut self) {
+        self.callbacks.forget(&self.token);
     }
 }
 
@@ -181,6 +192,42 @@ mod tests {
             pending.wait(None, &RealTime).await,
             Err(Failure::new("Refused", "no"))
         );
+    }
+
+    /// Answers nothing itself: the token is only handed on.
+    struct HandOn;
+
+    impl Tasks for HandOn {
+        async fn invoke(&self, _call: TaskCall) -> Result<Value, Failure> {
+            Ok(Value::Null)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_wait_dropped_midway_leaves_no_token_waiting() {
+        let callbacks = Callbacks::default();
+        let tasks = WithCallbacks {
+            inner: &HandOn,
+            callbacks: &callbacks,
+            clock: &RealTime,
+        };
+        let call = TaskCall {
+            state: "T".into(),
+            resource: "r.waitForTaskToken".into(),
+            input: Value::Null,
+            token: Some("t".into()),
+            heartbeat: None,
+        };
+        let mut waiting = Box::pin(tasks.invoke(call));
+        // Polled once: the token is handed on, and the state waits.
+        assert!(
+            tokio::time::timeout(Duration::ZERO, &mut waiting)
+                .await
+                .is_err()
+        );
+        assert_eq!(callbacks.heartbeat("t"), Ok(()), "waiting now");
+        drop(waiting);
+        assert_eq!(callbacks.heartbeat("t"), Err(CallbackError::NotWaiting));
     }
 
     #[tokio::test(start_paused = true)]

@@ -504,15 +504,8 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
 
 /// Applies ResultPath (into the state's raw input) and then OutputPath.
 fn place(state: &State, raw: Value, result: Value, context: &Value) -> Result<Value, Failure> {
-    let combined = match &state.result_path {
-        None => raw,
-        Some(path) => {
-            let mut target = raw;
-            path.put(&mut target, result)
-                .map_err(|cause| Failure::new(RESULT_PATH_MATCH_FAILURE, cause))?;
-            target
-        }
-    };
+    let combined = put_at(state.result_path.as_ref(), raw, result)
+        .map_err(|cause| Failure::new(RESULT_PATH_MATCH_FAILURE, cause))?;
     select(state.output_path.as_ref(), &combined, context, "OutputPath")
 }
 
@@ -523,16 +516,17 @@ fn caught(
     failure: &Failure,
 ) -> Result<(Value, Option<String>), Failure> {
     let error = json!({"Error": failure.error, "Cause": failure.cause});
-    let output = match &catcher.result_path {
-        None => raw,
-        Some(path) => {
-            let mut target = raw;
-            path.put(&mut target, error)
-                .map_err(|cause| Failure::new(RUNTIME, cause))?;
-            target
-        }
-    };
+    let output = put_at(catcher.result_path.as_ref(), raw, error)
+        .map_err(|cause| Failure::new(RUNTIME, cause))?;
     Ok((output, Some(catcher.next.clone())))
+}
+
+/// `value` placed at a ResultPath in `raw`; with none (`null`), `raw` as it was.
+fn put_at(path: Option<&Path>, mut raw: Value, value: Value) -> Result<Value, String> {
+    if let Some(path) = path {
+        path.put(&mut raw, value)?;
+    }
+    Ok(raw)
 }
 
 /// InputPath / OutputPath: `None` (null) gives `{}`; a path that selects nothing fails the

@@ -312,10 +312,8 @@ impl Tasks for Courier {
         let token = call.token.expect("a callback task gets a token");
         if let Some(answer) = self.answer.clone() {
             let callbacks = self.callbacks.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                callbacks.succeed(&token, answer).unwrap();
-            });
+            // Answered from elsewhere, whenever that runs: before or after the state waits.
+            tokio::spawn(async move { callbacks.succeed(&token, answer).unwrap() });
         }
         Ok(json!("sent"))
     }

@@ -52,15 +52,7 @@ async fn a_consumer_that_keeps_failing_dead_letters_the_event_and_a_redrive_appl
     let queue = bus.queue("flaky").unwrap();
     let dead_letters = bus.queue("flaky-dlq").unwrap();
 
-    let mut stock = load::<Inventory, _>(&table, "acme#inventory#mug".into())
-        .await
-        .unwrap();
-    let events = stock.state.receive(Quantity::new(5).unwrap()).unwrap();
-    let mut changes = Changes::new(Origin::system("test"));
-    changes
-        .append(&mut stock, events, 1_800_000_000_000)
-        .unwrap();
-    changes.commit(&table).await.unwrap();
+    stock_received(&table, "mug", 5).await;
     assert_eq!(publish_pending(&table, &bus, 100).await.unwrap(), 1);
     assert_eq!(
         publish_pending(&table, &bus, 100).await.unwrap(),
@@ -125,6 +117,22 @@ async fn a_consumer_that_keeps_failing_dead_letters_the_event_and_a_redrive_appl
     assert!(dead_letters.peek(10).unwrap().is_empty());
 }
 
+/// Records `quantity` units of `sku` received: one event on the SKU's stream.
+async fn stock_received(table: &SqliteTable, sku: &str, quantity: u32) {
+    let mut stock = load::<Inventory, _>(table, format!("acme#inventory#{sku}"))
+        .await
+        .unwrap();
+    let events = stock
+        .state
+        .receive(Quantity::new(quantity).unwrap())
+        .unwrap();
+    let mut changes = Changes::new(Origin::system("test"));
+    changes
+        .append(&mut stock, events, 1_800_000_000_000)
+        .unwrap();
+    changes.commit(table).await.unwrap();
+}
+
 /// The versions of the mug's stream in the flaky audit trail's day (generation 1).
 async fn applied(table: &SqliteTable) -> Vec<u64> {
     let page = table
@@ -162,15 +170,7 @@ async fn the_local_publisher_moves_each_event_once() {
     let table = SqliteTable::open(dir.path().join("shop.db")).unwrap();
     let bus = SqliteBus::open(&table, subscriptions()).await.unwrap();
     for sku in ["cup", "pot"] {
-        let mut stock = load::<Inventory, _>(&table, format!("acme#inventory#{sku}"))
-            .await
-            .unwrap();
-        let events = stock.state.receive(Quantity::new(2).unwrap()).unwrap();
-        let mut changes = Changes::new(Origin::system("test"));
-        changes
-            .append(&mut stock, events, 1_800_000_000_000)
-            .unwrap();
-        changes.commit(&table).await.unwrap();
+        stock_received(&table, sku, 2).await;
     }
     assert_eq!(
         bus.publish_feed(100).await.unwrap(),
@@ -228,15 +228,7 @@ async fn an_event_item_that_is_no_envelope_is_refused_downstream_and_stops_nothi
         }])
         .await
         .unwrap();
-    let mut stock = load::<Inventory, _>(&table, "acme#inventory#cup".into())
-        .await
-        .unwrap();
-    let events = stock.state.receive(Quantity::new(2).unwrap()).unwrap();
-    let mut changes = Changes::new(Origin::system("test"));
-    changes
-        .append(&mut stock, events, 1_800_000_000_000)
-        .unwrap();
-    changes.commit(&table).await.unwrap();
+    stock_received(&table, "cup", 2).await;
 
     let published = bus.publish_feed(100).await.unwrap();
     assert_eq!(
@@ -272,15 +264,7 @@ async fn what_an_older_build_left_in_the_feed_and_on_the_bus_is_delivered_after_
     let path = dir.path().join("shop.db");
     {
         let table = SqliteTable::open(&path).unwrap();
-        let mut stock = load::<Inventory, _>(&table, "acme#inventory#cup".into())
-            .await
-            .unwrap();
-        let events = stock.state.receive(Quantity::new(2).unwrap()).unwrap();
-        let mut changes = Changes::new(Origin::system("test"));
-        changes
-            .append(&mut stock, events, 1_800_000_000_000)
-            .unwrap();
-        changes.commit(&table).await.unwrap();
+        stock_received(&table, "cup", 2).await;
     }
     // The older schema: a feed of keys only, and a log with its bodies inline, holding one
     // message published before the upgrade and not yet received.
@@ -342,15 +326,7 @@ async fn a_feed_upgrade_interrupted_halfway_is_finished_at_the_next_open() {
     drop(old);
     let table = SqliteTable::open(&path).unwrap();
     let bus = SqliteBus::open(&table, subscriptions()).await.unwrap();
-    let mut stock = load::<Inventory, _>(&table, "acme#inventory#cup".into())
-        .await
-        .unwrap();
-    let events = stock.state.receive(Quantity::new(2).unwrap()).unwrap();
-    let mut changes = Changes::new(Origin::system("test"));
-    changes
-        .append(&mut stock, events, 1_800_000_000_000)
-        .unwrap();
-    changes.commit(&table).await.unwrap();
+    stock_received(&table, "cup", 2).await;
     assert_eq!(
         bus.publish_feed(100).await.unwrap(),
         vec![("acme".to_owned(), 1)]
@@ -380,15 +356,7 @@ async fn an_event_item_that_is_not_text_holds_up_no_other_message() {
         }])
         .await
         .unwrap();
-    let mut stock = load::<Inventory, _>(&table, "acme#inventory#cup".into())
-        .await
-        .unwrap();
-    let events = stock.state.receive(Quantity::new(2).unwrap()).unwrap();
-    let mut changes = Changes::new(Origin::system("test"));
-    changes
-        .append(&mut stock, events, 1_800_000_000_000)
-        .unwrap();
-    changes.commit(&table).await.unwrap();
+    stock_received(&table, "cup", 2).await;
     bus.publish_feed(100).await.unwrap();
     let got = bus
         .queue("audit")
@@ -410,15 +378,7 @@ async fn a_feed_row_without_routing_does_not_stop_the_publisher() {
     let path = dir.path().join("shop.db");
     let table = SqliteTable::open(&path).unwrap();
     let bus = SqliteBus::open(&table, subscriptions()).await.unwrap();
-    let mut stock = load::<Inventory, _>(&table, "acme#inventory#cup".into())
-        .await
-        .unwrap();
-    let events = stock.state.receive(Quantity::new(2).unwrap()).unwrap();
-    let mut changes = Changes::new(Origin::system("test"));
-    changes
-        .append(&mut stock, events, 1_800_000_000_000)
-        .unwrap();
-    changes.commit(&table).await.unwrap();
+    stock_received(&table, "cup", 2).await;
     let other = rusqlite::Connection::open(&path).unwrap();
     other.busy_timeout(Duration::from_secs(5)).unwrap();
     other
