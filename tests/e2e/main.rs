@@ -9,6 +9,7 @@
 
 mod asl;
 mod auth;
+mod cancellation;
 mod catalog;
 mod errors;
 mod events;

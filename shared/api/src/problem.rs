@@ -57,7 +57,24 @@ impl From<AppError> for ApiError {
                 DomainError::ReservationExpired => {
                     Self::new(409, "reservation-expired", "Reservation expired", detail)
                 }
+                DomainError::OrderShipped => Self::new(
+                    409,
+                    "order-shipped",
+                    "Order shipped",
+                    format!("{detail}; returns are not supported yet"),
+                ),
+                DomainError::CancellationInProgress => Self::new(
+                    409,
+                    "cancellation-in-progress",
+                    "Cancellation in progress",
+                    detail,
+                ),
+                DomainError::NothingToCancel => {
+                    Self::new(409, "nothing-to-cancel", "Nothing to cancel", detail)
+                }
                 DomainError::OrderTransition { .. }
+                | DomainError::StaleCancellation { .. }
+                | DomainError::CancellationUnfinished
                 | DomainError::ReservationNotExpired
                 | DomainError::ReleaseExceedsReserved { .. } => Self::new(
                     409,

@@ -5,7 +5,9 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
-use commerce_app::shop::{NewProduct, NewReservation, PlaceOrder, StockLevel, StockReceipt};
+use commerce_app::shop::{
+    CancelOrder, NewProduct, NewReservation, PlaceOrder, StockLevel, StockReceipt,
+};
 use commerce_app::{Clock, PaymentGateway, Shop, Table};
 use commerce_domain::{OrderId, ReservationId, Sku};
 
@@ -20,7 +22,7 @@ use commerce_app::projection::audit::AuditFilter;
 use commerce_app::projection::sales::SalesRow;
 use commerce_app::shop::{AuditQuery, Role};
 use commerce_app::views::{
-    AuditEvent, InventoryView, ListPage, OrderSummary, OrderView, Problem, ProductView,
+    AlertView, AuditEvent, InventoryView, ListPage, OrderSummary, OrderView, Problem, ProductView,
     ReservationView,
 };
 
@@ -63,6 +65,12 @@ pub fn router<T: Table, P: PaymentGateway, C: Clock>(
             post(place_order::<T, P, C>).get(list_orders::<T, P, C>),
         )
         .route("/v1/orders/{id}", get(get_order::<T, P, C>))
+        .route(
+            "/v1/orders/{id}/cancellation",
+            post(cancel_order::<T, P, C>),
+        )
+        .route("/v1/orders/{id}/capture", post(capture_payment::<T, P, C>))
+        .route("/v1/alerts", get(alerts::<T, P, C>))
         .route("/v1/audit", get(audit::<T, P, C>))
         .route("/v1/reports/sales", get(sales_report::<T, P, C>))
         .route("/metrics", get(metrics))
@@ -256,6 +264,50 @@ async fn get_order<T: Table, P: PaymentGateway, C: Clock>(
 ) -> Answer {
     let id = OrderId::parse(raw).map_err(|_| ApiError::not_found())?;
     Ok(ok(&shop.order(&caller, &id).await?))
+}
+
+fn order_id(raw: &str) -> Result<OrderId, ApiError> {
+    OrderId::parse(raw).map_err(|_| ApiError::not_found())
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/cancellation", tag = "orders", params(("id" = String, Path), IdempotencyKeyHeader), request_body = CancelOrder, responses((status = 202, description = "Cancellation under way (or, asked again, as far as it got): stock and payment are given back by the cancellation saga; follow it on the order", body = OrderView), (status = 400, description = "Malformed request or missing Idempotency-Key", body = Problem, content_type = "application/problem+json"), (status = 401, description = "No valid bearer token", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Only the order's customer or an admin cancels", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such order for this caller", body = Problem, content_type = "application/problem+json"), (status = 409, description = "The order shipped, another cancellation runs, or nothing is left to cancel", body = Problem, content_type = "application/problem+json"), (status = 422, description = "Invalid reason or lines", body = Problem, content_type = "application/problem+json")))]
+async fn cancel_order<T: Table, P: PaymentGateway, C: Clock>(
+    State(shop): Shared<T, P, C>,
+    Segment(raw): Segment,
+    command: Command<CancelOrder>,
+) -> Answer {
+    Ok(reply(
+        shop.request_cancellation(
+            &command.caller,
+            Some(&command.key),
+            &order_id(&raw)?,
+            command.body,
+        )
+        .await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/v1/orders/{id}/capture", tag = "orders", params(("id" = String, Path), IdempotencyKeyHeader), responses((status = 200, description = "The authorized payment (less what cancellations left out) is captured", body = OrderView), (status = 400, description = "Missing Idempotency-Key", body = Problem, content_type = "application/problem+json"), (status = 402, description = "The provider refused the capture", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Only admins capture", body = Problem, content_type = "application/problem+json"), (status = 404, description = "No such order", body = Problem, content_type = "application/problem+json"), (status = 409, description = "Captured already, or the order is being cancelled", body = Problem, content_type = "application/problem+json"), (status = 422, description = "A body other than none or {}", body = Problem, content_type = "application/problem+json"), (status = 503, description = "Payment provider unavailable; retry with the same key", body = Problem, content_type = "application/problem+json")))]
+async fn capture_payment<T: Table, P: PaymentGateway, C: Clock>(
+    State(shop): Shared<T, P, C>,
+    Segment(raw): Segment,
+    command: Command<NoParameters>,
+) -> Answer {
+    Ok(reply(
+        shop.capture_payment(&command.caller, Some(&command.key), &order_id(&raw)?)
+            .await?,
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/alerts", tag = "operations", params(Listing), responses((status = 200, description = "Cancellations that need attention, newest first", body = ListPage<AlertView>), (status = 400, description = "Bad paging parameters", body = Problem, content_type = "application/problem+json"), (status = 403, description = "Only operators read alerts", body = Problem, content_type = "application/problem+json")))]
+async fn alerts<T: Table, P: PaymentGateway, C: Clock>(
+    State(shop): Shared<T, P, C>,
+    Authenticated(caller): Authenticated,
+    listing: Listing,
+) -> Answer {
+    Ok(ok(&shop
+        .alerts(&caller, listing.cursor.as_deref(), listing.limit)
+        .await?))
 }
 
 fn instant(raw: Option<&str>, name: &str) -> Result<Option<i64>, ApiError> {

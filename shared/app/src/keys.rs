@@ -53,6 +53,11 @@ pub fn low_stock(tenant: &TenantId) -> String {
     format!("{tenant}#low-stock")
 }
 
+/// Alerts for operators (cancellations that need attention), sort key = time then order.
+pub fn alerts(tenant: &TenantId) -> String {
+    format!("{tenant}#alerts")
+}
+
 /// One customer's orders, sort key = order id (time-ordered).
 pub fn customer_orders(tenant: &TenantId, customer: &CustomerId) -> String {
     format!("{tenant}#customer#{customer}#orders")

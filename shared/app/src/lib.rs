@@ -12,12 +12,14 @@ pub mod contract;
 pub mod cursor;
 mod error;
 pub mod event_store;
+pub mod executions;
 pub mod idempotency;
 pub mod keys;
 pub mod metrics;
 pub mod outbox;
 pub mod payments;
 pub mod projection;
+pub mod saga;
 pub mod shop;
 pub mod table;
 pub mod views;
@@ -30,3 +32,10 @@ pub use idempotency::{IdempotencyKey, Outcome, Reply};
 pub use payments::{PaymentError, PaymentGateway, SandboxPayments};
 pub use shop::{Caller, PlaceOrder, Role, Shop, ShopConfig};
 pub use table::{Condition, Item, Page, Query, StoreError, Table, Write};
+
+/// Every consumer's queue on the topic: the projections' and the saga starter's.
+pub fn subscriptions() -> Vec<bus::Subscription> {
+    let mut all = projection::subscriptions();
+    all.push(saga::starter_subscription());
+    all
+}

@@ -78,6 +78,7 @@ pub fn operation_key(order: &OrderId, kind: &str, attempt: u32) -> String {
 /// | `tok_outage` | unavailable on the first three tries for an order (one request's worth), approved after |
 /// | `tok_refund_unavailable_N` | approved; its order's first N refund tries are unavailable |
 /// | `tok_refund_refused` | approved; every refund for its order is declined: `refund_refused` |
+/// | `tok_void_unavailable_N` | approved; its order's first N void tries are unavailable |
 /// | anything not starting with `tok_` | declined: `invalid_token` |
 ///
 /// Captures and refunds are kept per key: a repeated key answers its first receipt.
@@ -103,6 +104,7 @@ struct Entry {
     capture: Option<(String, PaymentReceipt)>,
     refunds: Vec<(String, PaymentReceipt)>,
     failed_refunds: u32,
+    failed_voids: u32,
 }
 
 /// What the sandbox has done, for tests to check.
@@ -251,11 +253,24 @@ impl PaymentGateway for SandboxPayments {
     }
 
     async fn void(&self, order: &OrderId) -> Result<(), PaymentError> {
-        self.ledger()?
-            .by_order
-            .entry(order.clone())
-            .or_default()
-            .voided = true;
+        let mut ledger = self.ledger()?;
+        let entry = ledger.by_order.entry(order.clone()).or_default();
+        // As at a real provider: what was captured is refunded, not voided.
+        if entry.capture.is_some() {
+            return Err(PaymentError::Declined("already_captured".into()));
+        }
+        let failing = entry
+            .token
+            .strip_prefix("tok_void_unavailable_")
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0);
+        if entry.failed_voids < failing {
+            entry.failed_voids += 1;
+            return Err(PaymentError::Unavailable(
+                "sandbox: void unavailable".into(),
+            ));
+        }
+        entry.voided = true;
         Ok(())
     }
 }

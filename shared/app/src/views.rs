@@ -2,7 +2,7 @@
 
 use commerce_domain::{
     Held, Inventory, Line, Money, OrderLine, OrderStatus, PlacedOrder, ProductDetails,
-    ReservationStatus, Sku,
+    ReservationStatus, Sku, StepFailure,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -171,9 +171,44 @@ pub struct OrderView {
     pub total: Money,
     pub reservation_id: String,
     pub payment_authorization: String,
+    pub payment: PaymentView,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancellation: Option<CancellationView>,
     pub placed_at: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contact: Option<Contact>,
+}
+
+/// Money moved for an order, in minor units of its currency.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PaymentView {
+    pub currency: String,
+    pub authorized: i64,
+    pub captured: i64,
+    /// Authorized but never to be captured: voided at the provider, or left out of the capture.
+    pub voided: i64,
+    pub refunded: i64,
+}
+
+/// The order's latest cancellation and how far it got.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CancellationView {
+    /// 1 for the first cancellation of the order, then counting.
+    pub attempt: u32,
+    pub reason: String,
+    /// The units this cancellation asked for (none when it retried one that needed attention).
+    pub lines: Vec<Line>,
+    pub amount: Money,
+    pub requested_at: String,
+    /// Every cancelled unit is back in stock.
+    pub stock_released: bool,
+    /// Everything owed for the cancelled units is voided or refunded.
+    pub payment_settled: bool,
+    /// What failed, when the order needs attention.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<StepFailure>,
 }
 
 impl OrderView {
@@ -186,10 +221,38 @@ impl OrderView {
             total: o.total,
             reservation_id: o.reservation.to_string(),
             payment_authorization: o.payment.id.clone(),
+            payment: PaymentView {
+                currency: o.total.currency.to_string(),
+                authorized: o.payment.amount.amount_minor,
+                captured: o.settled.captured,
+                voided: o.settled.voided,
+                refunded: o.settled.refunded,
+            },
+            cancellation: o.cancellation.as_ref().map(|c| CancellationView {
+                attempt: c.attempt,
+                reason: c.reason.clone(),
+                lines: c.lines.clone(),
+                amount: c.amount,
+                requested_at: timestamp(c.requested_at),
+                stock_released: o.unreleased().is_empty(),
+                payment_settled: o.owed().is_ok_and(|owed| owed <= 0),
+                failure: c.failure.clone(),
+            }),
             placed_at: timestamp(o.placed_at),
             contact,
         }
     }
+}
+
+/// A cancellation that failed for good, for operators to act on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AlertView {
+    pub kind: String,
+    pub order_id: String,
+    pub attempt: u32,
+    pub failure: StepFailure,
+    pub raised_at: String,
 }
 
 /// The summary kept in list partitions, so a page is one query.

@@ -213,6 +213,7 @@ mod tests {
         };
         let call = TaskCall {
             state: "T".into(),
+            key: "/T.1#0".into(),
             resource: "r.waitForTaskToken".into(),
             input: Value::Null,
             token: Some("t".into()),

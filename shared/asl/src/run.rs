@@ -52,6 +52,10 @@ impl Failure {
 pub struct TaskCall {
     /// The Task state's name.
     pub state: String,
+    /// Names this invocation within its execution, the same each time the execution runs
+    /// (state, visit, retry, and the branch or item it is in), so a durable runner can
+    /// record its answer and give it again when the execution is resumed.
+    pub key: String,
     pub resource: String,
     /// The state's effective input: after InputPath and Parameters.
     pub input: Value,
@@ -72,8 +76,9 @@ pub trait Tasks: Send + Sync {
 /// Time as executions see it.
 pub trait Clock: Send + Sync {
     fn now(&self) -> OffsetDateTime;
-    /// Waits (a Wait state, a retry's interval).
-    fn pause(&self, duration: Duration) -> impl Future<Output = ()> + Send;
+    /// Waits (a Wait state, a retry's interval). `key` names the wait as [`TaskCall::key`]
+    /// names an invocation.
+    fn pause(&self, key: &str, duration: Duration) -> impl Future<Output = ()> + Send;
     /// Resolves when a timeout of `duration` is up.
     fn deadline(&self, duration: Duration) -> impl Future<Output = ()> + Send;
 }
@@ -87,7 +92,7 @@ impl Clock for RealTime {
         OffsetDateTime::now_utc()
     }
 
-    async fn pause(&self, duration: Duration) {
+    async fn pause(&self, _key: &str, duration: Duration) {
         tokio::time::sleep(duration).await;
     }
 
@@ -119,7 +124,7 @@ impl Clock for VirtualTime {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn pause(&self, duration: Duration) {
+    async fn pause(&self, _key: &str, duration: Duration) {
         let mut now = self
             .now
             .lock()
@@ -155,7 +160,7 @@ pub async fn run<T: Tasks, C: Clock>(
         tasks,
         clock,
     };
-    let run = runner.definition(definition, execution.input.clone(), None);
+    let run = runner.definition(definition, execution.input.clone(), None, String::new());
     match definition.timeout_seconds {
         Some(seconds) => tokio::select! {
             result = run => result,
@@ -179,10 +184,19 @@ type Boxed<'a> = Pin<Box<dyn Future<Output = Result<Value, Failure>> + Send + 'a
 type MapItem = Option<(usize, Value)>;
 
 impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
-    fn definition(&'a self, definition: &'a Definition, input: Value, item: MapItem) -> Boxed<'a> {
+    /// Runs a state machine, a branch or an item processor. `trail` names where it runs, for
+    /// the keys of its invocations and waits.
+    fn definition(
+        &'a self,
+        definition: &'a Definition,
+        input: Value,
+        item: MapItem,
+        trail: String,
+    ) -> Boxed<'a> {
         Box::pin(async move {
             let mut name = definition.start_at.as_str();
             let mut input = input;
+            let mut visits: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
             loop {
                 let state = definition.states.get(name).ok_or_else(|| {
                     Failure::new(
@@ -190,7 +204,10 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
                         format!("no state {name:?} (the definition was checked)"),
                     )
                 })?;
-                let (output, next) = self.state(name, state, input, item.clone()).await?;
+                let visit = visits.entry(name).or_insert(0);
+                *visit += 1;
+                let key = format!("{trail}/{name}.{visit}");
+                let (output, next) = self.state(name, state, input, item.clone(), &key).await?;
                 match next {
                     Some(next) => {
                         name = definition
@@ -243,6 +260,7 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
         state: &'a State,
         raw: Value,
         item: MapItem,
+        key: &str,
     ) -> Result<(Value, Option<String>), Failure> {
         let entered = self.clock.now();
         let context = self.context(name, entered, 0, None, &item);
@@ -331,7 +349,7 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
                         _ => return Err(Failure::new(RUNTIME, format!("{p} is not a timestamp"))),
                     },
                 };
-                self.clock.pause(duration).await;
+                self.clock.pause(&format!("{key}:wait"), duration).await;
                 Ok((
                     select(
                         state.output_path.as_ref(),
@@ -351,13 +369,14 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
                 Ok((out, next))
             }
             Kind::Task { .. } | Kind::Parallel { .. } | Kind::Map { .. } => {
-                self.attempts(name, state, raw, effective, entered, item)
+                self.attempts(name, state, raw, effective, entered, item, key)
                     .await
             }
         }
     }
 
     /// A state that may fail and be retried or caught.
+    #[allow(clippy::too_many_arguments)]
     async fn attempts(
         &'a self,
         name: &'a str,
@@ -366,12 +385,22 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
         effective: Value,
         entered: OffsetDateTime,
         item: MapItem,
+        key: &str,
     ) -> Result<(Value, Option<String>), Failure> {
         let mut tries = vec![0u32; state.retry.len()];
         loop {
             let retries: u32 = tries.iter().sum();
             let failure = match self
-                .once(name, state, &raw, &effective, entered, retries, &item)
+                .once(
+                    name,
+                    state,
+                    &raw,
+                    &effective,
+                    entered,
+                    retries,
+                    &item,
+                    &format!("{key}#{retries}"),
+                )
                 .await
             {
                 Ok(output) => return Ok((output, state.next.clone())),
@@ -390,7 +419,9 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
             {
                 let delay = delay(retrier, *done);
                 *done += 1;
-                self.clock.pause(delay).await;
+                self.clock
+                    .pause(&format!("{key}#{retries}:retry"), delay)
+                    .await;
                 continue;
             }
             return match state.catch.iter().find(|c| failure.matches(&c.errors)) {
@@ -411,6 +442,7 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
         entered: OffsetDateTime,
         retries: u32,
         item: &MapItem,
+        key: &str,
     ) -> Result<Value, Failure> {
         let result = match &state.kind {
             Kind::Task {
@@ -429,6 +461,7 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
                     .transpose()?;
                 let call = TaskCall {
                     state: name.to_owned(),
+                    key: key.to_owned(),
                     resource: resource.clone(),
                     input,
                     token,
@@ -444,9 +477,9 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
             Kind::Parallel { branches } => {
                 let context = self.context(name, entered, retries, None, item);
                 let input = fill(state.parameters.as_ref(), effective, &context)?;
-                let runs = branches
-                    .iter()
-                    .map(|branch| self.definition(branch, input.clone(), None));
+                let runs = branches.iter().enumerate().map(|(n, branch)| {
+                    self.definition(branch, input.clone(), None, format!("{key}[{n}]"))
+                });
                 Value::Array(futures_util::future::try_join_all(runs).await?)
             }
             Kind::Map {
@@ -481,14 +514,15 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
                     0 => inputs.len().max(1),
                     n => n,
                 };
-                let results: Vec<Value> = futures_util::stream::iter(
-                    inputs
-                        .into_iter()
-                        .map(|(input, item)| self.definition(processor, input, item)),
-                )
-                .buffered(limit)
-                .try_collect()
-                .await?;
+                let results: Vec<Value> =
+                    futures_util::stream::iter(inputs.into_iter().map(|(input, item)| {
+                        let trail =
+                            format!("{key}[{}]", item.as_ref().map_or(0, |(index, _)| *index));
+                        self.definition(processor, input, item, trail)
+                    }))
+                    .buffered(limit)
+                    .try_collect()
+                    .await?;
                 Value::Array(results)
             }
             _ => return Err(Failure::new(RUNTIME, format!("{name} cannot be retried"))),

@@ -38,6 +38,16 @@ pub enum DomainError {
         action: &'static str,
         status: OrderStatus,
     },
+    #[error("the order has shipped; it can no longer be cancelled")]
+    OrderShipped,
+    #[error("another cancellation of this order is in progress")]
+    CancellationInProgress,
+    #[error("nothing of this order is left to cancel")]
+    NothingToCancel,
+    #[error("cancellation {attempt} was superseded by cancellation {latest}")]
+    StaleCancellation { attempt: u32, latest: u32 },
+    #[error("the cancellation's stock or payment is not back yet")]
+    CancellationUnfinished,
     #[error("{what} already exists")]
     AlreadyExists { what: &'static str },
 }

@@ -20,7 +20,8 @@ pub use ids::{CustomerId, OrderId, ReservationId, Sku, TenantId};
 pub use inventory::{Inventory, InventoryEvent, MAX_STOCK};
 pub use money::{Currency, MAX_AMOUNT_MINOR, Money};
 pub use order::{
-    NewOrder, Order, OrderEvent, OrderLine, OrderStatus, PaymentAuthorization, PlacedOrder,
+    Cancellation, MAX_REASON_CHARS, NewOrder, Order, OrderEvent, OrderLine, OrderStatus,
+    PaymentAuthorization, PlacedOrder, Settled, Settlement, StepFailure,
 };
 pub use product::{Product, ProductDetails, ProductEvent, ProductName};
 pub use reservation::{

@@ -5,6 +5,7 @@
 //! for operators (see `--help`).
 
 mod asl;
+mod executions;
 mod ops;
 mod pipeline;
 
@@ -23,8 +24,8 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use clap::{Args, Parser, Subcommand};
 use commerce_api::{Auth, MIN_SECRET_BYTES, router};
-use commerce_app::projection::subscriptions;
 use commerce_app::shop::SweepSummary;
+use commerce_app::subscriptions;
 use commerce_app::{Cursors, HoldLimits, SandboxPayments, Shop, ShopConfig, SystemClock};
 use commerce_sqlite::{SqliteBus, SqliteTable};
 
@@ -57,6 +58,9 @@ enum Command {
     /// Run or check a state machine definition locally, with scripted task answers.
     #[command(subcommand)]
     Asl(asl::Asl),
+    /// The local state machines' executions (the cancellation sagas): list or show one.
+    #[command(subcommand)]
+    Executions(executions::Executions),
 }
 
 #[derive(Args, Clone)]
@@ -149,6 +153,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
         Some(Command::Dlq(command)) => dlq(command).await?,
         Some(Command::Replay(command)) => replay(command).await?,
         Some(Command::Asl(command)) => return Ok(asl::asl(command).await),
+        Some(Command::Executions(command)) => executions::show(command).await?,
         None => run(cli.serve).await?,
     }
     Ok(std::process::ExitCode::SUCCESS)
@@ -174,13 +179,15 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
         SystemClock,
         config,
     ));
+    let executions = executions::local(&table, shop.clone())?;
+    tokio::spawn(executions::resume(executions.clone()));
     if serve.no_bus {
         tracing::warn!("the bus is off: events wait in the change feed");
     } else {
         let bus = SqliteBus::open(&table, subscriptions())
             .await
             .context("cannot open the local bus")?;
-        pipeline::start(&table, &bus);
+        pipeline::start(&table, &bus, &executions);
     }
     tokio::spawn(sweep(
         shop.clone(),

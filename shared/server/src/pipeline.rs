@@ -7,6 +7,7 @@ use std::time::Duration;
 use commerce_app::projection::audit::Audit;
 use commerce_app::projection::sales::Sales;
 use commerce_app::projection::{Projection, Projector, consume_once};
+use commerce_app::saga;
 use commerce_sqlite::{SqliteBus, SqliteTable};
 
 /// Events taken from the feed per publish.
@@ -21,11 +22,30 @@ const WORKERS: usize = 2;
 /// Pause after a failure before trying again.
 const BACKOFF: Duration = Duration::from_millis(200);
 
-/// Starts the publisher and one consumer per projection; they run until the process ends.
-pub fn start(table: &SqliteTable, bus: &SqliteBus) {
+/// Starts the publisher, one consumer per projection and the saga starter; they run until
+/// the process ends.
+pub fn start(table: &SqliteTable, bus: &SqliteBus, executions: &crate::executions::Local) {
     tokio::spawn(publish(table.clone(), bus.clone()));
     consume::<Audit>(table, bus);
     consume::<Sales>(table, bus);
+    start_sagas(bus, executions.clone());
+}
+
+fn start_sagas(bus: &SqliteBus, executions: crate::executions::Local) {
+    let Some(queue) = bus.queue(saga::STARTER_QUEUE) else {
+        tracing::error!("no queue for the saga starter");
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) =
+                saga::start_received(&queue, &executions, VISIBILITY, RECEIVE_WAIT).await
+            {
+                tracing::error!(error = %e, "starting sagas failed; will retry");
+                tokio::time::sleep(BACKOFF).await;
+            }
+        }
+    });
 }
 
 async fn publish(table: SqliteTable, bus: SqliteBus) {

@@ -2,6 +2,7 @@
 //! resulting events, read models and idempotency record in one transaction, retrying from a
 //! fresh read when another command got there first.
 
+mod cancellation;
 mod catalog;
 mod orders;
 mod placement;
@@ -29,6 +30,10 @@ use crate::table::{Query, StoreError, Table};
 use crate::views::ListPage;
 
 pub use crate::idempotency::Reply;
+pub use cancellation::{
+    CancelOrder, CancellationTask, PAYMENT_REFUSED, REFUSED, STALE, StepAnswer, StepError,
+    TRANSIENT,
+};
 pub use catalog::NewProduct;
 pub use placement::PlaceOrder;
 pub use reports::{AuditQuery, MAX_AUDIT_DAYS, MAX_REPORT_DAYS};

@@ -1,0 +1,491 @@
+//! Cancelling an order: the request that records `OrderCancellationRequested`, and the steps
+//! the cancellation saga runs. Each step is idempotent on the order and the cancellation's
+//! attempt: it reads how far the order got and does only what is left, committing its events
+//! conditionally on the order's version, so a repeated or concurrent run of a step acts once.
+//!
+//! Compensation rules (docs/cancellation.md gives the whole table):
+//! - A store that is busy, a lost race that keeps being lost, or a provider that cannot answer
+//!   is `Commerce.Transient`: the state machine retries it with backoff.
+//! - A provider refusal (`Commerce.PaymentRefused`) or a rule the order breaks
+//!   (`Commerce.Refused`) is for good: the branch gives up, the other branch still runs, and
+//!   the saga ends in `NeedsAttention` with the failure recorded on the order.
+//! - A step of a superseded cancellation (`Commerce.StaleCancellation`) does nothing.
+
+use commerce_domain::{Line, Order, OrderId, PlacedOrder, Settlement, StepFailure, TenantId};
+use serde::{Deserialize, Serialize};
+
+use super::{Caller, Reply, Role, Shop};
+use crate::event_store::{Changes, CommitError, Origin, Stream, load};
+use crate::idempotency::Begin;
+use crate::keys;
+use crate::payments::{PaymentError, operation_key};
+use crate::views::{AlertView, OrderSummary, OrderView, timestamp};
+use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
+
+/// A request to cancel an order, or some of its lines.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CancelOrder {
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 500))]
+    pub reason: String,
+    /// The units to cancel, each SKU at most once; everything left when absent.
+    #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(min_items = 1, max_items = 20))]
+    pub lines: Option<Vec<Line>>,
+}
+
+/// What each step of the saga is given: the order, which of its cancellations, and what ties
+/// the step's events to the request that started it. Other fields (the saga's own) are ignored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancellationTask {
+    pub tenant: TenantId,
+    pub order_id: OrderId,
+    pub attempt: u32,
+    pub correlation_id: String,
+    /// The `OrderCancellationRequested` event's id.
+    pub causation_id: String,
+}
+
+impl CancellationTask {
+    fn origin(&self) -> Origin {
+        Origin {
+            actor: "system:cancellation".to_owned(),
+            correlation_id: self.correlation_id.clone(),
+            causation_id: Some(self.causation_id.clone()),
+        }
+    }
+
+    /// The execution name of this cancellation's saga: derived from order and attempt, so a
+    /// second start of the same cancellation is recognised. Step Functions allows 80
+    /// characters of `[A-Za-z0-9_-]`; tenant and order ids may hold others, so they are hashed.
+    pub fn execution_name(&self) -> String {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(format!("{}\0{}", self.tenant, self.order_id));
+        let short: String = hex::encode(digest).chars().take(32).collect();
+        format!("cancel-{short}-{}", self.attempt)
+    }
+}
+
+/// Why a saga step failed, named as the state machine's Retry and Catch match it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}: {cause}")]
+pub struct StepError {
+    pub error: &'static str,
+    pub cause: String,
+}
+
+/// Retried by the state machine.
+pub const TRANSIENT: &str = "Commerce.Transient";
+/// The payment provider refused; retrying will not help.
+pub const PAYMENT_REFUSED: &str = "Commerce.PaymentRefused";
+/// The order's rules refuse the step.
+pub const REFUSED: &str = "Commerce.Refused";
+/// A newer cancellation of the order took over.
+pub const STALE: &str = "Commerce.StaleCancellation";
+
+impl From<AppError> for StepError {
+    fn from(e: AppError) -> Self {
+        let cause = e.to_string();
+        let error = match e {
+            AppError::Domain(commerce_domain::DomainError::StaleCancellation { .. }) => STALE,
+            AppError::Domain(_) | AppError::NotFound(_) | AppError::BadRequest(_) => REFUSED,
+            AppError::PaymentDeclined(_) => PAYMENT_REFUSED,
+            _ => TRANSIENT,
+        };
+        Self { error, cause }
+    }
+}
+
+impl From<PaymentError> for StepError {
+    fn from(e: PaymentError) -> Self {
+        match e {
+            PaymentError::Declined(why) => Self {
+                error: PAYMENT_REFUSED,
+                cause: why,
+            },
+            PaymentError::Unavailable(why) => Self {
+                error: TRANSIENT,
+                cause: why,
+            },
+        }
+    }
+}
+
+impl From<commerce_domain::DomainError> for StepError {
+    fn from(e: commerce_domain::DomainError) -> Self {
+        AppError::from(e).into()
+    }
+}
+
+impl From<CommitError> for StepError {
+    fn from(e: CommitError) -> Self {
+        AppError::from(e).into()
+    }
+}
+
+impl From<crate::StoreError> for StepError {
+    fn from(e: crate::StoreError) -> Self {
+        AppError::from(e).into()
+    }
+}
+
+/// What a step answers the state machine: the order's status and money after it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepAnswer {
+    pub order_id: String,
+    pub attempt: u32,
+    pub status: commerce_domain::OrderStatus,
+    pub payment: crate::views::PaymentView,
+}
+
+impl StepAnswer {
+    fn of(placed: &PlacedOrder, attempt: u32) -> Self {
+        Self {
+            order_id: placed.id.to_string(),
+            attempt,
+            status: placed.status,
+            payment: OrderView::new(placed, None).payment,
+        }
+    }
+}
+
+impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
+    /// Records the request; the saga starts from its event. Answers 202 with the order as it
+    /// is now (`cancelling`), or as the same cancellation left it when it was asked already.
+    pub async fn request_cancellation(
+        &self,
+        caller: &Caller,
+        key: Option<&IdempotencyKey>,
+        id: &OrderId,
+        request: CancelOrder,
+    ) -> Result<Reply, AppError> {
+        caller.require(&[Role::Customer, Role::Admin], "cancel orders")?;
+        let mut guard = match self.begin::<()>(key).await? {
+            Begin::Replay(outcome) => return outcome.into_reply(),
+            Begin::Fresh(guard) => guard,
+        };
+        let mut attempts = self.attempts();
+        while attempts.next().await {
+            let mut order = load::<Order, _>(&self.table, keys::order(&caller.tenant, id)).await?;
+            match &order.state.placed {
+                Some(o) if o.customer == caller.subject || caller.has(Role::Admin) => {}
+                _ => return Err(AppError::NotFound("order")),
+            }
+            let events = order.state.request_cancellation(
+                &request.reason,
+                request.lines.as_deref(),
+                self.now_ms(),
+            )?;
+            let mut changes = Changes::new(caller.origin());
+            let placed = append_order(
+                &mut changes,
+                &caller.tenant,
+                &mut order,
+                events,
+                self.now_ms(),
+            )?;
+            let view = OrderView::new(&placed, None);
+            if let Some(reply) = self
+                .commit_answer(&mut guard, key, changes, 202, &view)
+                .await?
+            {
+                return Ok(reply);
+            }
+        }
+        Err(AppError::Contention)
+    }
+
+    /// Takes the payment authorized for the order (admins; e.g. when it is packed). The
+    /// provider acts once per order, so a retry or a race captures once; a capture the
+    /// provider made is recorded whatever happened to the order meanwhile.
+    pub async fn capture_payment(
+        &self,
+        caller: &Caller,
+        key: Option<&IdempotencyKey>,
+        id: &OrderId,
+    ) -> Result<Reply, AppError> {
+        caller.require(&[Role::Admin], "capture payments")?;
+        let mut guard = match self.begin::<()>(key).await? {
+            Begin::Replay(outcome) => return outcome.into_reply(),
+            Begin::Fresh(guard) => guard,
+        };
+        let pk = keys::order(&caller.tenant, id);
+        let order = load::<Order, _>(&self.table, pk.clone()).await?;
+        let placed = order
+            .state
+            .placed
+            .as_ref()
+            .ok_or(AppError::NotFound("order"))?;
+        let amount = order.state.capture_amount()?;
+        let receipt = self
+            .payments
+            .capture(&placed.payment, amount, &operation_key(id, "capture", 1))
+            .await
+            .map_err(|e| match e {
+                PaymentError::Declined(why) => AppError::PaymentDeclined(why),
+                PaymentError::Unavailable(_) => AppError::PaymentUnavailable,
+            })?;
+        let mut attempts = self.attempts();
+        while attempts.next().await {
+            let mut order = load::<Order, _>(&self.table, pk.clone()).await?;
+            let events = match order.state.placed.as_ref() {
+                Some(p) if p.settled.captured > 0 => Vec::new(),
+                Some(_) => vec![commerce_domain::OrderEvent::PaymentCaptured {
+                    amount: receipt.amount,
+                    capture: receipt.id.clone(),
+                }],
+                None => return Err(AppError::NotFound("order")),
+            };
+            let mut changes = Changes::new(caller.origin());
+            let placed = append_order(
+                &mut changes,
+                &caller.tenant,
+                &mut order,
+                events,
+                self.now_ms(),
+            )?;
+            if let Some(reply) = self
+                .commit_answer(
+                    &mut guard,
+                    key,
+                    changes,
+                    200,
+                    &OrderView::new(&placed, None),
+                )
+                .await?
+            {
+                return Ok(reply);
+            }
+        }
+        Err(AppError::Contention)
+    }
+
+    /// Saga step: gives the cancelled units back to stock, once.
+    pub async fn release_cancelled_stock(
+        &self,
+        task: &CancellationTask,
+    ) -> Result<StepAnswer, StepError> {
+        self.step(task, |shop, order| async move {
+            let mut order = order;
+            let events = order.state.release_stock(task.attempt)?;
+            let mut changes = Changes::new(task.origin());
+            if let (
+                Some(commerce_domain::OrderEvent::CancellationStockReleased { lines, .. }),
+                Some(placed),
+            ) = (events.first(), order.state.placed.as_ref())
+            {
+                shop.release_lines(&mut changes, &task.tenant, &placed.reservation, lines)
+                    .await?;
+            }
+            append_order(
+                &mut changes,
+                &task.tenant,
+                &mut order,
+                events,
+                shop.now_ms(),
+            )?;
+            Ok(changes)
+        })
+        .await
+    }
+
+    /// Saga step: voids the authorization, leaves the cancelled amount out of the capture, or
+    /// refunds it, once. A refund is keyed by its number on the order, so a retry after a
+    /// lost answer, a crash or a lost race asks the provider for the same refund.
+    pub async fn settle_cancelled_payment(
+        &self,
+        task: &CancellationTask,
+    ) -> Result<StepAnswer, StepError> {
+        self.step(task, |shop, order| async move {
+            let mut order = order;
+            let settlement = order.state.settlement(task.attempt)?;
+            let placed = order
+                .state
+                .placed
+                .clone()
+                .ok_or(AppError::NotFound("order"))?;
+            let receipt = match &settlement {
+                Settlement::Settled | Settlement::LeaveUncaptured { .. } => None,
+                Settlement::VoidAuthorization { .. } => {
+                    shop.payments.void(&placed.id).await?;
+                    None
+                }
+                Settlement::Refund { amount, number } => Some(
+                    shop.payments
+                        .refund(
+                            &placed.payment,
+                            *amount,
+                            &operation_key(&placed.id, "refund", *number),
+                        )
+                        .await?
+                        .id,
+                ),
+            };
+            let events = order.state.settle(task.attempt, &settlement, receipt)?;
+            let mut changes = Changes::new(task.origin());
+            append_order(
+                &mut changes,
+                &task.tenant,
+                &mut order,
+                events,
+                shop.now_ms(),
+            )?;
+            Ok(changes)
+        })
+        .await
+    }
+
+    /// Saga step: marks the order cancelled (or partially), once stock and money are back.
+    pub async fn complete_cancellation(
+        &self,
+        task: &CancellationTask,
+    ) -> Result<StepAnswer, StepError> {
+        self.step(task, |shop, order| async move {
+            let mut order = order;
+            let events = order.state.complete_cancellation(task.attempt)?;
+            let mut changes = Changes::new(task.origin());
+            append_order(
+                &mut changes,
+                &task.tenant,
+                &mut order,
+                events,
+                shop.now_ms(),
+            )?;
+            Ok(changes)
+        })
+        .await
+    }
+
+    /// Saga step: records that the cancellation failed for good, on the order (which now says
+    /// `needs_attention`) and as an alert for operators, once.
+    pub async fn flag_cancellation(
+        &self,
+        task: &CancellationTask,
+        failure: StepFailure,
+    ) -> Result<StepAnswer, StepError> {
+        self.step(task, |shop, order| {
+            let failure = failure.clone();
+            async move {
+                let mut order = order;
+                let events = order
+                    .state
+                    .flag_cancellation(task.attempt, failure.clone())?;
+                let mut changes = Changes::new(task.origin());
+                if !events.is_empty() {
+                    let now = shop.now_ms();
+                    tracing::error!(
+                        tenant = %task.tenant,
+                        order = %task.order_id,
+                        attempt = task.attempt,
+                        error = %failure.error,
+                        cause = %failure.cause,
+                        "cancellation needs attention"
+                    );
+                    changes.put_read_model(
+                        keys::alerts(&task.tenant),
+                        format!("{}#{}#{}", timestamp(now), task.order_id, task.attempt),
+                        &AlertView {
+                            kind: "cancellation-needs-attention".to_owned(),
+                            order_id: task.order_id.to_string(),
+                            attempt: task.attempt,
+                            failure,
+                            raised_at: timestamp(now),
+                        },
+                    )?;
+                }
+                append_order(
+                    &mut changes,
+                    &task.tenant,
+                    &mut order,
+                    events,
+                    shop.now_ms(),
+                )?;
+                Ok(changes)
+            }
+        })
+        .await
+    }
+
+    /// Runs one saga step to a commit: reads the order, lets `work` decide and act, commits
+    /// on the order's version, and starts again from a fresh read when the order moved.
+    async fn step<'a, F, Fut>(
+        &'a self,
+        task: &'a CancellationTask,
+        work: F,
+    ) -> Result<StepAnswer, StepError>
+    where
+        F: Fn(&'a Self, Stream<Order>) -> Fut,
+        Fut: std::future::Future<Output = Result<Changes, StepError>> + 'a,
+    {
+        let pk = keys::order(&task.tenant, &task.order_id);
+        let mut attempts = self.attempts();
+        while attempts.next().await {
+            let order = load::<Order, _>(&self.table, pk.clone()).await?;
+            if order.state.placed.is_none() {
+                return Err(AppError::NotFound("order").into());
+            }
+            let changes = work(self, order).await?;
+            let committed = if changes.is_empty() {
+                Ok(())
+            } else {
+                changes.commit(&self.table).await
+            };
+            match committed {
+                Ok(()) => {
+                    let order = load::<Order, _>(&self.table, pk.clone()).await?;
+                    let placed = order
+                        .state
+                        .placed
+                        .as_ref()
+                        .ok_or(AppError::NotFound("order"))?;
+                    return Ok(StepAnswer::of(placed, task.attempt));
+                }
+                Err(CommitError::StreamConflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(AppError::Contention.into())
+    }
+
+    /// Operators' alerts, newest first.
+    pub async fn alerts(
+        &self,
+        caller: &Caller,
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<crate::views::ListPage<AlertView>, AppError> {
+        caller.require(&[Role::Ops], "read alerts")?;
+        self.list(&keys::alerts(&caller.tenant), cursor, limit, true)
+            .await
+    }
+}
+
+/// Appends the order's events and, if its status moved, the order lists' summaries. Returns
+/// the order as it will be.
+fn append_order(
+    changes: &mut Changes,
+    tenant: &TenantId,
+    order: &mut Stream<Order>,
+    events: Vec<commerce_domain::OrderEvent>,
+    now_ms: i64,
+) -> Result<PlacedOrder, AppError> {
+    let before = order.state.placed.as_ref().map(|o| o.status);
+    changes.append(order, events, now_ms)?;
+    let placed = order
+        .state
+        .placed
+        .clone()
+        .ok_or(AppError::NotFound("order"))?;
+    if before != Some(placed.status) {
+        let summary = OrderSummary::from(&placed);
+        let id = placed.id.to_string();
+        changes.put_read_model(
+            keys::customer_orders(tenant, &placed.customer),
+            id.clone(),
+            &summary,
+        )?;
+        changes.put_read_model(keys::tenant_orders(tenant), id, &summary)?;
+    }
+    Ok(placed)
+}
