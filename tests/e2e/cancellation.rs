@@ -52,7 +52,9 @@ async fn trail(ops: &Client, order: &str, count: usize) -> Vec<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let page = ops
-            .get(&format!("/v1/audit?aggregate_type=order&aggregate_id={order}&limit=100"))
+            .get(&format!(
+                "/v1/audit?aggregate_type=order&aggregate_id={order}&limit=100"
+            ))
             .await;
         assert_eq!(page.status, StatusCode::OK, "{page:?}");
         let types: Vec<String> = page.body["items"]

@@ -120,3 +120,67 @@ async fn answers_and_failures_of_any_shape_are_carried_not_read() {
     assert_eq!(ended.unwrap_err().error, "NeedsAttention");
     assert_eq!(calls["RecordNeedsAttention"], 1);
 }
+
+/// Records the key of every invocation and wait, answering from a script.
+struct Keys {
+    script: Script,
+    seen: std::sync::Mutex<Vec<String>>,
+}
+
+impl commerce_asl::Tasks for Keys {
+    async fn invoke(&self, call: commerce_asl::TaskCall) -> Result<Value, Failure> {
+        self.seen.lock().unwrap().push(call.key.clone());
+        self.script.invoke(call).await
+    }
+}
+
+impl commerce_asl::Clock for Keys {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH
+    }
+
+    async fn pause(&self, key: &str, _duration: std::time::Duration) {
+        self.seen.lock().unwrap().push(key.to_owned());
+    }
+
+    async fn deadline(&self, _duration: std::time::Duration) {
+        std::future::pending::<()>().await;
+    }
+}
+
+#[tokio::test]
+async fn every_invocation_and_wait_has_a_key_that_names_its_branch_state_and_retry() {
+    let definition = Definition::load(FILE, &BTreeMap::new()).unwrap();
+    let keys = Keys {
+        script: Script::parse(
+            &json!({
+                "ReleaseStock": [{"result": {}}],
+                "SettlePayment": [{"error": "Commerce.Transient"}, {"result": {}}],
+                "MarkCancelled": [{"result": {}}],
+            })
+            .to_string(),
+        )
+        .unwrap(),
+        seen: std::sync::Mutex::default(),
+    };
+    let execution = Execution {
+        id: "local:o-1:1".into(),
+        name: "o-1-1".into(),
+        state_machine: "order-cancellation".into(),
+        started: OffsetDateTime::UNIX_EPOCH,
+        input: json!({"tenant": "acme", "order_id": "o-1", "attempt": 1}),
+    };
+    run(&definition, &execution, &keys, &keys).await.unwrap();
+    let mut seen = keys.seen.into_inner().unwrap();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            "/GiveBackAndSettle.1#0[0]/ReleaseStock.1#0",
+            "/GiveBackAndSettle.1#0[1]/SettlePayment.1#0",
+            "/GiveBackAndSettle.1#0[1]/SettlePayment.1#0:retry",
+            "/GiveBackAndSettle.1#0[1]/SettlePayment.1#1",
+            "/MarkCancelled.1#0",
+        ]
+    );
+}
