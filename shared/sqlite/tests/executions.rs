@@ -82,7 +82,7 @@ impl Tasks for Steps {
 }
 
 fn table(dir: &tempfile::TempDir) -> SqliteTable {
-    SqliteTable::open(&dir.path().join("commerce.db")).unwrap()
+    SqliteTable::open(dir.path().join("commerce.db")).unwrap()
 }
 
 async fn finished(table: &SqliteTable, name: &str) -> executions::ExecutionRecord {
