@@ -351,6 +351,34 @@ mod tests {
     use super::*;
     use commerce_domain::Currency;
 
+    #[tokio::test]
+    async fn the_sandbox_keeps_the_payment_gateway_contract() {
+        crate::contract::payment_gateway_contract(
+            &SandboxPayments::default(),
+            "tok_visa",
+            "tok_decline",
+            "sandbox",
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_void_fails_as_often_as_its_token_says() {
+        let payments = SandboxPayments::default();
+        let id = order("o-void");
+        payments
+            .authorize(&id, eur(100), "tok_void_unavailable_2")
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            assert!(matches!(
+                payments.void(&id).await,
+                Err(PaymentError::Unavailable(_))
+            ));
+        }
+        assert_eq!(payments.void(&id).await, Ok(()));
+    }
+
     fn order(id: &str) -> OrderId {
         OrderId::parse(id).unwrap()
     }

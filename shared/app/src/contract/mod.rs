@@ -15,12 +15,14 @@
 
 pub mod bus;
 pub mod feed;
+pub mod payments;
 pub mod placement;
 pub mod projection;
 pub mod table;
 
 pub use bus::*;
 pub use feed::*;
+pub use payments::payment_gateway_contract;
 pub use placement::*;
 pub use projection::*;
 pub use table::*;
