@@ -55,13 +55,14 @@ impl From<StoreError> for ExecutionError {
 /// Starts executions: Step Functions on AWS, [`LocalExecutions`] locally.
 pub trait StateMachines: Send + Sync + 'static {
     /// Starts `machine` on `input` under `name`. A name already started with the same input
-    /// is that execution, not a new one (`Ok(false)`): a repeated start is harmless.
+    /// is that execution, not a new one, running or not: a repeated start is harmless. The
+    /// same name with another input is [`ExecutionError::AlreadyExists`].
     fn start(
         &self,
         machine: &str,
         name: &str,
         input: &Value,
-    ) -> impl Future<Output = Result<bool, ExecutionError>> + Send;
+    ) -> impl Future<Output = Result<(), ExecutionError>> + Send;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -241,12 +242,7 @@ impl<T: Table, K: Tasks + 'static> LocalExecutions<T, K> {
 }
 
 impl<T: Table, K: Tasks + 'static> StateMachines for LocalExecutions<T, K> {
-    async fn start(
-        &self,
-        machine: &str,
-        name: &str,
-        input: &Value,
-    ) -> Result<bool, ExecutionError> {
+    async fn start(&self, machine: &str, name: &str, input: &Value) -> Result<(), ExecutionError> {
         if !self.inner.machines.contains_key(machine) {
             return Err(ExecutionError::UnknownStateMachine(machine.to_owned()));
         }
@@ -279,14 +275,14 @@ impl<T: Table, K: Tasks + 'static> StateMachines for LocalExecutions<T, K> {
         match self.inner.table.transact(writes).await {
             Ok(()) => {
                 self.spawn(name.to_owned());
-                Ok(true)
+                Ok(())
             }
             Err(StoreError::ConditionFailed { index: 0 }) => {
                 match describe(&self.inner.table, name).await? {
                     Some(existing)
                         if existing.input == *input && existing.state_machine == machine =>
                     {
-                        Ok(false)
+                        Ok(())
                     }
                     _ => Err(ExecutionError::AlreadyExists(name.to_owned())),
                 }

@@ -4,7 +4,8 @@
 //!
 //! Environment: `TABLE_NAME`, `PERSONAL_TABLE_NAME` and `CURSOR_SECRET` (required);
 //! `TENANT_CLAIM` (default `tenant`) and `ROLES_CLAIM` (default `roles`) name the JWT claims API
-//! Gateway's authorizer passes on; the publisher needs `TOPIC_ARN`.
+//! Gateway's authorizer passes on; the publisher needs `TOPIC_ARN`. With `STRIPE_SECRET_KEY`
+//! (and optionally `STRIPE_BASE_URL`) payments go through Stripe, else through the sandbox.
 
 mod pipeline;
 
@@ -18,12 +19,13 @@ use axum::response::Response;
 use commerce_api::{Auth, RequestId, VerifiedClaims, parse_roles, router};
 use commerce_app::projection::{Projection, Projector};
 use commerce_app::shop::SweepSummary;
-use commerce_app::{Cursors, HoldLimits, SandboxPayments, Shop, ShopConfig, SystemClock};
+use commerce_app::{Cursors, HoldLimits, Shop, ShopConfig, SystemClock};
 use commerce_dynamodb::DynamoTable;
+use commerce_stripe::Provider;
 use lambda_http::request::RequestContext;
 use lambda_http::{Error, LambdaEvent, service_fn};
 
-pub type LambdaShop = Shop<DynamoTable, SandboxPayments, SystemClock>;
+pub type LambdaShop = Shop<DynamoTable, Provider<DynamoTable>, SystemClock>;
 
 /// JSON logs, as CloudWatch Logs Insights reads them.
 pub fn init_tracing() {
@@ -49,9 +51,16 @@ pub async fn shop() -> Result<Arc<LambdaShop>, Error> {
         limits: limits_from_env()?,
         ..ShopConfig::default()
     };
+    let table = table().await?;
+    let payments = Provider::choose(
+        std::env::var("STRIPE_SECRET_KEY").ok(),
+        std::env::var("STRIPE_BASE_URL").ok(),
+        table.clone(),
+    )
+    .map_err(|e| format!("cannot set up payments: {e}"))?;
     Ok(Arc::new(Shop::new(
-        table().await?,
-        SandboxPayments::default(),
+        table,
+        payments,
         SystemClock,
         shop_config,
     )))

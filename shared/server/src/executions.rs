@@ -9,12 +9,13 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use commerce_app::executions::{self, LocalExecutions};
 use commerce_app::saga::{self, LocalSteps};
-use commerce_app::{SandboxPayments, Shop, SystemClock};
+use commerce_app::{Shop, SystemClock};
 use commerce_sqlite::SqliteTable;
+use commerce_stripe::Provider;
 
-pub type LocalShop = Shop<SqliteTable, SandboxPayments, SystemClock>;
+pub type LocalShop = Shop<SqliteTable, Provider<SqliteTable>, SystemClock>;
 pub type Local =
-    LocalExecutions<SqliteTable, LocalSteps<SqliteTable, SandboxPayments, SystemClock>>;
+    LocalExecutions<SqliteTable, LocalSteps<SqliteTable, Provider<SqliteTable>, SystemClock>>;
 
 /// How often executions whose runner stopped are looked for, after the first look at start.
 const RESUME_EVERY: Duration = Duration::from_secs(30);

@@ -26,8 +26,9 @@ use clap::{Args, Parser, Subcommand};
 use commerce_api::{Auth, MIN_SECRET_BYTES, router};
 use commerce_app::shop::SweepSummary;
 use commerce_app::subscriptions;
-use commerce_app::{Cursors, HoldLimits, SandboxPayments, Shop, ShopConfig, SystemClock};
+use commerce_app::{Cursors, HoldLimits, ShopConfig, SystemClock};
 use commerce_sqlite::{SqliteBus, SqliteTable};
+use commerce_stripe::Provider;
 
 #[derive(Parser)]
 #[command(
@@ -78,6 +79,13 @@ struct Serve {
     /// Do not publish events or run consumers (they wait in the change feed meanwhile).
     #[arg(long, env = "COMMERCE_NO_BUS")]
     no_bus: bool,
+    /// Take payments through Stripe with this secret key; without one, the sandbox provider
+    /// (see the README's payment tokens) answers.
+    #[arg(long, env = "COMMERCE_STRIPE_SECRET_KEY", hide_env_values = true)]
+    stripe_secret_key: Option<String>,
+    /// Where Stripe's API is (a test double, say).
+    #[arg(long, env = "COMMERCE_STRIPE_BASE_URL")]
+    stripe_base_url: Option<String>,
 }
 
 /// What one customer may hold at once (reservations; an order's own hold is not counted).
@@ -173,9 +181,16 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
         limits: serve.limits.clone().into(),
         ..ShopConfig::default()
     };
-    let shop = Arc::new(Shop::new(
+    let payments = Provider::choose(
+        serve.stripe_secret_key.clone(),
+        serve.stripe_base_url.clone(),
         table.clone(),
-        SandboxPayments::default(),
+    )
+    .map_err(|e| anyhow::anyhow!("cannot set up payments: {e}"))?;
+    tracing::info!(provider = payments.name(), "payments");
+    let shop = Arc::new(executions::LocalShop::new(
+        table.clone(),
+        payments,
         SystemClock,
         config,
     ));
@@ -275,11 +290,7 @@ async fn replay(command: ops::Replay) -> anyhow::Result<()> {
 }
 
 /// Releases expired reservations and drops expired items, forever.
-async fn sweep(
-    shop: Arc<Shop<SqliteTable, SandboxPayments, SystemClock>>,
-    table: SqliteTable,
-    every: Duration,
-) {
+async fn sweep(shop: Arc<executions::LocalShop>, table: SqliteTable, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -230,3 +230,19 @@ async fn a_runner_whose_claim_was_taken_over_records_nothing_more() {
         "the finished record stays as the new runner left it"
     );
 }
+
+#[tokio::test]
+async fn the_local_runtime_keeps_the_state_machines_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let waiting = json!({
+        "StartAt": "Later",
+        "States": {"Later": {"Type": "Wait", "Seconds": 3600, "End": true}}
+    })
+    .to_string();
+    let machines = BTreeMap::from([(
+        "waits".to_owned(),
+        Definition::load(&waiting, &BTreeMap::new()).unwrap(),
+    )]);
+    let runtime = LocalExecutions::new(table(&dir), Steps::default(), machines);
+    commerce_app::contract::state_machines_contract(&runtime, "waits", "local").await;
+}

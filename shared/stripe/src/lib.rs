@@ -444,3 +444,85 @@ fn parse<V: serde::de::DeserializeOwned>(value: Value) -> Result<V, Refusal> {
     serde_json::from_value(value)
         .map_err(|e| Refusal::Unavailable(format!("unexpected answer from stripe: {e}")))
 }
+
+/// The payment provider a deployment runs with: Stripe when it is given a secret key, the
+/// sandbox otherwise (local runs, tests, demos).
+#[derive(Debug)]
+pub enum Provider<T> {
+    Sandbox(commerce_app::SandboxPayments),
+    Stripe(StripePayments<T>),
+}
+
+impl<T: Table> Provider<T> {
+    /// Stripe with `secret_key` at `base_url` (default `https://api.stripe.com`), or the
+    /// sandbox without a key.
+    pub fn choose(
+        secret_key: Option<String>,
+        base_url: Option<String>,
+        table: T,
+    ) -> Result<Self, PaymentError> {
+        match secret_key.filter(|k| !k.is_empty()) {
+            None => Ok(Self::Sandbox(commerce_app::SandboxPayments::default())),
+            Some(secret_key) => Ok(Self::Stripe(StripePayments::new(
+                StripeConfig {
+                    base_url: base_url.unwrap_or_else(|| "https://api.stripe.com".into()),
+                    secret_key,
+                    timeout: Duration::from_secs(10),
+                },
+                table,
+            )?)),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Sandbox(_) => "sandbox",
+            Self::Stripe(_) => "stripe",
+        }
+    }
+}
+
+impl<T: Table> PaymentGateway for Provider<T> {
+    async fn authorize(
+        &self,
+        order: &OrderId,
+        amount: Money,
+        token: &str,
+    ) -> Result<PaymentAuthorization, PaymentError> {
+        match self {
+            Self::Sandbox(p) => p.authorize(order, amount, token).await,
+            Self::Stripe(p) => p.authorize(order, amount, token).await,
+        }
+    }
+
+    async fn void(&self, order: &OrderId) -> Result<(), PaymentError> {
+        match self {
+            Self::Sandbox(p) => p.void(order).await,
+            Self::Stripe(p) => p.void(order).await,
+        }
+    }
+
+    async fn capture(
+        &self,
+        authorization: &PaymentAuthorization,
+        amount: Money,
+        key: &str,
+    ) -> Result<PaymentReceipt, PaymentError> {
+        match self {
+            Self::Sandbox(p) => p.capture(authorization, amount, key).await,
+            Self::Stripe(p) => p.capture(authorization, amount, key).await,
+        }
+    }
+
+    async fn refund(
+        &self,
+        authorization: &PaymentAuthorization,
+        amount: Money,
+        key: &str,
+    ) -> Result<PaymentReceipt, PaymentError> {
+        match self {
+            Self::Sandbox(p) => p.refund(authorization, amount, key).await,
+            Self::Stripe(p) => p.refund(authorization, amount, key).await,
+        }
+    }
+}

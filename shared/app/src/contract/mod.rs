@@ -14,6 +14,7 @@
 )]
 
 pub mod bus;
+pub mod executions;
 pub mod feed;
 pub mod payments;
 pub mod placement;
@@ -21,6 +22,7 @@ pub mod projection;
 pub mod table;
 
 pub use bus::*;
+pub use executions::state_machines_contract;
 pub use feed::*;
 pub use payments::payment_gateway_contract;
 pub use placement::*;
