@@ -453,3 +453,218 @@ fn uuid_like() -> String {
             .subsec_nanos()
     )
 }
+
+/// Runs the saga's Task states as Step Functions would invoke the step Lambdas: the Lambda
+/// handler on the DynamoDB shop, its error type becoming the state's error.
+struct StepLambdas<'a> {
+    shop: &'a Shop<commerce_dynamodb::DynamoTable, SandboxPayments, SystemClock>,
+}
+
+impl commerce_asl::Tasks for StepLambdas<'_> {
+    async fn invoke(
+        &self,
+        call: commerce_asl::TaskCall,
+    ) -> Result<serde_json::Value, commerce_asl::Failure> {
+        let name = call.resource.rsplit(':').next().unwrap_or_default();
+        let step = commerce_app::saga::CancellationStep::parse(name).unwrap();
+        commerce_lambda::run_step(self.shop, step, &call.input)
+            .await
+            .map_err(|failed| {
+                let diagnostic = lambda_http::lambda_runtime::Diagnostic::from(failed);
+                commerce_asl::Failure::new(&diagnostic.error_type, diagnostic.error_message)
+            })
+    }
+}
+
+/// Places an order for alice on a fresh DynamoDB shop, asks to cancel it, and answers the
+/// shop, the order and the starter's SQS event for the `OrderCancellationRequested`.
+async fn cancelled_order(
+    token: &str,
+    capture: bool,
+) -> (
+    Shop<commerce_dynamodb::DynamoTable, SandboxPayments, SystemClock>,
+    commerce_domain::OrderId,
+    serde_json::Value,
+) {
+    let sku = Sku::parse("MUG").unwrap();
+    let shop = stocked(SystemClock, &sku, 10, 0).await;
+    let alice = caller("alice", Role::Customer);
+    let placed = shop
+        .place(
+            &alice,
+            None,
+            PlaceOrder {
+                lines: Some(vec![Line {
+                    sku: sku.clone(),
+                    quantity: Quantity::new(2).unwrap(),
+                }]),
+                reservation_id: None,
+                payment_token: token.into(),
+                contact: None,
+            },
+        )
+        .await
+        .unwrap();
+    let order = commerce_domain::OrderId::parse(placed.body["id"].as_str().unwrap()).unwrap();
+    if capture {
+        shop.capture_payment(&caller("admin-1", Role::Admin), None, &order)
+            .await
+            .unwrap();
+    }
+    shop.request_cancellation(
+        &alice,
+        None,
+        &order,
+        commerce_app::shop::CancelOrder {
+            reason: "changed my mind".into(),
+            lines: None,
+        },
+    )
+    .await
+    .unwrap();
+    let events: Vec<commerce_app::event_store::Envelope<serde_json::Value>> =
+        commerce_app::event_store::read_events(
+            shop.table(),
+            &commerce_app::keys::order(&TenantId::parse("acme").unwrap(), &order),
+        )
+        .await
+        .unwrap();
+    let requested = events
+        .iter()
+        .find(|e| e.event_type == "OrderCancellationRequested")
+        .expect("the request's event");
+    let sqs = serde_json::json!({"Records": [{
+        "messageId": "m-1",
+        "receiptHandle": "r-1",
+        "body": serde_json::to_string(requested).unwrap(),
+        "attributes": {"ApproximateReceiveCount": "1"},
+        "messageAttributes": {},
+        "eventSource": "aws:sqs",
+    }]});
+    (shop, order, sqs)
+}
+
+async fn run_saga(
+    shop: &Shop<commerce_dynamodb::DynamoTable, SandboxPayments, SystemClock>,
+    input: serde_json::Value,
+) -> Result<serde_json::Value, commerce_asl::Failure> {
+    let mut substitutions = std::collections::BTreeMap::new();
+    for step in commerce_app::saga::CancellationStep::ALL {
+        substitutions.insert(
+            step.substitution().to_owned(),
+            format!(
+                "arn:aws:lambda:us-east-1:123456789012:function:{}",
+                step.name()
+            ),
+        );
+    }
+    let definition =
+        commerce_asl::Definition::load(commerce_app::saga::ORDER_CANCELLATION_ASL, &substitutions)
+            .unwrap();
+    let execution = commerce_asl::Execution {
+        id: "test".into(),
+        name: "test".into(),
+        state_machine: "order-cancellation".into(),
+        started: time::OffsetDateTime::now_utc(),
+        input,
+    };
+    commerce_asl::run(
+        &definition,
+        &execution,
+        &StepLambdas { shop },
+        &commerce_asl::VirtualTime::starting_at(time::OffsetDateTime::now_utc()),
+    )
+    .await
+}
+
+/// The starter Lambda starts one execution per request on Step Functions (moto), however
+/// often the message comes; the step Lambdas then cancel the order on DynamoDB.
+#[tokio::test]
+async fn the_cancellation_saga_runs_on_the_lambdas_and_dynamodb() {
+    let (shop, order, sqs) = cancelled_order("tok_visa", false).await;
+    let sfn = aws_sdk_sfn::Client::new(&commerce_dynamodb::moto::sdk_config().await);
+    let created = sfn
+        .create_state_machine()
+        .name(format!("order-cancellation-{}", uuid_like()))
+        .definition(
+            commerce_app::saga::ORDER_CANCELLATION_ASL
+                .replace("${", "arn:aws:lambda:us-east-1:123456789012:function:")
+                .replace("FunctionArn}", ""),
+        )
+        .role_arn("arn:aws:iam::123456789012:role/saga")
+        .send()
+        .await
+        .unwrap();
+    let machines = commerce_stepfunctions::StepFunctions::new(
+        sfn.clone(),
+        std::collections::BTreeMap::from([(
+            "order-cancellation".to_owned(),
+            created.state_machine_arn().to_owned(),
+        )]),
+    );
+    for _ in 0..2 {
+        let answer = commerce_lambda::start_cancellations(
+            &machines,
+            serde_json::from_value(sqs.clone()).unwrap(),
+        )
+        .await;
+        assert!(answer.batch_item_failures.is_empty(), "{answer:?}");
+    }
+    let listed = sfn
+        .list_executions()
+        .state_machine_arn(created.state_machine_arn())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.executions().len(),
+        1,
+        "a redelivered request starts nothing new"
+    );
+    let execution = sfn
+        .describe_execution()
+        .execution_arn(listed.executions()[0].execution_arn())
+        .send()
+        .await
+        .unwrap();
+    let input: serde_json::Value = serde_json::from_str(execution.input().unwrap()).unwrap();
+    assert_eq!(input["order_id"], order.as_str());
+
+    let output = run_saga(&shop, input).await.unwrap();
+    assert_eq!(output["status"], "cancelled");
+    let view = shop
+        .order(&caller("alice", Role::Customer), &order)
+        .await
+        .unwrap();
+    assert_eq!(view.status, commerce_domain::OrderStatus::Cancelled);
+    assert_eq!(view.payment.voided, 1998);
+    let stock = shop
+        .inventory(&caller("admin-1", Role::Admin), &Sku::parse("MUG").unwrap())
+        .await
+        .unwrap();
+    assert_eq!((stock.on_hand, stock.reserved), (10, 0));
+}
+
+#[tokio::test]
+async fn a_refused_refund_ends_the_saga_in_needs_attention_on_dynamodb() {
+    let (shop, order, sqs) = cancelled_order("tok_refund_refused", true).await;
+    let body: serde_json::Value =
+        serde_json::from_str(sqs["Records"][0]["body"].as_str().unwrap()).unwrap();
+    let task = commerce_app::saga::cancellation_of(&body.to_string()).unwrap();
+    let ended = run_saga(&shop, serde_json::to_value(&task).unwrap()).await;
+    assert_eq!(ended.unwrap_err().error, "NeedsAttention");
+    let view = shop
+        .order(&caller("alice", Role::Customer), &order)
+        .await
+        .unwrap();
+    assert_eq!(view.status, commerce_domain::OrderStatus::NeedsAttention);
+    assert_eq!(
+        view.cancellation.unwrap().failure.unwrap().error,
+        "Commerce.PaymentRefused"
+    );
+    let alerts = shop
+        .alerts(&caller("ops-1", Role::Ops), None, None)
+        .await
+        .unwrap();
+    assert_eq!(alerts.items.len(), 1);
+}

@@ -78,11 +78,12 @@ impl CancellationStep {
                 error: crate::shop::REFUSED,
                 cause: format!("not a cancellation task: {e}"),
             })?;
+        // Boxed: each step's future is deep, and a Lambda's whole handler is one type.
         match self {
-            Self::ReleaseStock => shop.release_cancelled_stock(&task).await,
-            Self::SettlePayment => shop.settle_cancelled_payment(&task).await,
-            Self::Complete => shop.complete_cancellation(&task).await,
-            Self::Flag => shop.flag_cancellation(&task, failure_of(input)).await,
+            Self::ReleaseStock => Box::pin(shop.release_cancelled_stock(&task)).await,
+            Self::SettlePayment => Box::pin(shop.settle_cancelled_payment(&task)).await,
+            Self::Complete => Box::pin(shop.complete_cancellation(&task)).await,
+            Self::Flag => Box::pin(shop.flag_cancellation(&task, failure_of(input))).await,
         }
     }
 }

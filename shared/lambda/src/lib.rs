@@ -8,8 +8,10 @@
 //! (and optionally `STRIPE_BASE_URL`) payments go through Stripe, else through the sandbox.
 
 mod pipeline;
+mod saga;
 
 pub use pipeline::{StreamEvent, project, publish_records};
+pub use saga::{StepFailed, machines_from_env, run_step, start_cancellations};
 
 use std::sync::Arc;
 
@@ -97,6 +99,39 @@ pub async fn run_projector<P: Projection>() -> Result<(), Error> {
         move |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
             let projector = projector.clone();
             async move { Ok::<_, Error>(project(&projector, event.payload).await) }
+        },
+    ))
+    .await
+}
+
+/// A step of the cancellation saga, named by `COMMERCE_STEP` (`release-stock`,
+/// `settle-payment`, `complete-cancellation`, `flag-cancellation`): Step Functions invokes it
+/// with the saga's state and gets the order's state back, or the step's error as the error type.
+pub async fn run_cancellation_step() -> Result<(), Error> {
+    init_tracing();
+    let name = std::env::var("COMMERCE_STEP").map_err(|_| "COMMERCE_STEP is not set")?;
+    let step = commerce_app::saga::CancellationStep::parse(&name)
+        .ok_or_else(|| format!("COMMERCE_STEP names no step: {name}"))?;
+    let shop = shop().await?;
+    lambda_http::lambda_runtime::run(service_fn(move |event: LambdaEvent<serde_json::Value>| {
+        let shop = shop.clone();
+        async move { run_step(&shop, step, &event.payload).await }
+    }))
+    .await
+}
+
+/// The saga starter: starts a cancellation execution for each request its queue delivers.
+pub async fn run_saga_starter() -> Result<(), Error> {
+    init_tracing();
+    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let machines = commerce_stepfunctions::StepFunctions::new(
+        aws_sdk_sfn::Client::new(&config),
+        machines_from_env()?,
+    );
+    lambda_http::lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<aws_lambda_events::event::sqs::SqsEvent>| {
+            let machines = machines.clone();
+            async move { Ok::<_, Error>(start_cancellations(&machines, event.payload).await) }
         },
     ))
     .await
