@@ -9,7 +9,7 @@ mod request_id;
 mod routes;
 
 pub use auth::{Auth, DevClaims, MIN_SECRET_BYTES, VerifiedClaims, WeakSecret, parse_roles};
-pub use openapi::ApiDoc;
+pub use openapi::{ApiDoc, spec};
 pub use problem::ApiError;
 pub use request_id::{HEADER as REQUEST_ID_HEADER, RequestId};
 pub use routes::{BODY_LIMIT, router};

@@ -78,3 +78,96 @@ fn every_function_binary_is_deployed() {
         );
     }
 }
+
+/// `cancellation-saga` → `CancellationSaga`, as the template names resources after queues.
+fn pascal(kebab: &str) -> String {
+    kebab
+        .split('-')
+        .map(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .map(|c| c.to_ascii_uppercase().to_string() + chars.as_str())
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+/// The block of resource `name`: from its line to the next blank line.
+fn block(template: &str, name: &str) -> String {
+    template
+        .split(&format!("\n  {name}:\n"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("template.yaml has no {name}"))
+        .split("\n\n")
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn the_saga_starter_is_subscribed_as_the_code_says() {
+    use commerce_app::saga::{STARTER_MAX_RECEIVES, STARTER_QUEUE, starter_subscription};
+    let template = template();
+    let title = pascal(STARTER_QUEUE);
+    let subscription = block(&template, &format!("{title}Subscription"));
+    let policy = serde_json::to_string(&starter_subscription().filter).expect("json");
+    assert!(
+        subscription.contains(&format!("FilterPolicy: '{policy}'")),
+        "{title}Subscription needs FilterPolicy: '{policy}'"
+    );
+    assert!(subscription.contains("RawMessageDelivery: true"));
+    assert!(
+        block(&template, &format!("{title}Queue"))
+            .contains(&format!("maxReceiveCount: {STARTER_MAX_RECEIVES}"))
+    );
+    for resource in ["DeadLetters", "DeadLettersAlarm"] {
+        block(&template, &format!("{title}{resource}"));
+    }
+}
+
+#[test]
+fn every_step_of_the_state_machine_is_a_function_running_that_step() {
+    use commerce_app::saga::CancellationStep;
+    let template = template();
+    let machine = block(&template, "CancellationStateMachine");
+    assert!(machine.contains("DefinitionUri: infra/statemachines/order-cancellation.asl.json"));
+    for step in CancellationStep::ALL {
+        let function = step.substitution().trim_end_matches("Arn");
+        assert!(
+            machine.contains(&format!("{}: !GetAtt {function}.Arn", step.substitution())),
+            "CancellationStateMachine substitutes {} with {function}",
+            step.substitution()
+        );
+        assert!(
+            machine.contains(&format!("FunctionName: !Ref {function}")),
+            "the state machine's role may invoke {function}"
+        );
+        let body = block(&template, function);
+        assert!(
+            body.contains("Binary: cancellation-step")
+                && body.contains(&format!("COMMERCE_STEP: {}", step.name())),
+            "{function} runs the {} step",
+            step.name()
+        );
+    }
+}
+
+#[test]
+fn every_route_of_the_api_is_routed_by_api_gateway() {
+    let template = template();
+    for (path, item) in &commerce_api::spec().paths.paths {
+        for (method, operation) in [("GET", &item.get), ("PUT", &item.put), ("POST", &item.post)] {
+            // Metrics are this process's own figures, served by the local server; on AWS,
+            // CloudWatch has them.
+            if operation.is_none() || path == "/metrics" {
+                continue;
+            }
+            let event = format!("            Method: {method}\n            Path: {path}\n");
+            assert!(
+                template.contains(&event),
+                "template.yaml routes no {method} {path} to a function"
+            );
+        }
+    }
+}
