@@ -489,3 +489,67 @@ fn append_order(
     }
     Ok(placed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use commerce_domain::DomainError;
+
+    #[test]
+    fn step_errors_are_named_for_the_state_machine() {
+        let name = |e: StepError| e.error;
+        assert_eq!(name(AppError::Contention.into()), TRANSIENT);
+        assert_eq!(
+            name(crate::StoreError::Busy("slow".into()).into()),
+            TRANSIENT
+        );
+        assert_eq!(
+            name(PaymentError::Unavailable("503".into()).into()),
+            TRANSIENT
+        );
+        assert_eq!(
+            name(PaymentError::Declined("refund_refused".into()).into()),
+            PAYMENT_REFUSED
+        );
+        assert_eq!(
+            name(
+                DomainError::ReleaseExceedsReserved {
+                    requested: 2,
+                    reserved: 1
+                }
+                .into()
+            ),
+            REFUSED
+        );
+        assert_eq!(
+            name(
+                DomainError::StaleCancellation {
+                    attempt: 1,
+                    latest: 2
+                }
+                .into()
+            ),
+            STALE
+        );
+    }
+
+    #[test]
+    fn an_execution_name_is_derived_from_order_and_attempt_within_step_functions_rules() {
+        let task = |order: &str, attempt| CancellationTask {
+            tenant: TenantId::parse("acme").unwrap(),
+            order_id: OrderId::parse(order).unwrap(),
+            attempt,
+            correlation_id: "c".into(),
+            causation_id: "e".into(),
+        };
+        let name = task("o.1", 1).execution_name();
+        assert_eq!(name, task("o.1", 1).execution_name());
+        assert_ne!(name, task("o.1", 2).execution_name());
+        assert_ne!(name, task("o.2", 1).execution_name());
+        assert!(name.len() <= 80);
+        assert!(
+            name.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
+    }
+}
