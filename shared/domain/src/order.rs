@@ -283,6 +283,32 @@ impl Order {
         Ok(vec![OrderEvent::PaymentCaptured { amount, capture }])
     }
 
+    /// Records a capture the provider made, whatever happened to the order since it was asked
+    /// for (a cancellation may have started meanwhile): money taken is a fact to refund, never
+    /// to lose. Recorded already: no event.
+    pub fn record_capture(
+        &self,
+        amount: Money,
+        capture: String,
+    ) -> Result<Vec<OrderEvent>, DomainError> {
+        let order = self.placed_order()?;
+        if order.settled.captured > 0 {
+            return Ok(Vec::new());
+        }
+        amount.same_currency(order.total.currency)?;
+        Ok(vec![OrderEvent::PaymentCaptured { amount, capture }])
+    }
+
+    /// What a capture asked for before anything was voided would have taken: what a capture
+    /// the provider made (and we did not record) holds.
+    pub fn uncaptured_amount(&self) -> Result<Money, DomainError> {
+        let order = self.placed_order()?;
+        Money::new(
+            order.payment.amount.amount_minor - order.settled.voided,
+            order.total.currency,
+        )
+    }
+
     /// Asks to cancel `lines` (all that is left when `None`). Asking again for what the
     /// latest cancellation asked, while it runs or once it is done, changes nothing; after it
     /// needed attention, asking again (without lines) retries it.
@@ -1031,6 +1057,28 @@ mod tests {
             number: 1,
         };
         assert!(order.settle(1, &stale, Some("re".into())).is_err());
+    }
+
+    #[test]
+    fn a_capture_made_while_a_cancellation_started_is_recorded_and_then_refunded() {
+        let mut order = placed();
+        let amount = order.capture_amount().unwrap();
+        // The provider captured; before that was recorded, a cancellation came.
+        order.apply_all(order.request_cancellation("r", None, 1).unwrap());
+        assert!(order.capture_payment(amount, "cap".into()).is_err());
+        order.apply_all(order.record_capture(amount, "cap".into()).unwrap());
+        assert_eq!(order.record_capture(amount, "cap".into()).unwrap(), vec![]);
+        assert_eq!(status(&order), OrderStatus::Cancelling);
+        assert_eq!(
+            order.settlement(1).unwrap(),
+            Settlement::Refund {
+                amount: eur(2250),
+                number: 1
+            }
+        );
+        run_saga(&mut order, 1);
+        assert_eq!(status(&order), OrderStatus::Cancelled);
+        assert_eq!(settled(&order).refunded, 2250);
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //!   the saga ends in `NeedsAttention` with the failure recorded on the order.
 //! - A step of a superseded cancellation (`Commerce.StaleCancellation`) does nothing.
 
-use commerce_domain::{Line, Order, OrderId, PlacedOrder, Settlement, StepFailure, TenantId};
+use commerce_domain::{
+    DomainError, Line, Order, OrderId, PlacedOrder, Settlement, StepFailure, TenantId,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{Caller, Reply, Role, Shop};
@@ -229,14 +231,9 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         let mut attempts = self.attempts();
         while attempts.next().await {
             let mut order = load::<Order, _>(&self.table, pk.clone()).await?;
-            let events = match order.state.placed.as_ref() {
-                Some(p) if p.settled.captured > 0 => Vec::new(),
-                Some(_) => vec![commerce_domain::OrderEvent::PaymentCaptured {
-                    amount: receipt.amount,
-                    capture: receipt.id.clone(),
-                }],
-                None => return Err(AppError::NotFound("order")),
-            };
+            let events = order
+                .state
+                .record_capture(receipt.amount, receipt.id.clone())?;
             let mut changes = Changes::new(caller.origin());
             let placed = append_order(
                 &mut changes,
@@ -275,8 +272,21 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 Some(placed),
             ) = (events.first(), order.state.placed.as_ref())
             {
-                shop.release_lines(&mut changes, &task.tenant, &placed.reservation, lines)
-                    .await?;
+                match shop
+                    .release_lines(&mut changes, &task.tenant, &placed.reservation, lines)
+                    .await
+                {
+                    Ok(()) => {}
+                    // Another run of this step may have released them since the order was
+                    // read (its commit moves stock and order together): if the order moved,
+                    // read again.
+                    Err(AppError::Domain(DomainError::ReleaseExceedsReserved { .. }))
+                        if shop.moved(&order).await? =>
+                    {
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
             append_order(
                 &mut changes,
@@ -285,7 +295,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 events,
                 shop.now_ms(),
             )?;
-            Ok(changes)
+            Ok(Some(changes))
         })
         .await
     }
@@ -297,6 +307,20 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         &self,
         task: &CancellationTask,
     ) -> Result<StepAnswer, StepError> {
+        // A capture found on the way is recorded first; the refund follows in the next round.
+        let mut answer = self.settle_once(task).await?;
+        for _ in 0..2 {
+            let order =
+                load::<Order, _>(&self.table, keys::order(&task.tenant, &task.order_id)).await?;
+            if order.state.settlement(task.attempt)? == Settlement::Settled {
+                break;
+            }
+            answer = self.settle_once(task).await?;
+        }
+        Ok(answer)
+    }
+
+    async fn settle_once(&self, task: &CancellationTask) -> Result<StepAnswer, StepError> {
         self.step(task, |shop, order| async move {
             let mut order = order;
             let settlement = order.state.settlement(task.attempt)?;
@@ -308,8 +332,35 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             let receipt = match &settlement {
                 Settlement::Settled | Settlement::LeaveUncaptured { .. } => None,
                 Settlement::VoidAuthorization { .. } => {
-                    shop.payments.void(&placed.id).await?;
-                    None
+                    match shop.payments.void(&placed.id).await {
+                        Ok(()) => None,
+                        // A capture reached the provider but not the order (its request was cut
+                        // short, or raced this cancellation): the same capture, asked again under
+                        // its key, tells what was taken; recorded, it is refunded instead.
+                        Err(PaymentError::Declined(code)) if code == "already_captured" => {
+                            let amount = order.state.uncaptured_amount()?;
+                            let receipt = shop
+                                .payments
+                                .capture(
+                                    &placed.payment,
+                                    amount,
+                                    &operation_key(&placed.id, "capture", 1),
+                                )
+                                .await?;
+                            let events = order.state.record_capture(receipt.amount, receipt.id)?;
+                            let mut changes = Changes::new(task.origin());
+                            append_order(
+                                &mut changes,
+                                &task.tenant,
+                                &mut order,
+                                events,
+                                shop.now_ms(),
+                            )?;
+                            // Committed, the step reads the order again and refunds.
+                            return Ok(Some(changes));
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
                 }
                 Settlement::Refund { amount, number } => Some(
                     shop.payments
@@ -331,7 +382,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 events,
                 shop.now_ms(),
             )?;
-            Ok(changes)
+            Ok(Some(changes))
         })
         .await
     }
@@ -352,7 +403,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 events,
                 shop.now_ms(),
             )?;
-            Ok(changes)
+            Ok(Some(changes))
         })
         .await
     }
@@ -401,10 +452,16 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     events,
                     shop.now_ms(),
                 )?;
-                Ok(changes)
+                Ok(Some(changes))
             }
         })
         .await
+    }
+
+    /// Whether the order's stream moved past the version `order` was read at.
+    async fn moved(&self, order: &Stream<Order>) -> Result<bool, AppError> {
+        let now = load::<Order, _>(&self.table, order.pk.clone()).await?;
+        Ok(now.version != order.version)
     }
 
     /// Runs one saga step to a commit: reads the order, lets `work` decide and act, commits
@@ -416,7 +473,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     ) -> Result<StepAnswer, StepError>
     where
         F: Fn(&'a Self, Stream<Order>) -> Fut,
-        Fut: std::future::Future<Output = Result<Changes, StepError>> + 'a,
+        Fut: std::future::Future<Output = Result<Option<Changes>, StepError>> + 'a,
     {
         let pk = keys::order(&task.tenant, &task.order_id);
         let mut attempts = self.attempts();
@@ -425,7 +482,10 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             if order.state.placed.is_none() {
                 return Err(AppError::NotFound("order").into());
             }
-            let changes = work(self, order).await?;
+            // `None`: what the work read moved under it; read again.
+            let Some(changes) = work(self, order).await? else {
+                continue;
+            };
             let committed = if changes.is_empty() {
                 Ok(())
             } else {
