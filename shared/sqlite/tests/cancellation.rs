@@ -2,7 +2,12 @@
 //! crash can run them: repeated, concurrently, dropped midway, and after a capture that reached
 //! the provider but not the order.
 
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
