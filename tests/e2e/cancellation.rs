@@ -357,8 +357,9 @@ async fn a_bad_cancellation_is_refused_and_changes_nothing() {
 async fn a_saga_killed_midway_resumes_after_a_restart_and_finishes_once() {
     let shop = shop();
     shop.stocked("MUG", 500, 10).await;
-    // The provider cannot void for a while: the saga waits between retries of SettlePayment.
-    let order = place(&shop, &[("MUG", 3)], "tok_void_unavailable_5").await;
+    // Each void takes the provider 2 seconds: the server is killed while SettlePayment waits
+    // for it, after ReleaseStock has finished.
+    let order = place(&shop, &[("MUG", 3)], "tok_void_slow").await;
     let asked = cancel(&shop.alice, &order, &json!({"reason": "changed my mind"})).await;
     assert_eq!(asked.status, StatusCode::ACCEPTED, "{asked:?}");
     let data_dir = shop.server.data_dir.clone();
@@ -372,17 +373,22 @@ async fn a_saga_killed_midway_resumes_after_a_restart_and_finishes_once() {
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|h| h["state"] == "SettlePayment" && h["type"] == "TaskFailed")
+                .any(|h| h["state"] == "ReleaseStock" && h["type"] == "TaskSucceeded")
             {
                 break name;
             }
         }
         assert!(
             Instant::now() < deadline,
-            "the saga never reached a failed void"
+            "the saga never released the stock"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    let before = history(&data_dir, &name);
+    assert_eq!(
+        before["execution"]["status"], "RUNNING",
+        "killed midway: {before}"
+    );
     let Shop { server, .. } = shop;
     let keep = server.kill();
 

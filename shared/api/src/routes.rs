@@ -293,8 +293,9 @@ async fn capture_payment<T: Table, P: PaymentGateway, C: Clock>(
     Segment(raw): Segment,
     command: Command<NoParameters>,
 ) -> Answer {
+    let id = order_id(&raw)?;
     Ok(reply(
-        shop.capture_payment(&command.caller, Some(&command.key), &order_id(&raw)?)
+        shop.capture_order_payment(command.caller, Some(command.key), id)
             .await?,
     ))
 }

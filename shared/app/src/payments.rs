@@ -65,7 +65,9 @@ pub fn operation_key(order: &OrderId, kind: &str, attempt: u32) -> String {
     format!("{order}:{kind}:{attempt}")
 }
 
-/// A deterministic provider that keeps its ledger in memory. Its test tokens:
+/// A deterministic provider for demos and tests. Its ledger is kept in memory
+/// ([`InMemoryLedger`], one process) or in the table ([`TableLedger`]: every process, each
+/// Lambda and the server after a restart, sees the same captures and refunds). Its test tokens:
 ///
 /// | token | answer |
 /// |---|---|
@@ -79,23 +81,27 @@ pub fn operation_key(order: &OrderId, kind: &str, attempt: u32) -> String {
 /// | `tok_refund_unavailable_N` | approved; its order's first N refund tries are unavailable |
 /// | `tok_refund_refused` | approved; every refund for its order is declined: `refund_refused` |
 /// | `tok_void_unavailable_N` | approved; its order's first N void tries are unavailable |
+/// | `tok_void_slow` | approved; each void takes 2 seconds |
 /// | anything not starting with `tok_` | declined: `invalid_token` |
 ///
 /// Captures and refunds are kept per key: a repeated key answers its first receipt.
-#[derive(Debug, Default)]
-pub struct SandboxPayments {
-    ledger: Mutex<Ledger>,
+#[derive(Debug)]
+pub struct SandboxPayments<L = InMemoryLedger> {
+    ledger: L,
 }
 
-#[derive(Debug, Default)]
-struct Ledger {
-    by_order: HashMap<OrderId, Entry>,
-    /// Tries that failed on purpose, per order, for `tok_flaky` and `tok_outage`.
-    failed_tries: HashMap<OrderId, u32>,
+impl Default for SandboxPayments {
+    /// The sandbox with its ledger in memory.
+    fn default() -> Self {
+        Self {
+            ledger: InMemoryLedger::default(),
+        }
+    }
 }
 
-#[derive(Debug, Default)]
-struct Entry {
+/// What the sandbox knows of one order's payment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SandboxEntry {
     authorization: Option<PaymentAuthorization>,
     /// The token it was authorized with, which may ask for faults in later operations.
     token: String,
@@ -103,8 +109,135 @@ struct Entry {
     voided: bool,
     capture: Option<(String, PaymentReceipt)>,
     refunds: Vec<(String, PaymentReceipt)>,
+    /// Tries that failed on purpose, for `tok_flaky` and `tok_outage`.
+    failed_tries: u32,
     failed_refunds: u32,
     failed_voids: u32,
+}
+
+/// Where the sandbox keeps its entries. Writes are conditional on the version read, so two
+/// processes working on one order never overwrite each other's operations.
+pub trait SandboxLedger: Send + Sync + 'static {
+    /// The order's entry and its version (0: none yet).
+    fn load(
+        &self,
+        order: &OrderId,
+    ) -> impl Future<Output = Result<(SandboxEntry, u64), PaymentError>> + Send;
+
+    /// Writes the entry if it is still at `version`; `false` when it moved.
+    fn save(
+        &self,
+        order: &OrderId,
+        entry: &SandboxEntry,
+        version: u64,
+    ) -> impl Future<Output = Result<bool, PaymentError>> + Send;
+}
+
+/// Each order's entry and its version.
+type Entries = HashMap<OrderId, (SandboxEntry, u64)>;
+
+/// The ledger in this process's memory.
+#[derive(Debug, Default)]
+pub struct InMemoryLedger {
+    entries: Mutex<Entries>,
+}
+
+impl InMemoryLedger {
+    fn entries(&self) -> Result<std::sync::MutexGuard<'_, Entries>, PaymentError> {
+        self.entries
+            .lock()
+            .map_err(|_| PaymentError::Unavailable("sandbox ledger poisoned".into()))
+    }
+}
+
+impl SandboxLedger for InMemoryLedger {
+    async fn load(&self, order: &OrderId) -> Result<(SandboxEntry, u64), PaymentError> {
+        Ok(self.entries()?.get(order).cloned().unwrap_or_default())
+    }
+
+    async fn save(
+        &self,
+        order: &OrderId,
+        entry: &SandboxEntry,
+        version: u64,
+    ) -> Result<bool, PaymentError> {
+        let mut entries = self.entries()?;
+        let current = entries.get(order).map_or(0, |(_, v)| *v);
+        if current != version {
+            return Ok(false);
+        }
+        entries.insert(order.clone(), (entry.clone(), version + 1));
+        Ok(true)
+    }
+}
+
+/// The ledger in the table, one item per order.
+#[derive(Debug, Clone)]
+pub struct TableLedger<T> {
+    table: T,
+}
+
+impl<T> TableLedger<T> {
+    pub fn new(table: T) -> Self {
+        Self { table }
+    }
+}
+
+fn ledger_pk(order: &OrderId) -> String {
+    format!("payments#sandbox#{order}")
+}
+
+impl<T: crate::Table> SandboxLedger for TableLedger<T> {
+    async fn load(&self, order: &OrderId) -> Result<(SandboxEntry, u64), PaymentError> {
+        match self.table.get(&ledger_pk(order), "head").await {
+            Ok(Some(item)) => Ok((
+                serde_json::from_slice(&item.data).map_err(|e| {
+                    PaymentError::Unavailable(format!("corrupt sandbox entry: {e}"))
+                })?,
+                item.version,
+            )),
+            Ok(None) => Ok((SandboxEntry::default(), 0)),
+            Err(e) => Err(PaymentError::Unavailable(format!("sandbox ledger: {e}"))),
+        }
+    }
+
+    async fn save(
+        &self,
+        order: &OrderId,
+        entry: &SandboxEntry,
+        version: u64,
+    ) -> Result<bool, PaymentError> {
+        let data = serde_json::to_vec(entry)
+            .map_err(|e| PaymentError::Unavailable(format!("cannot encode: {e}")))?;
+        let write = crate::Write::Put {
+            item: crate::Item {
+                pk: ledger_pk(order),
+                sk: "head".into(),
+                version: version + 1,
+                data,
+                expires_at: None,
+                owner: None,
+            },
+            condition: match version {
+                0 => crate::Condition::Absent,
+                v => crate::Condition::VersionIs(v),
+            },
+        };
+        match self.table.transact(vec![write]).await {
+            Ok(()) => Ok(true),
+            Err(crate::StoreError::ConditionFailed { .. }) => Ok(false),
+            Err(e) => Err(PaymentError::Unavailable(format!("sandbox ledger: {e}"))),
+        }
+    }
+}
+
+impl<T: crate::Table> SandboxPayments<TableLedger<T>> {
+    /// The sandbox with its ledger in `table`.
+    pub fn in_table(table: T) -> Self {
+        Self {
+            ledger: TableLedger::new(table),
+        }
+    }
 }
 
 /// What the sandbox has done, for tests to check.
@@ -126,52 +259,59 @@ const OUTAGE_TRIES: u32 = 3;
 /// How long `tok_slow` takes to approve.
 pub const SLOW_APPROVAL: Duration = Duration::from_secs(2);
 
-impl PaymentGateway for SandboxPayments {
+/// Tries at a ledger write that lost a race.
+const LEDGER_TRIES: usize = 16;
+
+impl<L: SandboxLedger> PaymentGateway for SandboxPayments<L> {
     async fn authorize(
         &self,
         order: &OrderId,
         amount: Money,
         token: &str,
     ) -> Result<PaymentAuthorization, PaymentError> {
-        if let Some(entry) = self.ledger()?.by_order.get(order) {
+        if token == "tok_slow" {
+            let (entry, _) = self.ledger.load(order).await?;
+            if entry.authorization.is_none() && !entry.voided {
+                tokio::time::sleep(SLOW_APPROVAL).await;
+            }
+        }
+        self.change(order, |entry| {
             if entry.voided {
                 return Err(PaymentError::Declined("order_voided".into()));
             }
             if let Some(authorization) = &entry.authorization {
                 return Ok(authorization.clone());
             }
-        }
-        match token {
-            "tok_decline" => return Err(PaymentError::Declined("card_declined".into())),
-            "tok_insufficient_funds" => {
-                return Err(PaymentError::Declined("insufficient_funds".into()));
+            let mut fails = |failing: u32| {
+                entry.failed_tries += 1;
+                entry.failed_tries <= failing
+            };
+            match token {
+                "tok_decline" => return Err(PaymentError::Declined("card_declined".into())),
+                "tok_insufficient_funds" => {
+                    return Err(PaymentError::Declined("insufficient_funds".into()));
+                }
+                "tok_unavailable" => {
+                    return Err(PaymentError::Unavailable("sandbox: tok_unavailable".into()));
+                }
+                "tok_flaky" if fails(1) => {
+                    return Err(PaymentError::Unavailable("sandbox: tok_flaky".into()));
+                }
+                "tok_outage" if fails(OUTAGE_TRIES) => {
+                    return Err(PaymentError::Unavailable("sandbox: tok_outage".into()));
+                }
+                t if t.starts_with("tok_") => {}
+                _ => return Err(PaymentError::Declined("invalid_token".into())),
             }
-            "tok_unavailable" => {
-                return Err(PaymentError::Unavailable("sandbox: tok_unavailable".into()));
-            }
-            "tok_flaky" if self.fail_try(order, 1)? => {
-                return Err(PaymentError::Unavailable("sandbox: tok_flaky".into()));
-            }
-            "tok_outage" if self.fail_try(order, OUTAGE_TRIES)? => {
-                return Err(PaymentError::Unavailable("sandbox: tok_outage".into()));
-            }
-            "tok_slow" => tokio::time::sleep(SLOW_APPROVAL).await,
-            t if t.starts_with("tok_") => {}
-            _ => return Err(PaymentError::Declined("invalid_token".into())),
-        }
-        let mut ledger = self.ledger()?;
-        let entry = ledger.by_order.entry(order.clone()).or_default();
-        if entry.voided {
-            return Err(PaymentError::Declined("order_voided".into()));
-        }
-        token.clone_into(&mut entry.token);
-        let authorization = entry
-            .authorization
-            .get_or_insert_with(|| PaymentAuthorization {
+            token.clone_into(&mut entry.token);
+            let authorization = PaymentAuthorization {
                 id: format!("auth_{order}"),
                 amount,
-            });
-        Ok(authorization.clone())
+            };
+            entry.authorization = Some(authorization.clone());
+            Ok(authorization)
+        })
+        .await
     }
 
     async fn capture(
@@ -180,29 +320,32 @@ impl PaymentGateway for SandboxPayments {
         amount: Money,
         key: &str,
     ) -> Result<PaymentReceipt, PaymentError> {
-        let mut ledger = self.ledger()?;
-        let entry = ledger.authorized(authorization)?;
-        if let Some((first, receipt)) = &entry.capture {
-            return if first == key {
-                Ok(receipt.clone())
-            } else {
-                Err(PaymentError::Declined("already_captured".into()))
+        let order = order_of(authorization)?;
+        self.change(&order, |entry| {
+            authorized(entry, authorization)?;
+            if let Some((first, receipt)) = &entry.capture {
+                return if first == key {
+                    Ok(receipt.clone())
+                } else {
+                    Err(PaymentError::Declined("already_captured".into()))
+                };
+            }
+            if entry.voided {
+                return Err(PaymentError::Declined("authorization_voided".into()));
+            }
+            if !fits(amount, authorization.amount) {
+                return Err(PaymentError::Declined(
+                    "capture_exceeds_authorization".into(),
+                ));
+            }
+            let receipt = PaymentReceipt {
+                id: format!("cap_{}", authorization.id),
+                amount,
             };
-        }
-        if entry.voided {
-            return Err(PaymentError::Declined("authorization_voided".into()));
-        }
-        if !fits(amount, authorization.amount) {
-            return Err(PaymentError::Declined(
-                "capture_exceeds_authorization".into(),
-            ));
-        }
-        let receipt = PaymentReceipt {
-            id: format!("cap_{}", authorization.id),
-            amount,
-        };
-        entry.capture = Some((key.to_owned(), receipt.clone()));
-        Ok(receipt)
+            entry.capture = Some((key.to_owned(), receipt.clone()));
+            Ok(receipt)
+        })
+        .await
     }
 
     async fn refund(
@@ -211,68 +354,113 @@ impl PaymentGateway for SandboxPayments {
         amount: Money,
         key: &str,
     ) -> Result<PaymentReceipt, PaymentError> {
-        let mut ledger = self.ledger()?;
-        let entry = ledger.authorized(authorization)?;
-        if let Some((_, receipt)) = entry.refunds.iter().find(|(k, _)| k == key) {
-            return Ok(receipt.clone());
-        }
-        if entry.token == "tok_refund_refused" {
-            return Err(PaymentError::Declined("refund_refused".into()));
-        }
-        let failing = entry
-            .token
-            .strip_prefix("tok_refund_unavailable_")
-            .and_then(|n| n.parse::<u32>().ok())
-            .unwrap_or(0);
-        if entry.failed_refunds < failing {
-            entry.failed_refunds += 1;
-            return Err(PaymentError::Unavailable(
-                "sandbox: refund unavailable".into(),
-            ));
-        }
-        let Some((_, captured)) = &entry.capture else {
-            return Err(PaymentError::Declined("nothing_captured".into()));
-        };
-        let refunded = entry
-            .refunds
-            .iter()
-            .try_fold(0i64, |sum, (_, r)| sum.checked_add(r.amount.amount_minor));
-        let left = refunded.and_then(|r| captured.amount.amount_minor.checked_sub(r));
-        if amount.currency != captured.amount.currency
-            || amount.amount_minor <= 0
-            || left.is_none_or(|left| amount.amount_minor > left)
-        {
-            return Err(PaymentError::Declined("refund_exceeds_captured".into()));
-        }
-        let receipt = PaymentReceipt {
-            id: format!("re_{}_{}", authorization.id, entry.refunds.len() + 1),
-            amount,
-        };
-        entry.refunds.push((key.to_owned(), receipt.clone()));
-        Ok(receipt)
+        let order = order_of(authorization)?;
+        self.change(&order, |entry| {
+            authorized(entry, authorization)?;
+            if let Some((_, receipt)) = entry.refunds.iter().find(|(k, _)| k == key) {
+                return Ok(receipt.clone());
+            }
+            if entry.token == "tok_refund_refused" {
+                return Err(PaymentError::Declined("refund_refused".into()));
+            }
+            if entry.failed_refunds < failing(&entry.token, "tok_refund_unavailable_") {
+                entry.failed_refunds += 1;
+                return Err(PaymentError::Unavailable(
+                    "sandbox: refund unavailable".into(),
+                ));
+            }
+            let Some((_, captured)) = &entry.capture else {
+                return Err(PaymentError::Declined("nothing_captured".into()));
+            };
+            let refunded = entry
+                .refunds
+                .iter()
+                .try_fold(0i64, |sum, (_, r)| sum.checked_add(r.amount.amount_minor));
+            let left = refunded.and_then(|r| captured.amount.amount_minor.checked_sub(r));
+            if amount.currency != captured.amount.currency
+                || amount.amount_minor <= 0
+                || left.is_none_or(|left| amount.amount_minor > left)
+            {
+                return Err(PaymentError::Declined("refund_exceeds_captured".into()));
+            }
+            let receipt = PaymentReceipt {
+                id: format!("re_{}_{}", authorization.id, entry.refunds.len() + 1),
+                amount,
+            };
+            entry.refunds.push((key.to_owned(), receipt.clone()));
+            Ok(receipt)
+        })
+        .await
     }
 
     async fn void(&self, order: &OrderId) -> Result<(), PaymentError> {
-        let mut ledger = self.ledger()?;
-        let entry = ledger.by_order.entry(order.clone()).or_default();
-        // As at a real provider: what was captured is refunded, not voided.
-        if entry.capture.is_some() {
-            return Err(PaymentError::Declined("already_captured".into()));
+        if self.ledger.load(order).await?.0.token == "tok_void_slow" {
+            tokio::time::sleep(SLOW_APPROVAL).await;
         }
-        let failing = entry
-            .token
-            .strip_prefix("tok_void_unavailable_")
-            .and_then(|n| n.parse::<u32>().ok())
-            .unwrap_or(0);
-        if entry.failed_voids < failing {
-            entry.failed_voids += 1;
-            return Err(PaymentError::Unavailable(
-                "sandbox: void unavailable".into(),
-            ));
-        }
-        entry.voided = true;
-        Ok(())
+        self.change(order, |entry| {
+            // As at a real provider: what was captured is refunded, not voided.
+            if entry.capture.is_some() {
+                return Err(PaymentError::Declined("already_captured".into()));
+            }
+            if entry.failed_voids < failing(&entry.token, "tok_void_unavailable_") {
+                entry.failed_voids += 1;
+                return Err(PaymentError::Unavailable(
+                    "sandbox: void unavailable".into(),
+                ));
+            }
+            entry.voided = true;
+            Ok(())
+        })
+        .await
     }
+}
+
+impl<L: SandboxLedger> SandboxPayments<L> {
+    /// Applies `operation` to the order's entry and keeps what it changed (a failed try
+    /// counts too), reading again when another process wrote the entry meanwhile.
+    async fn change<R>(
+        &self,
+        order: &OrderId,
+        operation: impl Fn(&mut SandboxEntry) -> Result<R, PaymentError>,
+    ) -> Result<R, PaymentError> {
+        for _ in 0..LEDGER_TRIES {
+            let (mut entry, version) = self.ledger.load(order).await?;
+            let before = entry.clone();
+            let answer = operation(&mut entry);
+            if entry == before || self.ledger.save(order, &entry, version).await? {
+                return answer;
+            }
+        }
+        Err(PaymentError::Unavailable("sandbox ledger busy".into()))
+    }
+}
+
+/// The order an authorization of this sandbox is for (its id is `auth_<order>`).
+fn order_of(authorization: &PaymentAuthorization) -> Result<OrderId, PaymentError> {
+    authorization
+        .id
+        .strip_prefix("auth_")
+        .and_then(|order| OrderId::parse(order).ok())
+        .ok_or_else(|| PaymentError::Declined("unknown_authorization".into()))
+}
+
+/// The entry holds this very authorization.
+fn authorized(
+    entry: &SandboxEntry,
+    authorization: &PaymentAuthorization,
+) -> Result<(), PaymentError> {
+    match &entry.authorization {
+        Some(a) if a.id == authorization.id => Ok(()),
+        _ => Err(PaymentError::Declined("unknown_authorization".into())),
+    }
+}
+
+/// How many tries `token` fails on purpose, from its `prefix` and a number.
+fn failing(token: &str, prefix: &str) -> u32 {
+    token
+        .strip_prefix(prefix)
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0)
 }
 
 /// Whether `amount` is positive, in `limit`'s currency and no more than it.
@@ -282,66 +470,32 @@ fn fits(amount: Money, limit: Money) -> bool {
         && amount.amount_minor <= limit.amount_minor
 }
 
-impl Ledger {
-    /// The entry of an authorization this sandbox made.
-    fn authorized(
-        &mut self,
-        authorization: &PaymentAuthorization,
-    ) -> Result<&mut Entry, PaymentError> {
-        self.by_order
-            .values_mut()
-            .find(|e| {
-                e.authorization
-                    .as_ref()
-                    .is_some_and(|a| a.id == authorization.id)
-            })
-            .ok_or_else(|| PaymentError::Declined("unknown_authorization".into()))
-    }
-}
-
-impl SandboxPayments {
-    fn ledger(&self) -> Result<std::sync::MutexGuard<'_, Ledger>, PaymentError> {
+impl SandboxPayments<InMemoryLedger> {
+    fn entries(&self) -> Vec<SandboxEntry> {
         self.ledger
-            .lock()
-            .map_err(|_| PaymentError::Unavailable("sandbox ledger poisoned".into()))
-    }
-
-    /// Counts a try that fails on purpose; false once `failing` tries have failed.
-    fn fail_try(&self, order: &OrderId, failing: u32) -> Result<bool, PaymentError> {
-        let mut ledger = self.ledger()?;
-        let failed = ledger.failed_tries.entry(order.clone()).or_default();
-        *failed += 1;
-        Ok(*failed <= failing)
-    }
-
-    /// Authorizations made and voided so far.
-    pub fn counts(&self) -> SandboxCounts {
-        self.ledger
-            .lock()
-            .map(|ledger| {
-                let authorized = || {
-                    ledger
-                        .by_order
-                        .values()
-                        .filter(|e| e.authorization.is_some())
-                };
-                SandboxCounts {
-                    authorizations: authorized().count(),
-                    voids: authorized().filter(|e| e.voided).count(),
-                    captures: authorized().filter(|e| e.capture.is_some()).count(),
-                    refunds: authorized().map(|e| e.refunds.len()).sum(),
-                }
-            })
+            .entries()
+            .map(|entries| entries.values().map(|(e, _)| e.clone()).collect())
             .unwrap_or_default()
+    }
+
+    /// What the sandbox has done so far.
+    pub fn counts(&self) -> SandboxCounts {
+        let entries = self.entries();
+        let authorized = || entries.iter().filter(|e| e.authorization.is_some());
+        SandboxCounts {
+            authorizations: authorized().count(),
+            voids: authorized().filter(|e| e.voided).count(),
+            captures: authorized().filter(|e| e.capture.is_some()).count(),
+            refunds: authorized().map(|e| e.refunds.len()).sum(),
+        }
     }
 
     /// Whether the authorization for `order` stands (made and not voided).
     pub fn is_authorized(&self, order: &OrderId) -> bool {
-        self.ledger.lock().is_ok_and(|ledger| {
-            ledger
-                .by_order
+        self.ledger.entries().is_ok_and(|entries| {
+            entries
                 .get(order)
-                .is_some_and(|e| e.authorization.is_some() && !e.voided)
+                .is_some_and(|(e, _)| e.authorization.is_some() && !e.voided)
         })
     }
 }

@@ -21,7 +21,7 @@ pub use inventory::{Inventory, InventoryEvent, MAX_STOCK};
 pub use money::{Currency, MAX_AMOUNT_MINOR, Money};
 pub use order::{
     Cancellation, MAX_REASON_CHARS, NewOrder, Order, OrderEvent, OrderLine, OrderStatus,
-    PaymentAuthorization, PlacedOrder, Settled, Settlement, StepFailure,
+    PaymentAuthorization, PlacedOrder, STALLED_AFTER_MS, Settled, Settlement, StepFailure,
 };
 pub use product::{Product, ProductDetails, ProductEvent, ProductName};
 pub use reservation::{

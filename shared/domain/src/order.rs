@@ -58,9 +58,18 @@ pub enum OrderEvent {
         /// Unix milliseconds.
         placed_at: i64,
     },
+    /// A capture of `amount` is being asked of the provider. Until it is recorded (or
+    /// refused), the money may be taken: a cancellation finishes the capture before it refunds.
+    PaymentCaptureRequested {
+        amount: Money,
+    },
     PaymentCaptured {
         amount: Money,
         capture: String,
+    },
+    /// The provider refused the capture: nothing was taken.
+    PaymentCaptureRefused {
+        reason: String,
     },
     /// A cancellation was asked for: `lines` are the units it adds to what is cancelled (none
     /// when it retries one that needed attention), worth `amount`. The saga starts from this.
@@ -153,6 +162,9 @@ pub struct Settled {
     pub refunded: i64,
     /// Refunds made so far; the next one's idempotency key counts from it.
     pub refunds: u32,
+    /// A capture asked of the provider and not recorded yet, for this amount.
+    #[serde(default)]
+    pub capturing: Option<Money>,
 }
 
 /// The latest cancellation of an order.
@@ -180,10 +192,17 @@ pub enum Settlement {
     LeaveUncaptured { amount: Money },
     /// Give back part of what was captured; `number` keys the refund at the provider.
     Refund { amount: Money, number: u32 },
+    /// A capture was asked of the provider and its outcome is not recorded: ask again (the
+    /// same capture, under its key) and record what was taken first.
+    FinishCapture { amount: Money },
 }
 
 /// Longest reason a cancellation may give.
 pub const MAX_REASON_CHARS: usize = 500;
+
+/// A cancellation still running this long after it was asked for has outlived its saga
+/// (whose executions stop after 24 hours): asking again retries it.
+pub const STALLED_AFTER_MS: i64 = 25 * 3600 * 1000;
 
 impl Order {
     /// Prices a basket from catalog prices (never the client's), all in one currency.
@@ -249,38 +268,30 @@ impl Order {
         }])
     }
 
-    /// What capturing the payment takes now: everything authorized but what cancellations
-    /// left out. Once per order, before it ships, never while a cancellation runs.
-    pub fn capture_amount(&self) -> Result<Money, DomainError> {
-        let order = self.transition(
-            "capture payment for",
-            &[OrderStatus::Placed, OrderStatus::PartiallyCancelled],
-        )?;
+    /// Starts capturing the payment: everything authorized but what cancellations left out.
+    /// Once per order, before it ships, not while a cancellation runs. A capture already
+    /// asked for and not recorded is the one to finish, whatever happened since: its amount,
+    /// and no new event.
+    pub fn request_capture(&self) -> Result<(Money, Vec<OrderEvent>), DomainError> {
+        let order = self.placed_order()?;
         if order.settled.captured > 0 {
             return Err(DomainError::OrderTransition {
                 action: "capture payment again for",
                 status: order.status,
             });
         }
-        Money::new(
+        if let Some(amount) = order.settled.capturing {
+            return Ok((amount, Vec::new()));
+        }
+        self.transition(
+            "capture payment for",
+            &[OrderStatus::Placed, OrderStatus::PartiallyCancelled],
+        )?;
+        let amount = Money::new(
             order.payment.amount.amount_minor - order.settled.voided,
             order.total.currency,
-        )
-    }
-
-    pub fn capture_payment(
-        &self,
-        amount: Money,
-        capture: String,
-    ) -> Result<Vec<OrderEvent>, DomainError> {
-        let due = self.capture_amount()?;
-        if amount != due {
-            return Err(DomainError::invalid(
-                "amount",
-                format!("{} is due, not {}", due.amount_minor, amount.amount_minor),
-            ));
-        }
-        Ok(vec![OrderEvent::PaymentCaptured { amount, capture }])
+        )?;
+        Ok((amount, vec![OrderEvent::PaymentCaptureRequested { amount }]))
     }
 
     /// Records a capture the provider made, whatever happened to the order since it was asked
@@ -299,6 +310,15 @@ impl Order {
         Ok(vec![OrderEvent::PaymentCaptured { amount, capture }])
     }
 
+    /// Records that the provider refused the capture asked for. None pending: no event.
+    pub fn refuse_capture(&self, reason: String) -> Result<Vec<OrderEvent>, DomainError> {
+        let order = self.placed_order()?;
+        if order.settled.capturing.is_none() || order.settled.captured > 0 {
+            return Ok(Vec::new());
+        }
+        Ok(vec![OrderEvent::PaymentCaptureRefused { reason }])
+    }
+
     /// What a capture asked for before anything was voided would have taken: what a capture
     /// the provider made (and we did not record) holds.
     pub fn uncaptured_amount(&self) -> Result<Money, DomainError> {
@@ -309,9 +329,11 @@ impl Order {
         )
     }
 
-    /// Asks to cancel `lines` (all that is left when `None`). Asking again for what the
-    /// latest cancellation asked, while it runs or once it is done, changes nothing; after it
-    /// needed attention, asking again (without lines) retries it.
+    /// Asks to cancel `lines` (all that is left when `None`). Every request is a new
+    /// cancellation, which waits for a running one to end (409), with one exception: asking for
+    /// everything when the running or finished cancellation took everything changes nothing.
+    /// After one needed attention, or ran far past the saga's time limit, asking again without
+    /// lines retries what is left.
     pub fn request_cancellation(
         &self,
         reason: &str,
@@ -331,15 +353,27 @@ impl Order {
         let attempt = order.cancellation.as_ref().map_or(0, |c| c.attempt) + 1;
         match order.status {
             OrderStatus::Shipped | OrderStatus::Delivered => Err(DomainError::OrderShipped),
-            OrderStatus::Cancelling | OrderStatus::Cancelled => {
-                if order.asks_as_latest(lines) {
-                    Ok(Vec::new())
-                } else if order.status == OrderStatus::Cancelling {
-                    Err(DomainError::CancellationInProgress)
-                } else {
-                    Err(DomainError::NothingToCancel)
-                }
+            OrderStatus::Cancelling
+                if lines.is_none()
+                    && order.cancellation.as_ref().is_some_and(|c| {
+                        now_ms.saturating_sub(c.requested_at) > STALLED_AFTER_MS
+                    }) =>
+            {
+                Ok(vec![OrderEvent::OrderCancellationRequested {
+                    attempt,
+                    reason: reason.to_owned(),
+                    lines: Vec::new(),
+                    amount: Money::zero(order.total.currency),
+                    requested_at: now_ms,
+                }])
             }
+            OrderStatus::Cancelling | OrderStatus::Cancelled
+                if lines.is_none() && order.remaining().is_empty() =>
+            {
+                Ok(Vec::new())
+            }
+            OrderStatus::Cancelling => Err(DomainError::CancellationInProgress),
+            OrderStatus::Cancelled => Err(DomainError::NothingToCancel),
             OrderStatus::NeedsAttention => match lines {
                 Some(_) => Err(DomainError::CancellationInProgress),
                 None => Ok(vec![OrderEvent::OrderCancellationRequested {
@@ -411,6 +445,9 @@ impl Order {
         }
         order.running("settle payment for")?;
         let settled = order.settled;
+        if let (0, Some(amount)) = (settled.captured, settled.capturing) {
+            return Ok(Settlement::FinishCapture { amount });
+        }
         if settled.captured == 0 {
             return Ok(if order.remaining().is_empty() {
                 Settlement::VoidAuthorization {
@@ -465,6 +502,12 @@ impl Order {
                 amount: *amount,
                 refund: receipt.unwrap_or_default(),
             }],
+            Settlement::FinishCapture { .. } => {
+                return Err(DomainError::invalid(
+                    "settlement",
+                    "a capture is recorded with record_capture or refuse_capture",
+                ));
+            }
         })
     }
 
@@ -615,23 +658,6 @@ impl PlacedOrder {
         Ok(sum)
     }
 
-    /// Whether `lines` asks for what the latest cancellation asked (`None`: everything left
-    /// before it, which it took).
-    fn asks_as_latest(&self, lines: Option<&[Line]>) -> bool {
-        let Some(latest) = &self.cancellation else {
-            return false;
-        };
-        match lines {
-            None => self.remaining().is_empty(),
-            Some(lines) => {
-                lines.len() == latest.lines.len()
-                    && lines
-                        .iter()
-                        .all(|l| quantity_of(&latest.lines, &l.sku) == l.quantity.get())
-            }
-        }
-    }
-
     fn running(&self, action: &'static str) -> Result<(), DomainError> {
         if self.status == OrderStatus::Cancelling {
             Ok(())
@@ -702,7 +728,12 @@ impl Aggregate for Order {
         };
         match event {
             OrderEvent::OrderPlaced { .. } => {}
+            OrderEvent::PaymentCaptureRequested { amount } => {
+                order.settled.capturing = Some(*amount);
+            }
+            OrderEvent::PaymentCaptureRefused { .. } => order.settled.capturing = None,
             OrderEvent::PaymentCaptured { amount, .. } => {
+                order.settled.capturing = None;
                 order.settled.captured += amount.amount_minor;
                 if order.status == OrderStatus::Placed {
                     order.status = OrderStatus::Paid;
@@ -802,8 +833,9 @@ mod tests {
     }
 
     fn capture(order: &mut Order) {
-        let amount = order.capture_amount().unwrap();
-        order.apply_all(order.capture_payment(amount, "cap_1".into()).unwrap());
+        let (amount, asked) = order.request_capture().unwrap();
+        order.apply_all(asked);
+        order.apply_all(order.record_capture(amount, "cap_1".into()).unwrap());
     }
 
     /// Runs the saga's steps for `attempt` the way the state machine does.
@@ -835,7 +867,7 @@ mod tests {
         let mut order = placed();
         assert!(order.ship().is_err(), "unpaid orders do not ship");
         capture(&mut order);
-        assert!(order.capture_amount().is_err(), "captured once");
+        assert!(order.request_capture().is_err(), "captured once");
         order.apply_all(order.ship().unwrap());
         assert_eq!(
             order.request_cancellation("late", None, 1),
@@ -860,7 +892,7 @@ mod tests {
         order.apply_all(order.request_cancellation("changed mind", None, 5).unwrap());
         assert_eq!(status(&order), OrderStatus::Cancelling);
         assert!(
-            order.capture_amount().is_err(),
+            order.request_capture().is_err(),
             "no capture while cancelling"
         );
         assert_eq!(
@@ -933,14 +965,14 @@ mod tests {
             Settlement::LeaveUncaptured { amount: eur(1250) }
         );
         run_saga(&mut order, 1);
-        assert_eq!(order.capture_amount().unwrap(), eur(1000));
+        assert_eq!(order.request_capture().unwrap().0, eur(1000));
         capture(&mut order);
         order.apply_all(order.ship().unwrap());
         assert_eq!(status(&order), OrderStatus::Shipped);
     }
 
     #[test]
-    fn asking_again_for_the_same_cancellation_changes_nothing() {
+    fn asking_again_for_everything_changes_nothing_and_anything_else_waits() {
         let mut order = placed();
         order.apply_all(order.request_cancellation("r", None, 5).unwrap());
         assert_eq!(order.request_cancellation("again", None, 6), Ok(vec![]));
@@ -954,6 +986,22 @@ mod tests {
             order.request_cancellation("more", Some(&[line("MUG", 1)]), 7),
             Err(DomainError::NothingToCancel)
         );
+    }
+
+    #[test]
+    fn the_same_lines_asked_twice_are_two_cancellations() {
+        let mut order = placed();
+        let one = [line("MUG", 1)];
+        order.apply_all(order.request_cancellation("r", Some(&one), 5).unwrap());
+        assert_eq!(
+            order.request_cancellation("r", Some(&one), 5),
+            Err(DomainError::CancellationInProgress),
+            "while the first runs, the second waits"
+        );
+        run_saga(&mut order, 1);
+        order.apply_all(order.request_cancellation("r", Some(&one), 6).unwrap());
+        run_saga(&mut order, 2);
+        assert!(order.placed.as_ref().unwrap().remaining() == vec![line("CAP", 1)]);
     }
 
     #[test]
@@ -1060,25 +1108,68 @@ mod tests {
     }
 
     #[test]
-    fn a_capture_made_while_a_cancellation_started_is_recorded_and_then_refunded() {
+    fn a_capture_under_way_when_a_cancellation_comes_is_finished_then_refunded() {
         let mut order = placed();
-        let amount = order.capture_amount().unwrap();
-        // The provider captured; before that was recorded, a cancellation came.
-        order.apply_all(order.request_cancellation("r", None, 1).unwrap());
-        assert!(order.capture_payment(amount, "cap".into()).is_err());
+        let (amount, asked) = order.request_capture().unwrap();
+        order.apply_all(asked);
+        // The provider is being asked; meanwhile a cancellation of one line comes.
+        order.apply_all(
+            order
+                .request_cancellation("no cap", Some(&[line("CAP", 1)]), 1)
+                .unwrap(),
+        );
+        assert_eq!(
+            order.settlement(1).unwrap(),
+            Settlement::FinishCapture { amount },
+            "not left out of a capture that may have happened"
+        );
+        assert_eq!(
+            order.request_capture().unwrap(),
+            (amount, vec![]),
+            "the same capture"
+        );
         order.apply_all(order.record_capture(amount, "cap".into()).unwrap());
         assert_eq!(order.record_capture(amount, "cap".into()).unwrap(), vec![]);
-        assert_eq!(status(&order), OrderStatus::Cancelling);
         assert_eq!(
             order.settlement(1).unwrap(),
             Settlement::Refund {
-                amount: eur(2250),
+                amount: eur(1250),
                 number: 1
             }
         );
         run_saga(&mut order, 1);
-        assert_eq!(status(&order), OrderStatus::Cancelled);
-        assert_eq!(settled(&order).refunded, 2250);
+        assert_eq!(status(&order), OrderStatus::PartiallyCancelled);
+        assert_eq!(
+            (settled(&order).captured, settled(&order).refunded),
+            (2250, 1250)
+        );
+    }
+
+    #[test]
+    fn a_refused_capture_leaves_the_cancellation_to_void() {
+        let mut order = placed();
+        let (_, asked) = order.request_capture().unwrap();
+        order.apply_all(asked);
+        order.apply_all(order.request_cancellation("r", None, 1).unwrap());
+        order.apply_all(order.refuse_capture("authorization_voided".into()).unwrap());
+        assert_eq!(
+            order.settlement(1).unwrap(),
+            Settlement::VoidAuthorization { amount: eur(2250) }
+        );
+    }
+
+    #[test]
+    fn a_cancellation_stalled_past_its_sagas_time_limit_can_be_asked_again() {
+        let mut order = placed();
+        order.apply_all(order.request_cancellation("r", None, 0).unwrap());
+        assert_eq!(order.request_cancellation("again", None, 1000), Ok(vec![]));
+        let later = order
+            .request_cancellation("again", None, STALLED_AFTER_MS + 1)
+            .unwrap();
+        assert!(matches!(
+            &later[..],
+            [OrderEvent::OrderCancellationRequested { attempt: 2, .. }]
+        ));
     }
 
     #[test]

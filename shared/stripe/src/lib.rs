@@ -98,6 +98,13 @@ struct Refund {
     id: String,
     amount: i64,
     status: String,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RefundList {
+    data: Vec<Refund>,
 }
 
 /// Tries at a record write that lost a race.
@@ -399,17 +406,23 @@ impl<T: Table> PaymentGateway for StripePayments<T> {
         amount: Money,
         key: &str,
     ) -> Result<PaymentReceipt, PaymentError> {
-        let refund: Refund = parse(
-            self.post(
-                "/v1/refunds",
-                key,
-                &[
-                    ("payment_intent", authorization.id.clone()),
-                    ("amount", amount.amount_minor.to_string()),
-                ],
-            )
-            .await?,
-        )?;
+        // Stripe forgets idempotency keys after 24 hours; a refund retried later (an order
+        // that needed attention for a while) finds the one made under its key instead.
+        let refund = match self.refund_made(authorization, key).await? {
+            Some(refund) => refund,
+            None => parse::<Refund>(
+                self.post(
+                    "/v1/refunds",
+                    key,
+                    &[
+                        ("payment_intent", authorization.id.clone()),
+                        ("amount", amount.amount_minor.to_string()),
+                        ("metadata[commerce_key]", key.to_owned()),
+                    ],
+                )
+                .await?,
+            )?,
+        };
         match refund.status.as_str() {
             "failed" | "canceled" => {
                 Err(PaymentError::Declined(format!("refund_{}", refund.status)))
@@ -424,6 +437,25 @@ impl<T: Table> PaymentGateway for StripePayments<T> {
 }
 
 impl<T: Table> StripePayments<T> {
+    /// The refund of the intent made under `key`, if there is one.
+    async fn refund_made(
+        &self,
+        authorization: &PaymentAuthorization,
+        key: &str,
+    ) -> Result<Option<Refund>, PaymentError> {
+        let listed: RefundList = parse(
+            self.get(&format!(
+                "/v1/refunds?payment_intent={}&limit=100",
+                authorization.id
+            ))
+            .await?,
+        )?;
+        Ok(listed
+            .data
+            .into_iter()
+            .find(|r| r.metadata.get("commerce_key").map(String::as_str) == Some(key)))
+    }
+
     async fn mark_cancelled(&self, order: &OrderId) -> Result<(), PaymentError> {
         self.update(order, |r| {
             (!r.cancelled).then(|| Record {
@@ -449,7 +481,8 @@ fn parse<V: serde::de::DeserializeOwned>(value: Value) -> Result<V, Refusal> {
 /// sandbox otherwise (local runs, tests, demos).
 #[derive(Debug)]
 pub enum Provider<T> {
-    Sandbox(commerce_app::SandboxPayments),
+    /// Its ledger in the table, so every process sees the same payments.
+    Sandbox(commerce_app::SandboxPayments<commerce_app::payments::TableLedger<T>>),
     Stripe(StripePayments<T>),
 }
 
@@ -462,7 +495,9 @@ impl<T: Table> Provider<T> {
         table: T,
     ) -> Result<Self, PaymentError> {
         match secret_key.filter(|k| !k.is_empty()) {
-            None => Ok(Self::Sandbox(commerce_app::SandboxPayments::default())),
+            None => Ok(Self::Sandbox(commerce_app::SandboxPayments::in_table(
+                table,
+            ))),
             Some(secret_key) => Ok(Self::Stripe(StripePayments::new(
                 StripeConfig {
                     base_url: base_url.unwrap_or_else(|| "https://api.stripe.com".into()),

@@ -142,9 +142,17 @@ impl Fake {
         if refunded + amount > intent["amount_received"].as_i64().unwrap() {
             return error(400, "invalid_request_error", "amount_too_large");
         }
+        let metadata: serde_json::Map<String, Value> = form
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("metadata[")
+                    .and_then(|k| k.strip_suffix(']'))
+                    .map(|k| (k.to_owned(), json!(v)))
+            })
+            .collect();
         let refund = json!({
             "id": format!("re_{}", self.refunds.len() + 1), "object": "refund",
-            "amount": amount, "payment_intent": id, "status": "succeeded",
+            "amount": amount, "payment_intent": id, "status": "succeeded", "metadata": metadata,
         });
         self.refunds.push(refund.clone());
         (200, refund)
@@ -206,6 +214,25 @@ async fn handle(
         (Method::POST, p) if p.ends_with("/capture") => fake.capture(&id, &form),
         (Method::POST, p) if p.ends_with("/cancel") => fake.cancel(&id),
         (Method::POST, "/v1/refunds") => fake.refund(&form),
+        (Method::GET, "/v1/refunds") => {
+            let intent = uri
+                .query()
+                .unwrap_or_default()
+                .split('&')
+                .find_map(|pair| pair.strip_prefix("payment_intent="))
+                .unwrap_or_default()
+                .to_owned();
+            let data: Vec<Value> = fake
+                .refunds
+                .iter()
+                .filter(|r| r["payment_intent"] == intent.as_str())
+                .cloned()
+                .collect();
+            (
+                200,
+                json!({"object": "list", "data": data, "has_more": false}),
+            )
+        }
         (Method::GET, _) => match fake.intents.get(&id) {
             Some(intent) => (200, intent.clone()),
             None => error(404, "invalid_request_error", "resource_missing"),
@@ -276,7 +303,7 @@ async fn stripe() -> Stripe {
         .route("/v1/payment_intents/{id}", get(handle))
         .route("/v1/payment_intents/{id}/capture", post(handle))
         .route("/v1/payment_intents/{id}/cancel", post(handle))
-        .route("/v1/refunds", post(handle))
+        .route("/v1/refunds", post(handle).get(handle))
         .with_state(fake.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -337,6 +364,7 @@ async fn each_operation_is_the_request_stripe_documents() {
     let seen = stripe.fake.lock().unwrap().seen.clone();
     let summary: Vec<(String, Option<String>)> = seen
         .iter()
+        .filter(|s| s.method == Method::POST)
         .map(|s| (format!("{} {}", s.method, s.path), s.key.clone()))
         .collect();
     assert_eq!(
@@ -356,6 +384,10 @@ async fn each_operation_is_the_request_stripe_documents() {
             ),
         ]
     );
+    let seen: Vec<Seen> = seen
+        .into_iter()
+        .filter(|s| s.method == Method::POST)
+        .collect();
     assert_eq!(seen[0].form["amount"], "1250");
     assert_eq!(seen[0].form["currency"], "eur");
     assert_eq!(seen[0].form["metadata[order_id]"], "o-1");
@@ -452,4 +484,37 @@ async fn stripe_out_of_reach_is_unavailable_not_a_declined_card() {
             .await,
         Err(PaymentError::Unavailable(_))
     ));
+}
+
+#[tokio::test]
+async fn a_refund_asked_again_after_its_key_expired_is_found_not_made_twice() {
+    let stripe = stripe().await;
+    let order = OrderId::parse("o-late").unwrap();
+    let authorization = stripe
+        .payments
+        .authorize(&order, eur(1000), "pm_card_visa")
+        .await
+        .unwrap();
+    stripe
+        .payments
+        .capture(&authorization, eur(1000), "o-late:capture:1")
+        .await
+        .unwrap();
+    // The refund is made, its answer lost; a day later Stripe has forgotten the key.
+    stripe.fake.lock().unwrap().lose_answers = 1;
+    assert!(
+        stripe
+            .payments
+            .refund(&authorization, eur(400), "o-late:refund:1")
+            .await
+            .is_err()
+    );
+    stripe.fake.lock().unwrap().keys.clear();
+    let again = stripe
+        .payments
+        .refund(&authorization, eur(400), "o-late:refund:1")
+        .await
+        .unwrap();
+    assert_eq!(again.id, "re_1");
+    assert_eq!(stripe.fake.lock().unwrap().refunds.len(), 1, "one refund");
 }

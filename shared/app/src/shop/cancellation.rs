@@ -14,6 +14,8 @@
 use commerce_domain::{
     DomainError, Line, Order, OrderId, PlacedOrder, Settlement, StepFailure, TenantId,
 };
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::{Caller, Reply, Role, Shop};
@@ -198,9 +200,27 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         Err(AppError::Contention)
     }
 
-    /// Takes the payment authorized for the order (admins; e.g. when it is packed). The
-    /// provider acts once per order, so a retry or a race captures once; a capture the
-    /// provider made is recorded whatever happened to the order meanwhile.
+    /// Takes the payment authorized for the order (admins; e.g. when it is packed), in a task
+    /// of its own: a client that goes away does not cut the capture short between the
+    /// provider and the order.
+    pub async fn capture_order_payment(
+        self: &Arc<Self>,
+        caller: Caller,
+        key: Option<IdempotencyKey>,
+        id: OrderId,
+    ) -> Result<Reply, AppError> {
+        let shop = Arc::clone(self);
+        tokio::spawn(async move { shop.capture_payment(&caller, key.as_ref(), &id).await })
+            .await
+            .map_err(|e| crate::StoreError::Failure(format!("the capture task failed: {e}")))?
+    }
+
+    /// The capture in the caller's task. First the order records the capture it asks for (so
+    /// a cancellation that comes meanwhile finishes it before it refunds, instead of leaving
+    /// an amount out of a capture that may have happened); then the provider is asked, once
+    /// per order (its key); then what it took is recorded. A capture asked for and not
+    /// recorded (a lost answer, a crash) is finished by the next capture request or by a
+    /// cancellation, with the same amount and key.
     pub async fn capture_payment(
         &self,
         caller: &Caller,
@@ -213,21 +233,49 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             Begin::Fresh(guard) => guard,
         };
         let pk = keys::order(&caller.tenant, id);
-        let order = load::<Order, _>(&self.table, pk.clone()).await?;
-        let placed = order
-            .state
-            .placed
-            .as_ref()
-            .ok_or(AppError::NotFound("order"))?;
-        let amount = order.state.capture_amount()?;
-        let receipt = self
+        let mut attempts = self.attempts();
+        let (amount, authorization) = loop {
+            if !attempts.next().await {
+                return Err(AppError::Contention);
+            }
+            let mut order = load::<Order, _>(&self.table, pk.clone()).await?;
+            let placed = order
+                .state
+                .placed
+                .clone()
+                .ok_or(AppError::NotFound("order"))?;
+            let (amount, events) = order.state.request_capture()?;
+            if events.is_empty() {
+                break (amount, placed.payment);
+            }
+            let mut changes = Changes::new(caller.origin());
+            append_order(
+                &mut changes,
+                &caller.tenant,
+                &mut order,
+                events,
+                self.now_ms(),
+            )?;
+            match changes.commit(&self.table).await {
+                Ok(()) => break (amount, placed.payment),
+                Err(CommitError::StreamConflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let captured = self
             .payments
-            .capture(&placed.payment, amount, &operation_key(id, "capture", 1))
-            .await
-            .map_err(|e| match e {
-                PaymentError::Declined(why) => AppError::PaymentDeclined(why),
-                PaymentError::Unavailable(_) => AppError::PaymentUnavailable,
-            })?;
+            .capture(&authorization, amount, &operation_key(id, "capture", 1))
+            .await;
+        let receipt = match captured {
+            Ok(receipt) => receipt,
+            Err(PaymentError::Declined(why)) => {
+                self.record_on_order(caller, &pk, |order| order.refuse_capture(why.clone()))
+                    .await?;
+                return Err(AppError::PaymentDeclined(why));
+            }
+            // The capture stays asked for: a retry or a cancellation finishes it.
+            Err(PaymentError::Unavailable(_)) => return Err(AppError::PaymentUnavailable),
+        };
         let mut attempts = self.attempts();
         while attempts.next().await {
             let mut order = load::<Order, _>(&self.table, pk.clone()).await?;
@@ -253,6 +301,37 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 .await?
             {
                 return Ok(reply);
+            }
+        }
+        Err(AppError::Contention)
+    }
+
+    /// Commits what `decide` records on the order, reading it again after a lost race.
+    async fn record_on_order(
+        &self,
+        caller: &Caller,
+        pk: &str,
+        decide: impl Fn(&Order) -> Result<Vec<commerce_domain::OrderEvent>, DomainError>,
+    ) -> Result<(), AppError> {
+        let mut attempts = self.attempts();
+        while attempts.next().await {
+            let mut order = load::<Order, _>(&self.table, pk.to_owned()).await?;
+            let events = decide(&order.state)?;
+            if events.is_empty() {
+                return Ok(());
+            }
+            let mut changes = Changes::new(caller.origin());
+            append_order(
+                &mut changes,
+                &caller.tenant,
+                &mut order,
+                events,
+                self.now_ms(),
+            )?;
+            match changes.commit(&self.table).await {
+                Ok(()) => return Ok(()),
+                Err(CommitError::StreamConflict) => continue,
+                Err(e) => return Err(e.into()),
             }
         }
         Err(AppError::Contention)
@@ -331,6 +410,32 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 .ok_or(AppError::NotFound("order"))?;
             let receipt = match &settlement {
                 Settlement::Settled | Settlement::LeaveUncaptured { .. } => None,
+                // Finish the capture under way first (the same capture, under its key), and
+                // record what it took; the refund follows in the next round.
+                Settlement::FinishCapture { amount } => {
+                    let events = match shop
+                        .payments
+                        .capture(
+                            &placed.payment,
+                            *amount,
+                            &operation_key(&placed.id, "capture", 1),
+                        )
+                        .await
+                    {
+                        Ok(receipt) => order.state.record_capture(receipt.amount, receipt.id)?,
+                        Err(PaymentError::Declined(why)) => order.state.refuse_capture(why)?,
+                        Err(e) => return Err(e.into()),
+                    };
+                    let mut changes = Changes::new(task.origin());
+                    append_order(
+                        &mut changes,
+                        &task.tenant,
+                        &mut order,
+                        events,
+                        shop.now_ms(),
+                    )?;
+                    return Ok(Some(changes));
+                }
                 Settlement::VoidAuthorization { .. } => {
                     match shop.payments.void(&placed.id).await {
                         Ok(()) => None,
@@ -419,9 +524,12 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             let failure = failure.clone();
             async move {
                 let mut order = order;
-                let events = order
-                    .state
-                    .flag_cancellation(task.attempt, failure.clone())?;
+                let events = match order.state.flag_cancellation(task.attempt, failure.clone()) {
+                    Ok(events) => events,
+                    // A newer cancellation took over: there is nothing to flag for this one.
+                    Err(DomainError::StaleCancellation { .. }) => Vec::new(),
+                    Err(e) => return Err(e.into()),
+                };
                 let mut changes = Changes::new(task.origin());
                 if !events.is_empty() {
                     let now = shop.now_ms();
