@@ -131,6 +131,12 @@ pub trait SandboxLedger: Send + Sync + 'static {
         entry: &SandboxEntry,
         version: u64,
     ) -> impl Future<Output = Result<bool, PaymentError>> + Send;
+
+    /// Whether plain approvals are written too (cheap in memory, where tests count them); a
+    /// ledger in the table writes only what cannot be made again from an order's id.
+    fn keeps_authorizations(&self) -> bool {
+        false
+    }
 }
 
 /// Each order's entry and its version.
@@ -151,6 +157,10 @@ impl InMemoryLedger {
 }
 
 impl SandboxLedger for InMemoryLedger {
+    fn keeps_authorizations(&self) -> bool {
+        true
+    }
+
     async fn load(&self, order: &OrderId) -> Result<(SandboxEntry, u64), PaymentError> {
         Ok(self.entries()?.get(order).cloned().unwrap_or_default())
     }
@@ -269,13 +279,15 @@ impl<L: SandboxLedger> PaymentGateway for SandboxPayments<L> {
         amount: Money,
         token: &str,
     ) -> Result<PaymentAuthorization, PaymentError> {
-        if token == "tok_slow" {
-            let (entry, _) = self.ledger.load(order).await?;
-            if entry.authorization.is_none() && !entry.voided {
-                tokio::time::sleep(SLOW_APPROVAL).await;
-            }
+        let loaded = self.ledger.load(order).await?;
+        if token == "tok_slow" && loaded.0.authorization.is_none() && !loaded.0.voided {
+            tokio::time::sleep(SLOW_APPROVAL).await;
         }
-        self.change(order, |entry| {
+        // A plain approval need not be written: it is made again, the same, from the order's
+        // id, and a capture or refund of it adopts it. Faults to come, failed tries and what
+        // the ledger keeps in full are written.
+        let keep = self.ledger.keeps_authorizations() || asks_for_faults(token);
+        self.change_kept(order, Some(loaded), keep, |entry| {
             if entry.voided {
                 return Err(PaymentError::Declined("order_voided".into()));
             }
@@ -321,8 +333,9 @@ impl<L: SandboxLedger> PaymentGateway for SandboxPayments<L> {
         key: &str,
     ) -> Result<PaymentReceipt, PaymentError> {
         let order = order_of(authorization)?;
+        let adopt = !self.ledger.keeps_authorizations();
         self.change(&order, |entry| {
-            authorized(entry, authorization)?;
+            authorized(entry, &order, authorization, adopt)?;
             if let Some((first, receipt)) = &entry.capture {
                 return if first == key {
                     Ok(receipt.clone())
@@ -355,8 +368,9 @@ impl<L: SandboxLedger> PaymentGateway for SandboxPayments<L> {
         key: &str,
     ) -> Result<PaymentReceipt, PaymentError> {
         let order = order_of(authorization)?;
+        let adopt = !self.ledger.keeps_authorizations();
         self.change(&order, |entry| {
-            authorized(entry, authorization)?;
+            authorized(entry, &order, authorization, adopt)?;
             if let Some((_, receipt)) = entry.refunds.iter().find(|(k, _)| k == key) {
                 return Ok(receipt.clone());
             }
@@ -423,11 +437,27 @@ impl<L: SandboxLedger> SandboxPayments<L> {
         order: &OrderId,
         operation: impl Fn(&mut SandboxEntry) -> Result<R, PaymentError>,
     ) -> Result<R, PaymentError> {
+        self.change_kept(order, None, true, operation).await
+    }
+
+    /// [`Self::change`], starting from `loaded` (an entry and its version) instead of a read.
+    /// With `keep` false, only failed tries are written.
+    async fn change_kept<R>(
+        &self,
+        order: &OrderId,
+        mut loaded: Option<(SandboxEntry, u64)>,
+        keep: bool,
+        operation: impl Fn(&mut SandboxEntry) -> Result<R, PaymentError>,
+    ) -> Result<R, PaymentError> {
         for _ in 0..LEDGER_TRIES {
-            let (mut entry, version) = self.ledger.load(order).await?;
+            let (mut entry, version) = match loaded.take() {
+                Some(entry) => entry,
+                None => self.ledger.load(order).await?,
+            };
             let before = entry.clone();
             let answer = operation(&mut entry);
-            if entry == before || self.ledger.save(order, &entry, version).await? {
+            let write = keep || entry.failed_tries != before.failed_tries;
+            if entry == before || !write || self.ledger.save(order, &entry, version).await? {
                 return answer;
             }
         }
@@ -444,15 +474,30 @@ fn order_of(authorization: &PaymentAuthorization) -> Result<OrderId, PaymentErro
         .ok_or_else(|| PaymentError::Declined("unknown_authorization".into()))
 }
 
-/// The entry holds this very authorization.
+/// The entry holds this very authorization, or adopts it: an approval the ledger did not
+/// write is this sandbox's own if its id names the entry's order, and it was not voided.
 fn authorized(
-    entry: &SandboxEntry,
+    entry: &mut SandboxEntry,
+    order: &OrderId,
     authorization: &PaymentAuthorization,
+    adopt: bool,
 ) -> Result<(), PaymentError> {
     match &entry.authorization {
         Some(a) if a.id == authorization.id => Ok(()),
+        None if adopt && !entry.voided && authorization.id == format!("auth_{order}") => {
+            entry.authorization = Some(authorization.clone());
+            Ok(())
+        }
         _ => Err(PaymentError::Declined("unknown_authorization".into())),
     }
+}
+
+/// Whether a token asks for faults in operations after the authorization, which the ledger
+/// must then remember.
+fn asks_for_faults(token: &str) -> bool {
+    ["tok_refund_", "tok_void_"]
+        .iter()
+        .any(|prefix| token.starts_with(prefix))
 }
 
 /// How many tries `token` fails on purpose, from its `prefix` and a number.

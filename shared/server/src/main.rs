@@ -181,10 +181,16 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
         limits: serve.limits.clone().into(),
         ..ShopConfig::default()
     };
+    // The payment provider's records (the sandbox's ledger, or what the Stripe adapter keeps
+    // per order) have a file of their own: a provider's writes do not queue behind the shop's.
+    let payments_database = dir.join("payments.db");
+    private_file(&payments_database)?;
+    let payments_table =
+        SqliteTable::open(&payments_database).context("cannot open the payments database")?;
     let payments = Provider::choose(
         serve.stripe_secret_key.clone(),
         serve.stripe_base_url.clone(),
-        table.clone(),
+        payments_table,
     )
     .map_err(|e| anyhow::anyhow!("cannot set up payments: {e}"))?;
     tracing::info!(provider = payments.name(), "payments");

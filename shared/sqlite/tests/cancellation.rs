@@ -278,3 +278,76 @@ async fn a_capture_that_reached_the_provider_but_not_the_order_is_found_and_refu
     assert_eq!(provider.sandbox.counts().captures, 1);
     assert_eq!(provider.sandbox.counts().refunds, 1);
 }
+
+#[tokio::test]
+async fn the_sandbox_in_the_table_remembers_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("payments.db");
+    let order = OrderId::parse("o-restart").unwrap();
+    let voided = OrderId::parse("o-voided").unwrap();
+    let authorization = {
+        let before = SandboxPayments::in_table(SqliteTable::open(&path).unwrap());
+        let authorization = before
+            .authorize(&order, eur(900), "tok_visa")
+            .await
+            .unwrap();
+        before
+            .capture(
+                &authorization,
+                eur(900),
+                &operation_key(&order, "capture", 1),
+            )
+            .await
+            .unwrap();
+        before
+            .authorize(&voided, eur(100), "tok_visa")
+            .await
+            .unwrap();
+        before.void(&voided).await.unwrap();
+        authorization
+    };
+    let after = SandboxPayments::in_table(SqliteTable::open(&path).unwrap());
+    let first = after
+        .refund(
+            &authorization,
+            eur(400),
+            &operation_key(&order, "refund", 1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        after
+            .refund(
+                &authorization,
+                eur(400),
+                &operation_key(&order, "refund", 1)
+            )
+            .await
+            .unwrap(),
+        first,
+        "the same refund"
+    );
+    assert!(matches!(
+        after
+            .refund(
+                &authorization,
+                eur(600),
+                &operation_key(&order, "refund", 2)
+            )
+            .await,
+        Err(PaymentError::Declined(_))
+    ));
+    assert!(matches!(
+        after.authorize(&voided, eur(100), "tok_visa").await,
+        Err(PaymentError::Declined(_))
+    ));
+}
+
+#[tokio::test]
+async fn the_sandbox_in_the_table_keeps_the_payment_gateway_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox =
+        SandboxPayments::in_table(SqliteTable::open(dir.path().join("payments.db")).unwrap());
+    commerce_app::contract::payment_gateway_contract(&sandbox, "tok_visa", "tok_decline", "table")
+        .await;
+}
