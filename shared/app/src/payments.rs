@@ -132,6 +132,15 @@ pub trait SandboxLedger: Send + Sync + 'static {
         version: u64,
     ) -> impl Future<Output = Result<bool, PaymentError>> + Send;
 
+    /// Whether the entry is still at `version`, checked as a write would be but writing
+    /// nothing: an answer given from an entry read earlier holds only if nothing (a void)
+    /// came in between.
+    fn unchanged(
+        &self,
+        order: &OrderId,
+        version: u64,
+    ) -> impl Future<Output = Result<bool, PaymentError>> + Send;
+
     /// Whether plain approvals are written too (cheap in memory, where tests count them); a
     /// ledger in the table writes only what cannot be made again from an order's id.
     fn keeps_authorizations(&self) -> bool {
@@ -159,6 +168,10 @@ impl InMemoryLedger {
 impl SandboxLedger for InMemoryLedger {
     fn keeps_authorizations(&self) -> bool {
         true
+    }
+
+    async fn unchanged(&self, order: &OrderId, version: u64) -> Result<bool, PaymentError> {
+        Ok(self.entries()?.get(order).map_or(0, |(_, v)| *v) == version)
     }
 
     async fn load(&self, order: &OrderId) -> Result<(SandboxEntry, u64), PaymentError> {
@@ -198,6 +211,22 @@ fn ledger_pk(order: &OrderId) -> String {
 }
 
 impl<T: crate::Table> SandboxLedger for TableLedger<T> {
+    async fn unchanged(&self, order: &OrderId, version: u64) -> Result<bool, PaymentError> {
+        let check = crate::Write::Check {
+            pk: ledger_pk(order),
+            sk: "head".into(),
+            condition: match version {
+                0 => crate::Condition::Absent,
+                v => crate::Condition::VersionIs(v),
+            },
+        };
+        match self.table.transact(vec![check]).await {
+            Ok(()) => Ok(true),
+            Err(crate::StoreError::ConditionFailed { .. }) => Ok(false),
+            Err(e) => Err(PaymentError::Unavailable(format!("sandbox ledger: {e}"))),
+        }
+    }
+
     async fn load(&self, order: &OrderId) -> Result<(SandboxEntry, u64), PaymentError> {
         match self.table.get(&ledger_pk(order), "head").await {
             Ok(Some(item)) => Ok((
@@ -457,7 +486,15 @@ impl<L: SandboxLedger> SandboxPayments<L> {
             let before = entry.clone();
             let answer = operation(&mut entry);
             let write = keep || entry.failed_tries != before.failed_tries;
-            if entry == before || !write || self.ledger.save(order, &entry, version).await? {
+            let stands = if entry == before {
+                true
+            } else if write {
+                self.ledger.save(order, &entry, version).await?
+            } else {
+                // Not written, so checked: a void that came since the read wins.
+                self.ledger.unchanged(order, version).await?
+            };
+            if stands {
                 return answer;
             }
         }

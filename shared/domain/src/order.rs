@@ -323,6 +323,9 @@ impl Order {
     /// the provider made (and we did not record) holds.
     pub fn uncaptured_amount(&self) -> Result<Money, DomainError> {
         let order = self.placed_order()?;
+        if let Some(asked) = order.settled.capturing {
+            return Ok(asked);
+        }
         Money::new(
             order.payment.amount.amount_minor - order.settled.voided,
             order.total.currency,
@@ -445,7 +448,13 @@ impl Order {
         }
         order.running("settle payment for")?;
         let settled = order.settled;
-        if let (0, Some(amount)) = (settled.captured, settled.capturing) {
+        // A capture under way, with lines left, is finished and the cancelled part refunded.
+        // With nothing left, the void goes first: a capture that never reached the provider
+        // is then released rather than taken and refunded (a void refused as captured
+        // already finishes the capture instead).
+        if let (0, Some(amount)) = (settled.captured, settled.capturing)
+            && !order.remaining().is_empty()
+        {
             return Ok(Settlement::FinishCapture { amount });
         }
         if settled.captured == 0 {
@@ -1143,6 +1152,19 @@ mod tests {
             (settled(&order).captured, settled(&order).refunded),
             (2250, 1250)
         );
+    }
+
+    #[test]
+    fn a_capture_under_way_when_everything_is_cancelled_is_voided_first() {
+        let mut order = placed();
+        let (amount, asked) = order.request_capture().unwrap();
+        order.apply_all(asked);
+        order.apply_all(order.request_cancellation("r", None, 1).unwrap());
+        assert_eq!(
+            order.settlement(1).unwrap(),
+            Settlement::VoidAuthorization { amount: eur(2250) }
+        );
+        assert_eq!(order.uncaptured_amount().unwrap(), amount);
     }
 
     #[test]

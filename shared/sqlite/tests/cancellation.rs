@@ -351,3 +351,22 @@ async fn the_sandbox_in_the_table_keeps_the_payment_gateway_contract() {
     commerce_app::contract::payment_gateway_contract(&sandbox, "tok_visa", "tok_decline", "table")
         .await;
 }
+
+#[tokio::test]
+async fn a_void_during_an_unwritten_approval_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Arc::new(SandboxPayments::in_table(
+        SqliteTable::open(dir.path().join("payments.db")).unwrap(),
+    ));
+    let order = OrderId::parse("o-race").unwrap();
+    let approving = {
+        let (sandbox, order) = (sandbox.clone(), order.clone());
+        tokio::spawn(async move { sandbox.authorize(&order, eur(100), "tok_slow").await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    sandbox.void(&order).await.unwrap();
+    assert!(matches!(
+        approving.await.unwrap(),
+        Err(PaymentError::Declined(code)) if code == "order_voided"
+    ));
+}

@@ -91,6 +91,8 @@ struct Intent {
     amount_received: i64,
     #[serde(default)]
     latest_charge: Option<String>,
+    #[serde(default)]
+    metadata: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,6 +208,14 @@ impl<T: Table> StripePayments<T> {
         }
     }
 
+    /// The intent as an authorization: only one that holds or took the money is.
+    fn holds(intent: Intent) -> Result<Intent, Refusal> {
+        match intent.status.as_str() {
+            "requires_capture" | "succeeded" => Ok(intent),
+            other => Err(Refusal::Declined(format!("intent_{other}"))),
+        }
+    }
+
     async fn load(&self, order: &OrderId) -> Result<(Record, u64), StoreError> {
         match self.table.get(&record_pk(order), "head").await? {
             Some(item) => Ok((
@@ -301,7 +311,7 @@ impl<T: Table> PaymentGateway for StripePayments<T> {
                 amount: asked,
             });
         }
-        let intent = self.create_intent(order, asked, &method).await?;
+        let intent = Self::holds(self.create_intent(order, asked, &method).await?)?;
         let recorded = self
             .update(order, |r| {
                 (r.intent.is_none() && !r.voided).then(|| Record {
@@ -382,14 +392,37 @@ impl<T: Table> PaymentGateway for StripePayments<T> {
         amount: Money,
         key: &str,
     ) -> Result<PaymentReceipt, PaymentError> {
-        let intent: Intent = parse(
-            self.post(
+        let captured = self
+            .post(
                 &format!("/v1/payment_intents/{}/capture", authorization.id),
                 key,
-                &[("amount_to_capture", amount.amount_minor.to_string())],
+                &[
+                    ("amount_to_capture", amount.amount_minor.to_string()),
+                    ("metadata[commerce_capture_key]", key.to_owned()),
+                ],
             )
-            .await?,
-        )?;
+            .await;
+        let intent: Intent = match captured {
+            Ok(answer) => parse(answer)?,
+            // Captured already: by this very capture (asked again after Stripe forgot its
+            // key, 24 hours on) if the intent carries its key; else by another, refused.
+            Err(Refusal::Declined(code)) if code == "payment_intent_unexpected_state" => {
+                let current: Intent = parse(
+                    self.get(&format!("/v1/payment_intents/{}", authorization.id))
+                        .await?,
+                )?;
+                let ours = current
+                    .metadata
+                    .get("commerce_capture_key")
+                    .map(String::as_str)
+                    == Some(key);
+                if current.status != "succeeded" || !ours {
+                    return Err(PaymentError::Declined(code));
+                }
+                current
+            }
+            Err(e) => return Err(e.into()),
+        };
         if intent.status != "succeeded" {
             return Err(PaymentError::Declined(format!("intent_{}", intent.status)));
         }

@@ -82,7 +82,7 @@ impl Fake {
         let intent = json!({
             "id": id, "object": "payment_intent", "status": status,
             "amount": form["amount"].parse::<i64>().unwrap(), "amount_received": 0,
-            "currency": form["currency"], "latest_charge": null,
+            "currency": form["currency"], "latest_charge": null, "metadata": {},
         });
         self.intents.insert(id, intent.clone());
         (200, intent)
@@ -106,6 +106,14 @@ impl Fake {
         intent["status"] = json!("succeeded");
         intent["amount_received"] = json!(amount);
         intent["latest_charge"] = json!(format!("ch_{id}"));
+        for (k, v) in form {
+            if let Some(name) = k
+                .strip_prefix("metadata[")
+                .and_then(|k| k.strip_suffix(']'))
+            {
+                intent["metadata"][name] = json!(v);
+            }
+        }
         (200, intent.clone())
     }
 
@@ -517,4 +525,37 @@ async fn a_refund_asked_again_after_its_key_expired_is_found_not_made_twice() {
         .unwrap();
     assert_eq!(again.id, "re_1");
     assert_eq!(stripe.fake.lock().unwrap().refunds.len(), 1, "one refund");
+}
+
+#[tokio::test]
+async fn a_capture_asked_again_after_its_key_expired_is_found_not_refused() {
+    let stripe = stripe().await;
+    let order = OrderId::parse("o-cap-late").unwrap();
+    let authorization = stripe
+        .payments
+        .authorize(&order, eur(1500), "pm_card_visa")
+        .await
+        .unwrap();
+    stripe.fake.lock().unwrap().lose_answers = 1;
+    assert!(
+        stripe
+            .payments
+            .capture(&authorization, eur(1500), "o-cap-late:capture:1")
+            .await
+            .is_err()
+    );
+    stripe.fake.lock().unwrap().keys.clear();
+    let again = stripe
+        .payments
+        .capture(&authorization, eur(1500), "o-cap-late:capture:1")
+        .await
+        .unwrap();
+    assert_eq!(again.amount, eur(1500));
+    assert!(matches!(
+        stripe
+            .payments
+            .capture(&authorization, eur(1500), "o-cap-late:capture:2")
+            .await,
+        Err(PaymentError::Declined(_))
+    ));
 }

@@ -79,6 +79,9 @@ pub struct StepError {
     pub cause: String,
 }
 
+/// Rounds of the settle step: finishing a capture under way, then refunding.
+const SETTLE_ROUNDS: usize = 3;
+
 /// Retried by the state machine.
 pub const TRANSIENT: &str = "Commerce.Transient";
 /// The payment provider refused; retrying will not help.
@@ -387,16 +390,18 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         task: &CancellationTask,
     ) -> Result<StepAnswer, StepError> {
         // A capture found on the way is recorded first; the refund follows in the next round.
-        let mut answer = self.settle_once(task).await?;
-        for _ in 0..2 {
+        for _ in 0..SETTLE_ROUNDS {
+            let answer = self.settle_once(task).await?;
             let order =
                 load::<Order, _>(&self.table, keys::order(&task.tenant, &task.order_id)).await?;
             if order.state.settlement(task.attempt)? == Settlement::Settled {
-                break;
+                return Ok(answer);
             }
-            answer = self.settle_once(task).await?;
         }
-        Ok(answer)
+        Err(StepError {
+            error: TRANSIENT,
+            cause: "the payment is not settled yet".into(),
+        })
     }
 
     async fn settle_once(&self, task: &CancellationTask) -> Result<StepAnswer, StepError> {
@@ -408,6 +413,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 .placed
                 .clone()
                 .ok_or(AppError::NotFound("order"))?;
+            let mut first = Vec::new();
             let receipt = match &settlement {
                 Settlement::Settled | Settlement::LeaveUncaptured { .. } => None,
                 // Finish the capture under way first (the same capture, under its key), and
@@ -438,7 +444,13 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 }
                 Settlement::VoidAuthorization { .. } => {
                     match shop.payments.void(&placed.id).await {
-                        Ok(()) => None,
+                        Ok(()) => {
+                            // A capture under way can no longer take anything.
+                            first = order
+                                .state
+                                .refuse_capture("authorization_voided".to_owned())?;
+                            None
+                        }
                         // A capture reached the provider but not the order (its request was cut
                         // short, or raced this cancellation): the same capture, asked again under
                         // its key, tells what was taken; recorded, it is refunded instead.
@@ -478,7 +490,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                         .id,
                 ),
             };
-            let events = order.state.settle(task.attempt, &settlement, receipt)?;
+            let mut events = first;
+            events.extend(order.state.settle(task.attempt, &settlement, receipt)?);
             let mut changes = Changes::new(task.origin());
             append_order(
                 &mut changes,
