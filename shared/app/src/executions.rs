@@ -20,8 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use commerce_asl::{Definition, Failure, TaskCall, Tasks};
+use hmac::{Hmac, KeyInit, Mac};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::Sha256;
 use time::OffsetDateTime;
 
 use crate::event_store::to_json;
@@ -95,6 +97,9 @@ pub struct ExecutionRecord {
     /// How many times a runner took it up: 1, plus one per resume.
     #[serde(default)]
     pub runs: u32,
+    /// Signs the execution's callback tokens, so only a token it handed out answers a task.
+    #[serde(default)]
+    pub callback_secret: String,
 }
 
 /// One journal entry: a task's answer or a wait, in the order they happened.
@@ -121,6 +126,11 @@ pub enum Happened {
         error: String,
         cause: String,
     },
+    /// A `.waitForTaskToken` task was invoked and handed out its token; its answer comes
+    /// with the token (`commerce executions succeed|fail`).
+    TaskScheduled {},
+    /// The task waiting for its token said it is still at work.
+    Heartbeat {},
     /// A Wait state or a retry's interval, until this time (Unix milliseconds).
     Waited {
         until: i64,
@@ -133,6 +143,11 @@ const STEP: &str = "step#";
 const RUNNING: &str = "executions#running";
 /// Tries at a journal write the store refused for now, before the runner stops.
 const WRITE_TRIES: u32 = 5;
+/// Suffixes of a callback task's journal items besides its answer.
+const SCHEDULED: &str = ":scheduled";
+const HEARTBEAT: &str = ":heartbeat";
+/// How often a callback task's runner looks for its answer.
+const CALLBACK_POLL: Duration = Duration::from_millis(100);
 
 fn execution_pk(name: &str) -> String {
     format!("execution#{name}")
@@ -257,6 +272,7 @@ impl<T: Table, K: Tasks + 'static> StateMachines for LocalExecutions<T, K> {
             error: None,
             cause: None,
             runs: 0,
+            callback_secret: uuid::Uuid::new_v4().simple().to_string(),
         };
         let writes = vec![
             Write::Put {
@@ -423,6 +439,8 @@ impl<T: Table, K: Tasks> Inner<T, K> {
                     table: &self.table,
                     tasks: &self.tasks,
                     pk: &pk,
+                    name,
+                    secret: &record.callback_secret,
                     token: &token,
                     recorded: Mutex::new(journal(&self.table, name).await?),
                     stopped: AtomicBool::new(false),
@@ -495,6 +513,8 @@ struct Journal<'a, T, K> {
     table: &'a T,
     tasks: &'a K,
     pk: &'a str,
+    name: &'a str,
+    secret: &'a str,
     token: &'a str,
     recorded: Mutex<HashMap<String, HistoryEntry>>,
     stopped: AtomicBool,
@@ -515,6 +535,132 @@ impl<T: Table, K: Tasks> Journal<'_, T, K> {
             commerce_asl::run::RUNTIME,
             "the runner stopped: its claim was taken or the store failed",
         )
+    }
+
+    /// A `.waitForTaskToken` task: invoked once (recorded as scheduled after it has handed
+    /// its token on, so a crash in between invokes it again, with the same token), then
+    /// waited for until its answer is in the journal, from whichever process took it.
+    async fn callback(&self, call: TaskCall) -> Result<Value, Failure> {
+        let key = call.key.clone();
+        let state = call.state.clone();
+        let heartbeat = call.heartbeat;
+        let scheduled_key = format!("{key}{SCHEDULED}");
+        let scheduled_at = match self.recorded(&scheduled_key) {
+            Some(entry) => entry.at,
+            None => {
+                match self.tasks.invoke(call).await {
+                    Ok(_) => {}
+                    Err(failure) if failure.error == commerce_asl::run::RUNTIME => {
+                        return Err(failure);
+                    }
+                    Err(failure) => {
+                        self.record(HistoryEntry {
+                            at: now_ms(),
+                            key,
+                            state,
+                            what: Happened::TaskFailed {
+                                error: failure.error.clone(),
+                                cause: failure.cause.clone(),
+                            },
+                        })
+                        .await?;
+                        return Err(failure);
+                    }
+                }
+                let at = now_ms();
+                self.record(HistoryEntry {
+                    at,
+                    key: scheduled_key,
+                    state: state.clone(),
+                    what: Happened::TaskScheduled {},
+                })
+                .await?;
+                at
+            }
+        };
+        loop {
+            if self.stopped.load(Ordering::SeqCst) {
+                return Err(self.stop());
+            }
+            let answer = self
+                .table
+                .get(self.pk, &format!("{STEP}{key}"))
+                .await
+                .ok()
+                .flatten()
+                .and_then(|item| decode::<HistoryEntry>(&item).ok());
+            match answer.map(|entry| entry.what) {
+                Some(Happened::TaskSucceeded { output }) => return Ok(output),
+                Some(Happened::TaskFailed { error, cause }) => {
+                    return Err(Failure { error, cause });
+                }
+                _ => {}
+            }
+            if let Some(limit) = heartbeat {
+                let last = self
+                    .table
+                    .get(self.pk, &format!("{STEP}{key}{HEARTBEAT}"))
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|item| decode::<HistoryEntry>(&item).ok())
+                    .map_or(scheduled_at, |beat| beat.at.max(scheduled_at));
+                let limit_ms = i64::try_from(limit.as_millis()).unwrap_or(i64::MAX);
+                if now_ms().saturating_sub(last) > limit_ms {
+                    let failure = Failure::new(
+                        commerce_asl::callback::HEARTBEAT_TIMEOUT,
+                        format!("no heartbeat for {} s", limit.as_secs()),
+                    );
+                    // An answer written meanwhile wins: the record's Absent condition fails
+                    // and the next look reads it.
+                    let recorded = self
+                        .record_if_unanswered(HistoryEntry {
+                            at: now_ms(),
+                            key: key.clone(),
+                            state: state.clone(),
+                            what: Happened::TaskFailed {
+                                error: failure.error.clone(),
+                                cause: failure.cause.clone(),
+                            },
+                        })
+                        .await?;
+                    if recorded {
+                        return Err(failure);
+                    }
+                    continue;
+                }
+            }
+            tokio::time::sleep(CALLBACK_POLL).await;
+        }
+    }
+
+    /// [`Self::record`], but an entry already there (an answer that came first) is no
+    /// failure: `false`.
+    async fn record_if_unanswered(&self, entry: HistoryEntry) -> Result<bool, Failure> {
+        let journal_item = item(
+            self.pk.to_owned(),
+            format!("{STEP}{}", entry.key),
+            1,
+            &entry,
+            None,
+        )
+        .map_err(|_| self.stop())?;
+        let writes = vec![
+            Write::Check {
+                pk: self.pk.to_owned(),
+                sk: HEAD.into(),
+                condition: Condition::OwnerIs(self.token.to_owned()),
+            },
+            Write::Put {
+                item: journal_item,
+                condition: Condition::Absent,
+            },
+        ];
+        match self.table.transact(writes).await {
+            Ok(()) => Ok(true),
+            Err(StoreError::ConditionFailed { index: 1 }) => Ok(false),
+            Err(_) => Err(self.stop()),
+        }
     }
 
     /// Writes the entry if this run still holds the claim.
@@ -559,6 +705,10 @@ impl<T: Table, K: Tasks> Journal<'_, T, K> {
 }
 
 impl<T: Table, K: Tasks> Tasks for Journal<'_, T, K> {
+    fn token(&self, key: &str) -> String {
+        callback_token(self.secret, self.name, key)
+    }
+
     async fn invoke(&self, call: TaskCall) -> Result<Value, Failure> {
         if self.stopped.load(Ordering::SeqCst) {
             return Err(self.stop());
@@ -567,11 +717,14 @@ impl<T: Table, K: Tasks> Tasks for Journal<'_, T, K> {
             return match entry.what {
                 Happened::TaskSucceeded { output } => Ok(output),
                 Happened::TaskFailed { error, cause } => Err(Failure { error, cause }),
-                Happened::Waited { .. } => Err(Failure::new(
+                _ => Err(Failure::new(
                     commerce_asl::run::RUNTIME,
-                    format!("journal entry {} is a wait, not a task", call.key),
+                    format!("journal entry {} is no task's answer", call.key),
                 )),
             };
+        }
+        if call.token.is_some() {
+            return self.callback(call).await;
         }
         let key = call.key.clone();
         let state = call.state.clone();
@@ -669,4 +822,163 @@ fn item(
 fn decode<V: serde::de::DeserializeOwned>(item: &Item) -> Result<V, StoreError> {
     serde_json::from_slice(&item.data)
         .map_err(|e| StoreError::Failure(format!("corrupt {}/{}: {e}", item.pk, item.sk)))
+}
+
+/// Why an answer to a callback token was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackRefused {
+    #[error("not a task token of this runtime")]
+    InvalidToken,
+    /// Answered already, timed out, or its execution ended: as Step Functions' TaskTimedOut.
+    #[error("the task is not waiting for this token any more")]
+    NotWaiting,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The token of the callback task `key` of execution `name`: both, and a signature with the
+/// execution's secret, so nobody makes up a token that answers a task.
+fn callback_token(secret: &str, name: &str, key: &str) -> String {
+    format!(
+        "{}.{}.{}",
+        hex::encode(name),
+        hex::encode(key),
+        hex::encode(token_mac(secret, name, key).finalize().into_bytes())
+    )
+}
+
+fn token_mac(secret: &str, name: &str, key: &str) -> Hmac<Sha256> {
+    // HMAC takes keys of any length, so this cannot fail.
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(secret.as_bytes())
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(name.as_bytes());
+    mac.update(&[0]);
+    mac.update(key.as_bytes());
+    mac
+}
+
+/// The execution and task key a token names, once its signature is checked.
+async fn open_token<T: Table>(table: &T, token: &str) -> Result<(String, String), CallbackRefused> {
+    let mut parts = token.split('.');
+    let (Some(name), Some(key), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(CallbackRefused::InvalidToken);
+    };
+    let text = |hex_text: &str| {
+        hex::decode(hex_text)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+    };
+    let (Some(name), Some(key), Ok(signature)) = (text(name), text(key), hex::decode(signature))
+    else {
+        return Err(CallbackRefused::InvalidToken);
+    };
+    let record = describe(table, &name)
+        .await?
+        .ok_or(CallbackRefused::InvalidToken)?;
+    token_mac(&record.callback_secret, &name, &key)
+        .verify_slice(&signature)
+        .map_err(|_| CallbackRefused::InvalidToken)?;
+    let scheduled = table
+        .get(&execution_pk(&name), &format!("{STEP}{key}{SCHEDULED}"))
+        .await?;
+    if record.status != ExecutionStatus::Running || scheduled.is_none() {
+        return Err(CallbackRefused::NotWaiting);
+    }
+    Ok((name, key))
+}
+
+/// The state a task key names: its last part's state name.
+fn state_of(key: &str) -> String {
+    key.rsplit('/')
+        .next()
+        .and_then(|last| last.split('.').next())
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// Answers the task waiting for `token`, from any process: the first answer is taken, later
+/// ones are refused.
+async fn answer<T: Table>(table: &T, token: &str, what: Happened) -> Result<(), CallbackRefused> {
+    let (name, key) = open_token(table, token).await?;
+    let entry = HistoryEntry {
+        at: now_ms(),
+        state: state_of(&key),
+        key: key.clone(),
+        what,
+    };
+    let write = Write::Put {
+        item: item(execution_pk(&name), format!("{STEP}{key}"), 1, &entry, None)?,
+        condition: Condition::Absent,
+    };
+    match table.transact(vec![write]).await {
+        Ok(()) => Ok(()),
+        Err(StoreError::ConditionFailed { .. }) => Err(CallbackRefused::NotWaiting),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Step Functions' SendTaskSuccess, for the local runtime.
+pub async fn send_task_success<T: Table>(
+    table: &T,
+    token: &str,
+    output: &Value,
+) -> Result<(), CallbackRefused> {
+    answer(
+        table,
+        token,
+        Happened::TaskSucceeded {
+            output: output.clone(),
+        },
+    )
+    .await
+}
+
+/// Step Functions' SendTaskFailure, for the local runtime.
+pub async fn send_task_failure<T: Table>(
+    table: &T,
+    token: &str,
+    error: &str,
+    cause: &str,
+) -> Result<(), CallbackRefused> {
+    answer(
+        table,
+        token,
+        Happened::TaskFailed {
+            error: error.to_owned(),
+            cause: cause.to_owned(),
+        },
+    )
+    .await
+}
+
+/// Step Functions' SendTaskHeartbeat, for the local runtime: the task is still at work.
+pub async fn send_task_heartbeat<T: Table>(table: &T, token: &str) -> Result<(), CallbackRefused> {
+    let (name, key) = open_token(table, token).await?;
+    if table
+        .get(&execution_pk(&name), &format!("{STEP}{key}"))
+        .await?
+        .is_some()
+    {
+        return Err(CallbackRefused::NotWaiting);
+    }
+    let entry = HistoryEntry {
+        at: now_ms(),
+        state: state_of(&key),
+        key: format!("{key}{HEARTBEAT}"),
+        what: Happened::Heartbeat {},
+    };
+    let write = Write::Put {
+        item: item(
+            execution_pk(&name),
+            format!("{STEP}{key}{HEARTBEAT}"),
+            1,
+            &entry,
+            None,
+        )?,
+        condition: Condition::None,
+    };
+    table.transact(vec![write]).await?;
+    Ok(())
 }

@@ -134,6 +134,10 @@ pub struct WithCallbacks<'a, T, C> {
 }
 
 impl<T: Tasks, C: Clock> Tasks for WithCallbacks<'_, T, C> {
+    fn token(&self, key: &str) -> String {
+        self.inner.token(key)
+    }
+
     async fn invoke(&self, call: TaskCall) -> Result<Value, Failure> {
         let Some(token) = call.token.clone() else {
             return self.inner.invoke(call).await;

@@ -71,6 +71,14 @@ pub trait Tasks: Send + Sync {
     /// The task's result, or its failure. A `.waitForTaskToken` task answers when the token is
     /// sent success or failure (or fails `States.HeartbeatTimeout` when heartbeats stop).
     fn invoke(&self, call: TaskCall) -> impl Future<Output = Result<Value, Failure>> + Send;
+
+    /// The token a `.waitForTaskToken` invocation hands out, given its key. Random by
+    /// default; a durable runner derives it from the key, so a resumed execution waits on the
+    /// token it handed out before.
+    fn token(&self, key: &str) -> String {
+        let _ = key;
+        uuid::Uuid::new_v4().to_string()
+    }
 }
 
 /// Time as executions see it.
@@ -451,7 +459,7 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
                 timeout,
                 heartbeat,
             } => {
-                let token = callback.then(|| uuid::Uuid::new_v4().to_string());
+                let token = callback.then(|| self.tasks.token(key));
                 let context = self.context(name, entered, retries, token.as_deref(), item);
                 let input = fill(state.parameters.as_ref(), effective, &context)?;
                 let timeout = seconds(timeout, effective, &context)?;

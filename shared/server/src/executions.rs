@@ -49,6 +49,41 @@ pub enum Executions {
     List(ListArgs),
     /// One execution and its history, as JSON.
     Show(ShowArgs),
+    /// Answers a task waiting for its token with a result (Step Functions' SendTaskSuccess).
+    Succeed(SucceedArgs),
+    /// Fails a task waiting for its token (SendTaskFailure).
+    Fail(FailArgs),
+    /// Tells a task waiting for its token that its work goes on (SendTaskHeartbeat).
+    Heartbeat(TokenArgs),
+}
+
+#[derive(Args)]
+pub struct TokenArgs {
+    #[arg(long, env = "COMMERCE_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
+    /// The task token the execution handed out.
+    #[arg(long)]
+    token: String,
+}
+
+#[derive(Args)]
+pub struct SucceedArgs {
+    #[command(flatten)]
+    token: TokenArgs,
+    /// The task's result, as JSON.
+    #[arg(long, default_value = "{}")]
+    output: String,
+}
+
+#[derive(Args)]
+pub struct FailArgs {
+    #[command(flatten)]
+    token: TokenArgs,
+    /// The error name Retry and Catch match.
+    #[arg(long)]
+    error: String,
+    #[arg(long, default_value = "")]
+    cause: String,
 }
 
 #[derive(Args)]
@@ -69,11 +104,15 @@ pub struct ShowArgs {
     name: String,
 }
 
-/// Reads executions from the database, beside a running server or without one. It runs none.
+/// Reads executions from the database, or answers a task waiting for its token, beside a
+/// running server (which takes the answer up) or without one. It runs none.
 pub async fn show(command: Executions) -> anyhow::Result<()> {
     let data_dir = match &command {
         Executions::List(a) => &a.data_dir,
         Executions::Show(a) => &a.data_dir,
+        Executions::Succeed(a) => &a.token.data_dir,
+        Executions::Fail(a) => &a.token.data_dir,
+        Executions::Heartbeat(a) => &a.data_dir,
     };
     let database = data_dir.join("commerce.db");
     if !database.exists() {
@@ -100,6 +139,18 @@ pub async fn show(command: Executions) -> anyhow::Result<()> {
                     "history": history,
                 }))?
             );
+        }
+        Executions::Succeed(args) => {
+            let output: serde_json::Value =
+                serde_json::from_str(&args.output).context("--output is not JSON")?;
+            executions::send_task_success(&table, &args.token.token, &output).await?;
+        }
+        Executions::Fail(args) => {
+            executions::send_task_failure(&table, &args.token.token, &args.error, &args.cause)
+                .await?;
+        }
+        Executions::Heartbeat(args) => {
+            executions::send_task_heartbeat(&table, &args.token).await?;
         }
     }
     Ok(())

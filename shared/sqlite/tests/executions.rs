@@ -3,7 +3,12 @@
 //! same database takes up and finishes, invoking no finished task again; a runner whose claim
 //! was taken over records nothing more.
 
-#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+#![allow(
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -49,6 +54,8 @@ struct Steps {
     hold: Arc<Mutex<bool>>,
     entered: Arc<Notify>,
     release: Arc<Notify>,
+    /// Tokens handed to `.waitForTaskToken` tasks.
+    tokens: Arc<Mutex<Vec<String>>>,
 }
 
 impl Steps {
@@ -65,6 +72,9 @@ impl Tasks for Steps {
             .unwrap()
             .entry(call.state.clone())
             .or_default() += 1;
+        if let Some(token) = &call.token {
+            self.tokens.lock().unwrap().push(token.clone());
+        }
         if call.resource == "second" {
             let hold = *self.hold.lock().unwrap();
             if hold {
@@ -130,6 +140,8 @@ async fn an_execution_runs_to_its_end_and_a_repeated_start_is_the_same_execution
                     Happened::TaskSucceeded { .. } => "succeeded",
                     Happened::TaskFailed { .. } => "failed",
                     Happened::Waited { .. } => "waited",
+                    Happened::TaskScheduled {} => "scheduled",
+                    Happened::Heartbeat {} => "heartbeat",
                 },
             )
         })
@@ -245,4 +257,152 @@ async fn the_local_runtime_keeps_the_state_machines_contract() {
     )]);
     let runtime = LocalExecutions::new(table(&dir), Steps::default(), machines);
     commerce_app::contract::state_machines_contract(&runtime, "waits", "local").await;
+}
+
+/// One task that waits for its token; with `heartbeat`, it must hear from it that often.
+fn waiting(heartbeat: Option<u64>) -> BTreeMap<String, Definition> {
+    let mut ask = json!({
+        "Type": "Task", "Resource": "ask.waitForTaskToken",
+        "Parameters": {"token.$": "$$.Task.Token"}, "End": true
+    });
+    if let Some(seconds) = heartbeat {
+        ask["HeartbeatSeconds"] = json!(seconds);
+    }
+    let text = json!({"StartAt": "Ask", "States": {"Ask": ask}}).to_string();
+    BTreeMap::from([(
+        "asks".to_owned(),
+        Definition::load(&text, &BTreeMap::new()).unwrap(),
+    )])
+}
+
+async fn handed_out(steps: &Steps) -> String {
+    for _ in 0..200 {
+        if let Some(token) = steps.tokens.lock().unwrap().last().cloned() {
+            return token;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("no token was handed out");
+}
+
+#[test]
+fn a_task_waiting_for_its_token_survives_a_restart_and_takes_the_answer_sent_to_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = Steps::default();
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let token = first.block_on(async {
+        let table = table(&dir);
+        let runtime = LocalExecutions::new(table.clone(), steps.clone(), waiting(None));
+        runtime.start("asks", "ask-1", &json!({})).await.unwrap();
+        let token = handed_out(&steps).await;
+        // Scheduled in the journal before the process goes.
+        for _ in 0..100 {
+            let history = executions::history(&table, "ask-1").await.unwrap();
+            if history
+                .iter()
+                .any(|h| matches!(h.what, Happened::TaskScheduled {}))
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        token
+    });
+    first.shutdown_background();
+
+    let next = tokio::runtime::Runtime::new().unwrap();
+    next.block_on(async {
+        let table = table(&dir);
+        let runtime = LocalExecutions::new(table.clone(), steps.clone(), waiting(None));
+        assert_eq!(runtime.resume_all().await.unwrap(), 1);
+        executions::send_task_success(&table, &token, &json!({"answer": 42}))
+            .await
+            .unwrap();
+        let record = finished(&table, "ask-1").await;
+        assert_eq!(record.status, ExecutionStatus::Succeeded, "{record:?}");
+        assert_eq!(record.output, Some(json!({"answer": 42})));
+        assert!(matches!(
+            executions::send_task_success(&table, &token, &json!({})).await,
+            Err(executions::CallbackRefused::NotWaiting)
+        ));
+    });
+    assert_eq!(
+        steps.calls("Ask"),
+        1,
+        "the task was not invoked again on resume"
+    );
+}
+
+#[tokio::test]
+async fn only_a_token_the_execution_handed_out_answers_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = table(&dir);
+    let steps = Steps::default();
+    let runtime = LocalExecutions::new(table.clone(), steps.clone(), waiting(None));
+    runtime.start("asks", "ask-2", &json!({})).await.unwrap();
+    let token = handed_out(&steps).await;
+    let (name, key, _) = {
+        let mut parts = token.split('.');
+        (
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+            parts.next().unwrap(),
+        )
+    };
+    let forged = format!("{name}.{key}.{}", "00".repeat(32));
+    for bad in ["", "x.y.z", forged.as_str()] {
+        assert!(matches!(
+            executions::send_task_success(&table, bad, &json!({})).await,
+            Err(executions::CallbackRefused::InvalidToken)
+        ));
+    }
+    // The first answer is taken, whichever process sends it.
+    for _ in 0..100 {
+        match executions::send_task_failure(&table, &token, "Carrier.Lost", "gone").await {
+            Ok(()) => break,
+            Err(executions::CallbackRefused::NotWaiting) => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let record = finished(&table, "ask-2").await;
+    assert_eq!(
+        (record.status, record.error.as_deref()),
+        (ExecutionStatus::Failed, Some("Carrier.Lost"))
+    );
+}
+
+#[tokio::test]
+async fn a_task_whose_heartbeats_stop_fails_with_heartbeat_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = table(&dir);
+    let steps = Steps::default();
+    let runtime = LocalExecutions::new(table.clone(), steps.clone(), waiting(Some(1)));
+    runtime.start("asks", "ask-3", &json!({})).await.unwrap();
+    let token = handed_out(&steps).await;
+    let mut beats = 0;
+    for _ in 0..100 {
+        if executions::send_task_heartbeat(&table, &token)
+            .await
+            .is_ok()
+        {
+            beats += 1;
+            if beats == 3 {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    assert_eq!(beats, 3, "heartbeats are taken while the task waits");
+    let record = finished(&table, "ask-3").await;
+    assert_eq!(record.error.as_deref(), Some("States.HeartbeatTimeout"));
+    assert!(matches!(
+        executions::send_task_heartbeat(&table, &token).await,
+        Err(executions::CallbackRefused::NotWaiting)
+    ));
 }
