@@ -102,6 +102,16 @@ pub struct ExecutionRecord {
     pub callback_secret: String,
 }
 
+impl ExecutionRecord {
+    /// The record without its callback secret, for lists and operators.
+    pub fn public(&self) -> Self {
+        Self {
+            callback_secret: String::new(),
+            ..self.clone()
+        }
+    }
+}
+
 /// One journal entry: a task's answer or a wait, in the order they happened.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -148,6 +158,8 @@ const SCHEDULED: &str = ":scheduled";
 const HEARTBEAT: &str = ":heartbeat";
 /// How often a callback task's runner looks for its answer.
 const CALLBACK_POLL: Duration = Duration::from_millis(100);
+/// Looks for an answer between two checks that the run still holds its claim.
+const CLAIM_CHECK_POLLS: u32 = 20;
 
 fn execution_pk(name: &str) -> String {
     format!("execution#{name}")
@@ -284,7 +296,13 @@ impl<T: Table, K: Tasks + 'static> StateMachines for LocalExecutions<T, K> {
                 condition: Condition::None,
             },
             Write::Put {
-                item: item(listing_pk(machine), listing_sk(&record), 1, &record, None)?,
+                item: item(
+                    listing_pk(machine),
+                    listing_sk(&record),
+                    1,
+                    &record.public(),
+                    None,
+                )?,
                 condition: Condition::None,
             },
         ];
@@ -413,6 +431,10 @@ impl<T: Table, K: Tasks> Inner<T, K> {
                 return Ok(());
             }
             record.runs += 1;
+            if record.callback_secret.is_empty() {
+                // Started before tokens were signed: it gets a secret now.
+                record.callback_secret = uuid::Uuid::new_v4().simple().to_string();
+            }
             let claim = Write::Put {
                 item: item(
                     pk.clone(),
@@ -497,7 +519,7 @@ impl<T: Table, K: Tasks> Inner<T, K> {
                     listing_pk(&record.state_machine),
                     listing_sk(&record),
                     1,
-                    &record,
+                    &record.public(),
                     None,
                 )?,
                 condition: Condition::None,
@@ -544,6 +566,7 @@ impl<T: Table, K: Tasks> Journal<'_, T, K> {
         let key = call.key.clone();
         let state = call.state.clone();
         let heartbeat = call.heartbeat;
+        let timeout = call.timeout;
         let scheduled_key = format!("{key}{SCHEDULED}");
         let scheduled_at = match self.recorded(&scheduled_key) {
             Some(entry) => entry.at,
@@ -578,6 +601,7 @@ impl<T: Table, K: Tasks> Journal<'_, T, K> {
                 at
             }
         };
+        let mut polls: u32 = 0;
         loop {
             if self.stopped.load(Ordering::SeqCst) {
                 return Err(self.stop());
@@ -595,6 +619,30 @@ impl<T: Table, K: Tasks> Journal<'_, T, K> {
                     return Err(Failure { error, cause });
                 }
                 _ => {}
+            }
+            let waited = now_ms().saturating_sub(scheduled_at);
+            if waited > i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX) {
+                let failure = Failure::new(
+                    commerce_asl::run::TIMEOUT,
+                    format!("{state} ran longer than {} s", timeout.as_secs()),
+                );
+                // Recorded like an answer: a late answer is refused, and a replay times out
+                // the same way. An answer written first wins.
+                let recorded = self
+                    .record_if_unanswered(HistoryEntry {
+                        at: now_ms(),
+                        key: key.clone(),
+                        state: state.clone(),
+                        what: Happened::TaskFailed {
+                            error: failure.error.clone(),
+                            cause: failure.cause.clone(),
+                        },
+                    })
+                    .await?;
+                if recorded {
+                    return Err(failure);
+                }
+                continue;
             }
             if let Some(limit) = heartbeat {
                 let last = self
@@ -630,7 +678,22 @@ impl<T: Table, K: Tasks> Journal<'_, T, K> {
                     continue;
                 }
             }
+            polls += 1;
+            if polls.is_multiple_of(CLAIM_CHECK_POLLS) && !self.still_claimed().await {
+                return Err(self.stop());
+            }
             tokio::time::sleep(CALLBACK_POLL).await;
+        }
+    }
+
+    /// Whether this run still holds the execution's claim (a long wait reads, never writes,
+    /// so it looks now and then).
+    async fn still_claimed(&self) -> bool {
+        match self.table.get(self.pk, HEAD).await {
+            Ok(Some(head)) => head.owner.as_deref() == Some(self.token),
+            Ok(None) => false,
+            // A store that fails for now is no news of another runner.
+            Err(_) => true,
         }
     }
 
@@ -656,11 +719,17 @@ impl<T: Table, K: Tasks> Journal<'_, T, K> {
                 condition: Condition::Absent,
             },
         ];
-        match self.table.transact(writes).await {
-            Ok(()) => Ok(true),
-            Err(StoreError::ConditionFailed { index: 1 }) => Ok(false),
-            Err(_) => Err(self.stop()),
+        for attempt in 0..WRITE_TRIES {
+            match self.table.transact(writes.clone()).await {
+                Ok(()) => return Ok(true),
+                Err(StoreError::ConditionFailed { index: 1 }) => return Ok(false),
+                Err(StoreError::Busy(_)) if attempt + 1 < WRITE_TRIES => {
+                    tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+                }
+                Err(_) => return Err(self.stop()),
+            }
         }
+        Err(self.stop())
     }
 
     /// Writes the entry if this run still holds the claim.
@@ -707,6 +776,10 @@ impl<T: Table, K: Tasks> Journal<'_, T, K> {
 impl<T: Table, K: Tasks> Tasks for Journal<'_, T, K> {
     fn token(&self, key: &str) -> String {
         callback_token(self.secret, self.name, key)
+    }
+
+    fn times_callbacks(&self) -> bool {
+        true
     }
 
     async fn invoke(&self, call: TaskCall) -> Result<Value, Failure> {
@@ -832,6 +905,8 @@ pub enum CallbackRefused {
     /// Answered already, timed out, or its execution ended: as Step Functions' TaskTimedOut.
     #[error("the task is not waiting for this token any more")]
     NotWaiting,
+    #[error("error names starting with States. are the runtime's own")]
+    ReservedError,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -880,10 +955,9 @@ async fn open_token<T: Table>(table: &T, token: &str) -> Result<(String, String)
     token_mac(&record.callback_secret, &name, &key)
         .verify_slice(&signature)
         .map_err(|_| CallbackRefused::InvalidToken)?;
-    let scheduled = table
-        .get(&execution_pk(&name), &format!("{STEP}{key}{SCHEDULED}"))
-        .await?;
-    if record.status != ExecutionStatus::Running || scheduled.is_none() {
+    // An answer may come before the runner has journaled the task as scheduled (the task
+    // handed the token on and was answered at once): it is kept for the runner to take.
+    if record.status != ExecutionStatus::Running {
         return Err(CallbackRefused::NotWaiting);
     }
     Ok((name, key))
@@ -942,6 +1016,10 @@ pub async fn send_task_failure<T: Table>(
     error: &str,
     cause: &str,
 ) -> Result<(), CallbackRefused> {
+    // The States.* names are the runtime's own (States.Runtime is caught by nothing).
+    if error.starts_with("States.") {
+        return Err(CallbackRefused::ReservedError);
+    }
     answer(
         table,
         token,

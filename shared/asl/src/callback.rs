@@ -138,6 +138,10 @@ impl<T: Tasks, C: Clock> Tasks for WithCallbacks<'_, T, C> {
         self.inner.token(key)
     }
 
+    fn times_callbacks(&self) -> bool {
+        self.inner.times_callbacks()
+    }
+
     async fn invoke(&self, call: TaskCall) -> Result<Value, Failure> {
         let Some(token) = call.token.clone() else {
             return self.inner.invoke(call).await;
@@ -222,6 +226,7 @@ mod tests {
             input: Value::Null,
             token: Some("t".into()),
             heartbeat: None,
+            timeout: Duration::from_secs(60),
         };
         let mut waiting = Box::pin(tasks.invoke(call));
         // Polled once: the token is handed on, and the state waits.

@@ -63,6 +63,8 @@ pub struct TaskCall {
     pub token: Option<String>,
     /// For `.waitForTaskToken`: the longest gap allowed between heartbeats.
     pub heartbeat: Option<Duration>,
+    /// The state's `TimeoutSeconds`.
+    pub timeout: Duration,
 }
 
 /// What runs Task states: Lambda functions on AWS, in-process handlers locally, a script in
@@ -78,6 +80,14 @@ pub trait Tasks: Send + Sync {
     fn token(&self, key: &str) -> String {
         let _ = key;
         uuid::Uuid::new_v4().to_string()
+    }
+
+    /// Whether this runner times `.waitForTaskToken` tasks itself ([`TaskCall::timeout`]),
+    /// as a durable one must: its timeout then counts from when the token was handed out,
+    /// across restarts, and is recorded like an answer, so a late answer cannot change what
+    /// a replay does.
+    fn times_callbacks(&self) -> bool {
+        false
     }
 }
 
@@ -467,6 +477,7 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
                     .as_ref()
                     .map(|h| seconds(h, effective, &context).map(Duration::from_secs))
                     .transpose()?;
+                let timed_by_runner = token.is_some() && self.tasks.times_callbacks();
                 let call = TaskCall {
                     state: name.to_owned(),
                     key: key.to_owned(),
@@ -474,11 +485,16 @@ impl<'a, T: Tasks, C: Clock> Runner<'a, T, C> {
                     input,
                     token,
                     heartbeat,
+                    timeout: Duration::from_secs(timeout),
                 };
-                tokio::select! {
-                    result = self.tasks.invoke(call) => result?,
-                    () = self.clock.deadline(Duration::from_secs(timeout)) => {
-                        return Err(Failure::new(TIMEOUT, format!("{name} ran longer than {timeout} s")));
+                if timed_by_runner {
+                    self.tasks.invoke(call).await?
+                } else {
+                    tokio::select! {
+                        result = self.tasks.invoke(call) => result?,
+                        () = self.clock.deadline(Duration::from_secs(timeout)) => {
+                            return Err(Failure::new(TIMEOUT, format!("{name} ran longer than {timeout} s")));
+                        }
                     }
                 }
             }

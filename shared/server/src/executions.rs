@@ -124,7 +124,7 @@ pub async fn show(command: Executions) -> anyhow::Result<()> {
             let (records, _) =
                 executions::list(&table, &args.state_machine, None, args.max).await?;
             for record in records {
-                println!("{}", serde_json::to_string(&record)?);
+                println!("{}", serde_json::to_string(&record.public())?);
             }
         }
         Executions::Show(args) => {
@@ -135,7 +135,7 @@ pub async fn show(command: Executions) -> anyhow::Result<()> {
             println!(
                 "{}",
                 serde_json::to_string_pretty(&serde_json::json!({
-                    "execution": record,
+                    "execution": record.public(),
                     "history": history,
                 }))?
             );

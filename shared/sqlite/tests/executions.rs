@@ -261,12 +261,20 @@ async fn the_local_runtime_keeps_the_state_machines_contract() {
 
 /// One task that waits for its token; with `heartbeat`, it must hear from it that often.
 fn waiting(heartbeat: Option<u64>) -> BTreeMap<String, Definition> {
+    waiting_at_most(heartbeat, None)
+}
+
+/// [`waiting`], with `TimeoutSeconds` when `timeout` is given.
+fn waiting_at_most(heartbeat: Option<u64>, timeout: Option<u64>) -> BTreeMap<String, Definition> {
     let mut ask = json!({
         "Type": "Task", "Resource": "ask.waitForTaskToken",
         "Parameters": {"token.$": "$$.Task.Token"}, "End": true
     });
     if let Some(seconds) = heartbeat {
         ask["HeartbeatSeconds"] = json!(seconds);
+    }
+    if let Some(seconds) = timeout {
+        ask["TimeoutSeconds"] = json!(seconds);
     }
     let text = json!({"StartAt": "Ask", "States": {"Ask": ask}}).to_string();
     BTreeMap::from([(
@@ -404,5 +412,31 @@ async fn a_task_whose_heartbeats_stop_fails_with_heartbeat_timeout() {
     assert!(matches!(
         executions::send_task_heartbeat(&table, &token).await,
         Err(executions::CallbackRefused::NotWaiting)
+    ));
+}
+
+#[tokio::test]
+async fn a_wait_that_timed_out_is_recorded_so_a_late_answer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = table(&dir);
+    let steps = Steps::default();
+    let runtime =
+        LocalExecutions::new(table.clone(), steps.clone(), waiting_at_most(None, Some(1)));
+    runtime.start("asks", "ask-4", &json!({})).await.unwrap();
+    let token = handed_out(&steps).await;
+    let record = finished(&table, "ask-4").await;
+    assert_eq!(record.error.as_deref(), Some("States.Timeout"));
+    assert!(matches!(
+        executions::send_task_success(&table, &token, &json!({})).await,
+        Err(executions::CallbackRefused::NotWaiting)
+    ));
+    let history = executions::history(&table, "ask-4").await.unwrap();
+    assert!(history.iter().any(|h| matches!(
+        &h.what,
+        Happened::TaskFailed { error, .. } if error == "States.Timeout"
+    )));
+    assert!(matches!(
+        executions::send_task_failure(&table, &token, "States.Runtime", "x").await,
+        Err(executions::CallbackRefused::ReservedError)
     ));
 }
