@@ -48,3 +48,25 @@ async fn everything_survives_a_crash_and_restart() {
     drop(server);
     drop(keep);
 }
+
+/// The server keeps what it has queued for a hot SKU in memory, so it must be the only one
+/// writing its data: a second server on the same directory is refused, and says why.
+#[tokio::test]
+async fn a_second_server_on_one_data_directory_is_refused() {
+    let shop = shop();
+    shop.stocked("MUG", 500, 10).await;
+    let output = std::process::Command::new(commerce_tests::server_binary())
+        .args(["serve", "--addr", "127.0.0.1:0", "--data-dir"])
+        .arg(&shop.server.data_dir)
+        .env("COMMERCE_JWT_SECRET", commerce_tests::SECRET)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "a second server started");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("another commerce server"), "{stderr}");
+    assert_eq!(
+        shop.levels("MUG").await,
+        (10, 0, 10),
+        "the first one serves on"
+    );
+}

@@ -94,6 +94,23 @@ pub struct Stream<A> {
     loaded_version: u64,
 }
 
+impl<A> Stream<A> {
+    /// A stream read at `version` from a head kept elsewhere (in memory, say).
+    pub fn at(pk: String, version: u64, state: A) -> Self {
+        Self {
+            pk,
+            version,
+            state,
+            loaded_version: version,
+        }
+    }
+
+    /// The version it was read at: its commit is conditioned on it.
+    pub fn loaded_version(&self) -> u64 {
+        self.loaded_version
+    }
+}
+
 impl<A: Default> Stream<A> {
     /// A stream for an identity the server has just minted: there is nothing to read. Should
     /// the id be taken after all, the commit fails on the head's `Absent` condition.
@@ -242,8 +259,19 @@ pub struct Changes {
     origin: Origin,
     writes: Vec<Write>,
     purposes: Vec<Purpose>,
-    /// In-process locks this command holds until its commit is done.
+    /// In-process turns this command holds until its transaction is ordered (or, on a store
+    /// that orders nothing, done).
     locks: Vec<tokio::sync::OwnedMutexGuard<()>>,
+    /// Heads this commit writes that later commands may build on before it is durable.
+    heads: Vec<Box<dyn PendingHead>>,
+}
+
+/// A head a command wrote, offered to the commands after it once its transaction is ordered,
+/// and withdrawn if that transaction fails. `settled` is called exactly once after `ordered`,
+/// even if the command itself is dropped meanwhile.
+pub trait PendingHead: Send + std::fmt::Debug {
+    fn ordered(&mut self);
+    fn settled(self: Box<Self>, committed: bool);
 }
 
 /// Why a commit did not happen.
@@ -264,6 +292,7 @@ impl Changes {
             writes: Vec::new(),
             purposes: Vec::new(),
             locks: Vec::new(),
+            heads: Vec::new(),
         }
     }
 
@@ -434,9 +463,53 @@ impl Changes {
         !self.locks.is_empty()
     }
 
+    /// Offers `head` to later commands once this commit is ordered (see [`PendingHead`]).
+    pub fn offer_head(&mut self, head: Box<dyn PendingHead>) {
+        self.heads.push(head);
+    }
+
+    /// Commits the writes. On a store that orders submissions the turns are given up as soon
+    /// as the transaction is queued, and the heads offered; the answer still waits for the
+    /// commit to be durable.
     pub async fn commit<T: Table>(self, table: &T) -> Result<(), CommitError> {
-        let purposes = self.purposes;
-        match table.transact(self.writes).await {
+        let Self {
+            writes,
+            purposes,
+            locks,
+            mut heads,
+            ..
+        } = self;
+        let outcome = match table.submit_ordered(writes) {
+            Ok(outcome) => {
+                for head in &mut heads {
+                    head.ordered();
+                }
+                drop(locks);
+                if heads.is_empty() {
+                    outcome.await
+                } else {
+                    // Settled in a task of its own: a command dropped while its transaction
+                    // is queued must still withdraw what it offered if that transaction fails.
+                    tokio::spawn(async move {
+                        let outcome = outcome.await;
+                        for head in heads {
+                            head.settled(outcome.is_ok());
+                        }
+                        outcome
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(StoreError::Failure(format!("a commit task failed: {e}")))
+                    })
+                }
+            }
+            Err(writes) => {
+                let outcome = table.transact(writes).await;
+                drop(locks);
+                outcome
+            }
+        };
+        match outcome {
             Ok(()) => Ok(()),
             Err(StoreError::ConditionFailed { index }) => match purposes.get(index) {
                 Some(Purpose::IdempotencyKey) => Err(CommitError::KeyTaken),

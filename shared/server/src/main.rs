@@ -170,6 +170,7 @@ async fn main() -> anyhow::Result<std::process::ExitCode> {
 async fn run(serve: Serve) -> anyhow::Result<()> {
     let dir = &serve.data.data_dir;
     private_dir(dir)?;
+    let _only_server = lock_data_dir(dir)?;
     let database = dir.join("commerce.db");
     // SQLite gives the WAL and shared-memory files the database file's permissions.
     private_file(&database)?;
@@ -246,6 +247,28 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
         .await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// One server per data directory: the shop keeps the stock heads it queued in memory, so it
+/// must be the only process writing stock. Held until the process ends.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("serve.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another commerce server is serving {}; stop it first",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 /// The local table and bus, for an operator command beside (or without) a running server.

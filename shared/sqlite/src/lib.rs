@@ -19,7 +19,8 @@ use std::time::Duration;
 use commerce_app::clock::now_seconds;
 use commerce_app::outbox::{ChangeFeed, FeedEvent};
 use commerce_app::table::{
-    Condition, Item, Page, Query, StoreError, Table, Write, check_transaction, prefix_end,
+    Condition, Item, Page, Query, StoreError, Submitted, Table, Write, check_transaction,
+    prefix_end,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
@@ -249,14 +250,46 @@ impl SqliteTable {
     }
 
     async fn submit(&self, work: Work) -> Result<usize, StoreError> {
+        self.send(work).await
+    }
+
+    /// Sends the job now, before the returned future is first polled: jobs reach the writer in
+    /// the order of these calls.
+    fn send(
+        &self,
+        work: Work,
+    ) -> impl Future<Output = Result<usize, StoreError>> + Send + 'static + use<> {
         let (done, result) = oneshot::channel();
-        self.inner
+        let sent = self
+            .inner
             .jobs
             .send(Job { work, done })
-            .map_err(|_| StoreError::Failure("the writer thread has stopped".into()))?;
-        result
-            .await
-            .map_err(|_| StoreError::Failure("the writer thread dropped a job".into()))?
+            .map_err(|_| StoreError::Failure("the writer thread has stopped".into()));
+        async move {
+            sent?;
+            result
+                .await
+                .map_err(|_| StoreError::Failure("the writer thread dropped a job".into()))?
+        }
+    }
+
+    /// A transaction's writes, checked and queued now; the future waits for the commit.
+    fn queue_writes(
+        &self,
+        writes: Vec<Write>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static + use<> {
+        let queued = check_transaction(&writes, MAX_WRITES).map(|()| {
+            // Read here, off the writer thread: the feed row carries it to the bus.
+            let routes = writes
+                .iter()
+                .filter_map(|w| match w {
+                    Write::Event { item } => Some(Route::of(item)),
+                    _ => None,
+                })
+                .collect();
+            self.send(Work::Writes(writes, routes))
+        });
+        async move { queued?.await.map(|_| ()) }
     }
 
     fn with_reader<R>(
@@ -359,16 +392,16 @@ impl Table for SqliteTable {
     }
 
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
-        check_transaction(&writes, self.max_transaction_writes())?;
-        // Read here, off the writer thread: the feed row carries it to the bus.
-        let routes = writes
-            .iter()
-            .filter_map(|w| match w {
-                Write::Event { item } => Some(Route::of(item)),
-                _ => None,
-            })
-            .collect();
-        self.submit(Work::Writes(writes, routes)).await.map(|_| ())
+        self.queue_writes(writes).await
+    }
+
+    /// The writer thread takes jobs in the order they are sent, and this sends at once.
+    fn submit_ordered(&self, writes: Vec<Write>) -> Result<Submitted, Vec<Write>> {
+        Ok(Box::pin(self.queue_writes(writes)))
+    }
+
+    fn orders_submissions(&self) -> bool {
+        true
     }
 
     async fn scan_events(&self, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {

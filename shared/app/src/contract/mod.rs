@@ -59,6 +59,7 @@ macro_rules! table_contract {
             a_decline_after_a_lost_lease_still_gives_the_stock_back,
             a_reservation_survives_an_outage_and_the_retry_orders_it,
             concurrent_duplicates_place_one_order,
+            a_hot_sku_sells_exactly_its_stock,
             a_store_failure_after_payment_is_retried,
             a_redelivered_event_is_applied_once,
             events_out_of_order_apply_in_version_order,

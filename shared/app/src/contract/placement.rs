@@ -919,3 +919,110 @@ pub async fn concurrent_duplicates_place_one_order<T: Table + Clone>(table: &T) 
     assert_eq!(world.counts().authorizations, 1);
     assert_eq!(world.stock().await, (10, 1, 9));
 }
+
+/// Clients race for one SKU through the use cases: some share a key (a duplicate loses its
+/// commit), some go away mid-placement (the future dropped between any two steps). Every answer
+/// is an order or a clear refusal, never a store error; once the sweeper has undone what the
+/// dropped ones left, the stock is exactly what the orders took, and the rest still sells out
+/// to the unit.
+pub async fn a_hot_sku_sells_exactly_its_stock<T: Table + Clone>(table: &T) {
+    const STOCK: u64 = 60;
+    const CLIENTS: usize = 32;
+    let world = Arc::new(World::new(table, "hot", STOCK).await);
+    // The store itself, not a cut one: where it orders transactions, commands on the SKU
+    // build on each other's queued heads.
+    let shop = Arc::new(Shop::new(
+        table.clone(),
+        CutPayments {
+            inner: world.provider.clone(),
+            cut: Cut::never(),
+        },
+        world.clock.clone(),
+        world.config.clone(),
+    ));
+    let mut clients = Vec::new();
+    for client in 0..CLIENTS {
+        let (shop, world) = (shop.clone(), world.clone());
+        clients.push(tokio::spawn(async move {
+            let mut placed = Vec::new();
+            for n in 0.. {
+                let body = order_from(Some(world.lines(1)), None, "tok_visa");
+                // Pairs of clients share their keys: one of each pair loses the key's commit.
+                let key = world.key(&body, &format!("c{}-{n}", client / 2));
+                let alice = world.alice();
+                let run = shop.place(&alice, Some(&key), body);
+                let answer = if (client + n) % 7 == 0 {
+                    // Gone after a few microseconds: dropped wherever the run stands.
+                    let wait =
+                        std::time::Duration::from_micros(((client * 37 + n * 11) % 900) as u64);
+                    match tokio::time::timeout(wait, run).await {
+                        Ok(answer) => answer,
+                        Err(_) => continue,
+                    }
+                } else {
+                    run.await
+                };
+                match answer {
+                    Ok(reply) => placed.push(reply.body["id"].as_str().unwrap().to_owned()),
+                    Err(AppError::IdempotencyInFlight) => {}
+                    Err(AppError::Domain(_)) => return placed,
+                    Err(other) => panic!("client {client}, order {n}: {other:?}"),
+                }
+            }
+            placed
+        }));
+    }
+    let mut answered = std::collections::HashSet::new();
+    for client in clients {
+        answered.extend(client.await.unwrap());
+    }
+    // What the dropped runs left is undone once its time is up.
+    let hold_ms = i64::from(world.config.order_hold_seconds) * 1000;
+    world
+        .clock
+        .advance(hold_ms.max(world.config.reconcile_after_ms) + 1);
+    world.sweep().await;
+    let orders = all_orders(&world).await;
+    assert!(answered.is_subset(&orders), "every answered order exists");
+    let sold = orders.len() as u64;
+    assert_eq!(world.stock().await, (STOCK, sold, STOCK - sold));
+    // The rest sells out to the unit, and not one more.
+    let shop = Shop::new(
+        table.clone(),
+        CutPayments {
+            inner: world.provider.clone(),
+            cut: Cut::never(),
+        },
+        world.clock.clone(),
+        world.config.clone(),
+    );
+    for n in 0.. {
+        let body = order_from(Some(world.lines(1)), None, "tok_visa");
+        let key = world.key(&body, &format!("rest-{n}"));
+        match shop.place(&world.alice(), Some(&key), body).await {
+            Ok(_) => {}
+            Err(AppError::Domain(_)) => break,
+            Err(other) => panic!("after the race: {other:?}"),
+        }
+    }
+    assert_eq!(all_orders(&world).await.len() as u64, STOCK);
+    assert_eq!(world.stock().await, (STOCK, STOCK, 0));
+}
+
+/// Every order of the world's customer, page by page.
+async fn all_orders<T: Table + Clone>(world: &World<T>) -> std::collections::HashSet<String> {
+    let shop = world.shop(Cut::never());
+    let mut ids = std::collections::HashSet::new();
+    let mut cursor = None;
+    loop {
+        let page = shop
+            .orders(&world.alice(), cursor.as_deref(), Some(100))
+            .await
+            .unwrap();
+        ids.extend(page.items.into_iter().map(|o| o.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return ids,
+        }
+    }
+}

@@ -4,7 +4,7 @@ use commerce_domain::{
 use serde::Deserialize;
 
 use super::{Caller, Reply, Role, Shop};
-use crate::event_store::{Changes, Stream, load};
+use crate::event_store::{Changes, PendingHead, Stream, load};
 use crate::idempotency::Begin;
 use crate::keys;
 use crate::views::{InventoryView, ListPage};
@@ -75,8 +75,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             self.stock_queue
                 .enter(&mut changes, &caller.tenant, std::iter::once(sku))
                 .await;
-            let mut stock = self.load_stock(&caller.tenant, sku).await?;
-            let events = decide(&stock.state)?;
+            let (mut stock, events) = self.decide_stock(&caller.tenant, sku, &decide).await?;
             self.append_stock(&mut changes, &caller.tenant, sku, &mut stock, events)?;
             let view = InventoryView::new(sku.clone(), &stock.state, stock.version);
             if let Some(reply) = self
@@ -92,7 +91,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     pub async fn inventory(&self, caller: &Caller, sku: &Sku) -> Result<InventoryView, AppError> {
         caller.require(&[Role::Admin, Role::Ops], "read stock")?;
         self.product(caller, sku).await?;
-        let stock = self.load_stock(&caller.tenant, sku).await?;
+        // What is stored: a head still on its way to disk may yet fail.
+        let stock = load::<Inventory, _>(&self.table, keys::inventory(&caller.tenant, sku)).await?;
         Ok(InventoryView::new(sku.clone(), &stock.state, stock.version))
     }
 
@@ -108,12 +108,39 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         self.list(&pk, cursor, limit, false).await
     }
 
-    pub(super) async fn load_stock(
+    /// The SKU's stock as the last command queued it (called in the SKU's turn), or as stored;
+    /// and whether every transaction on it has settled.
+    async fn read_stock(
         &self,
         tenant: &TenantId,
         sku: &Sku,
-    ) -> Result<Stream<Inventory>, AppError> {
-        Ok(load(&self.table, keys::inventory(tenant, sku)).await?)
+    ) -> Result<(Stream<Inventory>, bool), AppError> {
+        let pk = keys::inventory(tenant, sku);
+        if self.table.orders_submissions()
+            && let Some(head) = self.stock_queue.pending_head(&pk).await
+        {
+            return Ok(head);
+        }
+        Ok((load(&self.table, pk).await?, true))
+    }
+
+    /// Reads the SKU's stock (in its turn) and decides what happens to it. A refusal decided on
+    /// a head still on its way to disk may be wrong, as that transaction may yet fail: it waits
+    /// until the SKU's queued transactions have settled and decides again.
+    async fn decide_stock(
+        &self,
+        tenant: &TenantId,
+        sku: &Sku,
+        decide: impl Fn(&Inventory) -> Result<Vec<InventoryEvent>, DomainError>,
+    ) -> Result<(Stream<Inventory>, Vec<InventoryEvent>), AppError> {
+        loop {
+            let (stock, settled) = self.read_stock(tenant, sku).await?;
+            match decide(&stock.state) {
+                Ok(events) => return Ok((stock, events)),
+                Err(_) if !settled => self.stock_queue.settled(&stock.pk).await,
+                Err(refused) => return Err(refused.into()),
+            }
+        }
     }
 
     /// Appends stock events and keeps the low-stock list in step, in the same transaction.
@@ -130,6 +157,9 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             .any(|e| matches!(e, InventoryEvent::LowStockCleared { .. }));
         let touched = !events.is_empty();
         changes.append(stock, events, self.now_ms())?;
+        if touched && self.table.orders_submissions() {
+            changes.offer_head(self.stock_queue.offer(stock));
+        }
         if stock.state.low_stock_flagged && touched {
             let view = InventoryView::new(sku.clone(), &stock.state, stock.version);
             changes.put_read_model(keys::low_stock(tenant), sku.to_string(), &view)?;
@@ -151,8 +181,11 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             .enter(changes, tenant, lines.iter().map(|l| &l.sku))
             .await;
         for line in lines {
-            let mut stock = self.load_stock(tenant, &line.sku).await?;
-            let events = stock.state.reserve(&line.sku, reservation, line.quantity)?;
+            let (mut stock, events) = self
+                .decide_stock(tenant, &line.sku, |stock| {
+                    stock.reserve(&line.sku, reservation, line.quantity)
+                })
+                .await?;
             self.append_stock(changes, tenant, &line.sku, &mut stock, events)?;
         }
         Ok(())
@@ -170,8 +203,11 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             .enter(changes, tenant, lines.iter().map(|l| &l.sku))
             .await;
         for line in lines {
-            let mut stock = self.load_stock(tenant, &line.sku).await?;
-            let events = stock.state.release(reservation, line.quantity)?;
+            let (mut stock, events) = self
+                .decide_stock(tenant, &line.sku, |stock| {
+                    stock.release(reservation, line.quantity)
+                })
+                .await?;
             self.append_stock(changes, tenant, &line.sku, &mut stock, events)?;
         }
         Ok(())
@@ -179,14 +215,41 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
 }
 
 /// Commands that change the same SKU's stock in this process take turns, in arrival order,
-/// from reading the stock to committing. Optimistic concurrency alone stays correct, but on a
-/// hot SKU it makes racing commands re-read and retry, and an unlucky one can lose every race;
-/// a queue makes a flash sale fair and its latency bounded. Across processes (Lambdas) the
-/// conditional commit remains the guard.
+/// from reading the stock until their transaction is queued (or, on a store that orders
+/// nothing, committed). Optimistic concurrency alone stays correct, but on a hot SKU it makes
+/// racing commands re-read and retry, and an unlucky one can lose every race; a queue makes a
+/// flash sale fair and its latency bounded. Across processes (Lambdas) the conditional commit
+/// remains the guard.
+///
+/// Where the store applies transactions in the order they were queued (SQLite's writer), a
+/// command builds on the head the previous one queued, so commands on one SKU share a group
+/// commit instead of taking one each. That head is only as good as the transaction under it:
+/// if that fails, the head is withdrawn and readers wait until every transaction queued on the
+/// SKU has settled before reading the stored head again, so no command ever builds on a head
+/// that was not written. A command built on a withdrawn head fails on its version condition,
+/// as every later one on that chain does, and tries again. The process must be the store's only
+/// writer of stock (the local server locks its data directory).
 #[derive(Debug)]
 pub(super) struct StockQueue {
     lanes: Vec<std::sync::Arc<tokio::sync::Mutex<()>>>,
+    heads: std::sync::Arc<std::sync::Mutex<Heads>>,
 }
+
+/// Stock heads by stream key.
+type Heads = std::collections::HashMap<String, Head>;
+
+#[derive(Debug)]
+struct Head {
+    /// The head every queued transaction on the SKU leads to; `None` once one of them failed.
+    stock: Option<(u64, Inventory)>,
+    /// Transactions on the SKU queued and not yet settled.
+    queued: u32,
+    /// Woken when the last queued transaction on the SKU settles.
+    drained: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// Heads kept once settled, at most; past it, settled heads are dropped (read again when needed).
+const KEPT_HEADS: usize = 10_000;
 
 impl StockQueue {
     const LANES: usize = 1024;
@@ -196,7 +259,58 @@ impl StockQueue {
             lanes: (0..Self::LANES)
                 .map(|_| std::sync::Arc::new(tokio::sync::Mutex::new(())))
                 .collect(),
+            heads: std::sync::Arc::default(),
         }
+    }
+
+    /// The head the last queued command on `pk` left, if it is still good, and whether every
+    /// transaction on the SKU has settled. While a failed one is being withdrawn, waits for
+    /// them all to settle and answers `None`: the stored head is then the truth.
+    async fn pending_head(&self, pk: &str) -> Option<(Stream<Inventory>, bool)> {
+        loop {
+            let drained = {
+                let heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+                let head = heads.get(pk)?;
+                if let Some((version, stock)) = &head.stock {
+                    let stream = Stream::at(pk.to_owned(), *version, stock.clone());
+                    return Some((stream, head.queued == 0));
+                }
+                Self::wake_when_drained(head)
+            };
+            drained.await;
+        }
+    }
+
+    /// Waits until no transaction on `pk` is queued.
+    async fn settled(&self, pk: &str) {
+        loop {
+            let drained = {
+                let heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+                match heads.get(pk) {
+                    Some(head) if head.queued > 0 => Self::wake_when_drained(head),
+                    _ => return,
+                }
+            };
+            drained.await;
+        }
+    }
+
+    /// Registered while the heads are locked, so the wake-up cannot be missed.
+    fn wake_when_drained(head: &Head) -> std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>> {
+        let mut notified = Box::pin(head.drained.clone().notified_owned());
+        notified.as_mut().enable();
+        notified
+    }
+
+    /// What a command that appended to `stock` offers the commands after it.
+    fn offer(&self, stock: &Stream<Inventory>) -> Box<dyn PendingHead> {
+        Box::new(OfferedHead {
+            heads: self.heads.clone(),
+            pk: stock.pk.clone(),
+            base: stock.loaded_version(),
+            version: stock.version,
+            stock: Some(stock.state.clone()),
+        })
     }
 
     /// Waits for the turn of every given SKU; the turn is kept by `changes` until they commit.
@@ -224,6 +338,64 @@ impl StockQueue {
             if let Some(lock) = self.lanes.get(lane) {
                 changes.keep_lock(lock.clone().lock_owned().await);
             }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct OfferedHead {
+    heads: std::sync::Arc<std::sync::Mutex<Heads>>,
+    pk: String,
+    /// The version it was built on.
+    base: u64,
+    version: u64,
+    /// Taken when offered.
+    stock: Option<Inventory>,
+}
+
+impl PendingHead for OfferedHead {
+    fn ordered(&mut self) {
+        let mut heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+        let offered = self.stock.take().map(|stock| (self.version, stock));
+        match heads.get_mut(&self.pk) {
+            // Nothing queued on the SKU: it was built on the stored head.
+            None => {
+                heads.insert(
+                    self.pk.clone(),
+                    Head {
+                        stock: offered,
+                        queued: 1,
+                        drained: std::sync::Arc::default(),
+                    },
+                );
+            }
+            Some(head) => {
+                head.queued += 1;
+                // Built on the head before it (in the SKU's turn), unless that one was
+                // withdrawn meanwhile: then this transaction fails too, and offers nothing.
+                let on_it = matches!(head.stock, Some((version, _)) if version == self.base);
+                head.stock = if on_it { offered } else { None };
+            }
+        }
+    }
+
+    fn settled(self: Box<Self>, committed: bool) {
+        let mut heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(head) = heads.get_mut(&self.pk) else {
+            return;
+        };
+        head.queued = head.queued.saturating_sub(1);
+        if !committed {
+            head.stock = None;
+        }
+        if head.queued == 0 {
+            head.drained.notify_waiters();
+            if head.stock.is_none() {
+                heads.remove(&self.pk);
+            }
+        }
+        if heads.len() > KEPT_HEADS {
+            heads.retain(|_, head| head.queued > 0);
         }
     }
 }
