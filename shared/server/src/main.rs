@@ -319,14 +319,24 @@ async fn replay(command: ops::Replay) -> anyhow::Result<()> {
 }
 
 /// Releases expired reservations and drops expired items, forever.
+/// Due entries the sweeper takes per queue shard and pass.
+const SWEEP_BATCH: usize = 100;
+
 async fn sweep(shop: Arc<executions::LocalShop>, table: SqliteTable, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let summary = shop.sweep(100).await;
-        if summary != SweepSummary::default() {
-            tracing::info!(?summary, "swept expired holds");
+        // A backlog (after a restart, say) is cleared pass after pass, not one pass a tick.
+        loop {
+            let summary = shop.sweep(SWEEP_BATCH).await;
+            if summary != SweepSummary::default() {
+                tracing::info!(?summary, "swept expired holds");
+            }
+            // Entries that keep failing are left for the next tick.
+            if !summary.more || summary.expired + summary.voided == 0 {
+                break;
+            }
         }
         if let Err(e) = table.purge_expired().await {
             tracing::error!(error = %e, "purging expired items failed");

@@ -60,6 +60,7 @@ macro_rules! table_contract {
             a_reservation_survives_an_outage_and_the_retry_orders_it,
             concurrent_duplicates_place_one_order,
             a_hot_sku_sells_exactly_its_stock,
+            a_bad_queue_entry_is_counted_and_skipped,
             a_store_failure_after_payment_is_retried,
             a_redelivered_event_is_applied_once,
             events_out_of_order_apply_in_version_order,
