@@ -158,12 +158,13 @@ async fn lambda_requests_use_the_authorizers_claims() {
         tenant: "custom:tenant".into(),
         roles: "cognito:groups".into(),
     };
-    let app = commerce_api::router(shop.clone(), commerce_api::Auth::upstream()).layer(
-        axum::middleware::from_fn(move |request, next| {
+    // What the products function serves: its group's routes only.
+    let group = commerce_api::RouteGroup::Products;
+    let app = commerce_api::group_router(shop.clone(), commerce_api::Auth::upstream(), group)
+        .layer(axum::middleware::from_fn(move |request, next| {
             let names = names.clone();
             async move { names.bridge(request, next).await }
-        }),
-    );
+        }));
     let product = serde_json::json!({"sku": "MUG", "name": "Mug", "price": {"amount_minor": 500, "currency": "EUR"}});
     let claims =
         serde_json::json!({"sub": "admin-1", "custom:tenant": "acme", "cognito:groups": "[admin]"});
@@ -196,11 +197,23 @@ async fn lambda_requests_use_the_authorizers_claims() {
     forged
         .headers_mut()
         .insert("authorization", "Bearer forged".parse().unwrap());
-    let response = app.oneshot(forged).await.unwrap();
+    let response = app.clone().oneshot(forged).await.unwrap();
     assert_eq!(
         response.status(),
         401,
         "without the authorizer's claims nothing is trusted, bearer header or not"
+    );
+
+    let claims = serde_json::json!({"sub": "alice", "custom:tenant": "acme", "cognito:groups": "[customer]"});
+    let elsewhere = gateway_event("GET", "/v1/orders", Some(claims), &serde_json::Value::Null);
+    let response = app
+        .oneshot(lambda_http::request::from_str(&elsewhere).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        404,
+        "another group's route is not built here"
     );
 }
 

@@ -1,6 +1,9 @@
-//! The `products` API function: API Gateway routes its paths here; the shared router answers.
+//! The `products` API function: API Gateway routes the products group's paths here, and it builds only
+//! those routes of the shared table.
+
+use commerce_lambda::RouteGroup;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    commerce_lambda::serve_api().await
+    commerce_lambda::serve_api(RouteGroup::Products).await
 }

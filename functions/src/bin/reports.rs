@@ -1,6 +1,9 @@
-//! The `reports` API function: the audit trail and the sales report; the shared router answers.
+//! The `reports` API function: API Gateway routes the reports group's paths here, and it builds only
+//! those routes of the shared table.
+
+use commerce_lambda::RouteGroup;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    commerce_lambda::serve_api().await
+    commerce_lambda::serve_api(RouteGroup::Reports).await
 }

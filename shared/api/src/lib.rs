@@ -1,5 +1,5 @@
-//! The one HTTP router. The local server serves it on a socket; every Lambda serves it through
-//! `lambda_http`. Routes, auth, error mapping and the OpenAPI document live here, once.
+//! The one HTTP router. The local server serves all of it on a socket; each API Lambda serves
+//! its own group of routes from the same table through `lambda_http`. Routes, auth, error mapping and the OpenAPI document live here, once.
 
 mod auth;
 mod extract;
@@ -12,4 +12,4 @@ pub use auth::{Auth, DevClaims, MIN_SECRET_BYTES, VerifiedClaims, WeakSecret, pa
 pub use openapi::{ApiDoc, spec};
 pub use problem::ApiError;
 pub use request_id::{HEADER as REQUEST_ID_HEADER, RequestId};
-pub use routes::{BODY_LIMIT, router};
+pub use routes::{BODY_LIMIT, RouteGroup, group_router, route_groups, router};

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Extension, Json, Router};
 use commerce_app::shop::{
     CancelOrder, NewProduct, NewReservation, PlaceOrder, StockLevel, StockReceipt,
@@ -32,48 +32,149 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 type Shared<T, P, C> = State<Arc<Shop<T, P, C>>>;
 type Answer = Result<Response, ApiError>;
 
-/// The whole HTTP API over one shop.
+/// Which function serves a route. On AWS, API Gateway sends each group's paths to a Lambda of
+/// its own, which builds only that group's routes; the local server serves every group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteGroup {
+    Health,
+    Products,
+    Inventory,
+    Reservations,
+    Orders,
+    Reports,
+    /// This process's own figures: the local server's, never deployed (CloudWatch has them).
+    Local,
+}
+
+impl RouteGroup {
+    pub const ALL: [RouteGroup; 7] = [
+        RouteGroup::Health,
+        RouteGroup::Products,
+        RouteGroup::Inventory,
+        RouteGroup::Reservations,
+        RouteGroup::Orders,
+        RouteGroup::Reports,
+        RouteGroup::Local,
+    ];
+
+    /// The group's name: its Lambda binary's, as `template.yaml` deploys it.
+    pub fn name(self) -> &'static str {
+        match self {
+            RouteGroup::Health => "health",
+            RouteGroup::Products => "products",
+            RouteGroup::Inventory => "inventory",
+            RouteGroup::Reservations => "reservations",
+            RouteGroup::Orders => "orders",
+            RouteGroup::Reports => "reports",
+            RouteGroup::Local => "local",
+        }
+    }
+}
+
+type Route<T, P, C> = (RouteGroup, &'static str, MethodRouter<Arc<Shop<T, P, C>>>);
+
+/// The route table: every path of the API, the group that serves it, and its handlers.
+fn routes<T: Table, P: PaymentGateway, C: Clock>() -> Vec<Route<T, P, C>> {
+    use RouteGroup::{Health, Inventory, Local, Orders, Products, Reports, Reservations};
+    vec![
+        (Health, "/health", get(health::<T, P, C>)),
+        (Health, "/openapi.json", get(openapi::document)),
+        (
+            Products,
+            "/v1/products",
+            post(create_product::<T, P, C>).get(list_products::<T, P, C>),
+        ),
+        (Products, "/v1/products/{sku}", get(get_product::<T, P, C>)),
+        (
+            Inventory,
+            "/v1/inventory/low-stock",
+            get(low_stock::<T, P, C>),
+        ),
+        (
+            Inventory,
+            "/v1/inventory/{sku}",
+            get(get_inventory::<T, P, C>).put(set_stock::<T, P, C>),
+        ),
+        (
+            Inventory,
+            "/v1/inventory/{sku}/receipts",
+            post(receive_stock::<T, P, C>),
+        ),
+        (
+            Reservations,
+            "/v1/reservations",
+            post(create_reservation::<T, P, C>),
+        ),
+        (
+            Reservations,
+            "/v1/reservations/{id}",
+            get(get_reservation::<T, P, C>),
+        ),
+        (
+            Reservations,
+            "/v1/reservations/{id}/release",
+            post(release_reservation::<T, P, C>),
+        ),
+        (
+            Orders,
+            "/v1/orders",
+            post(place_order::<T, P, C>).get(list_orders::<T, P, C>),
+        ),
+        (Orders, "/v1/orders/{id}", get(get_order::<T, P, C>)),
+        (
+            Orders,
+            "/v1/orders/{id}/cancellation",
+            post(cancel_order::<T, P, C>),
+        ),
+        (
+            Orders,
+            "/v1/orders/{id}/capture",
+            post(capture_payment::<T, P, C>),
+        ),
+        (Reports, "/v1/alerts", get(alerts::<T, P, C>)),
+        (Reports, "/v1/audit", get(audit::<T, P, C>)),
+        (Reports, "/v1/reports/sales", get(sales_report::<T, P, C>)),
+        (Local, "/metrics", get(metrics)),
+    ]
+}
+
+/// Every path of the API with the group that serves it, for checks against a deployment.
+pub fn route_groups<T: Table, P: PaymentGateway, C: Clock>() -> Vec<(RouteGroup, &'static str)> {
+    routes::<T, P, C>()
+        .into_iter()
+        .map(|(group, path, _)| (group, path))
+        .collect()
+}
+
+/// The whole HTTP API over one shop: what the local server serves.
 pub fn router<T: Table, P: PaymentGateway, C: Clock>(
     shop: Arc<Shop<T, P, C>>,
     auth: Auth,
 ) -> Router {
-    Router::new()
-        .route("/health", get(health::<T, P, C>))
-        .route("/openapi.json", get(openapi::document))
-        .route(
-            "/v1/products",
-            post(create_product::<T, P, C>).get(list_products::<T, P, C>),
-        )
-        .route("/v1/products/{sku}", get(get_product::<T, P, C>))
-        .route("/v1/inventory/low-stock", get(low_stock::<T, P, C>))
-        .route(
-            "/v1/inventory/{sku}",
-            get(get_inventory::<T, P, C>).put(set_stock::<T, P, C>),
-        )
-        .route(
-            "/v1/inventory/{sku}/receipts",
-            post(receive_stock::<T, P, C>),
-        )
-        .route("/v1/reservations", post(create_reservation::<T, P, C>))
-        .route("/v1/reservations/{id}", get(get_reservation::<T, P, C>))
-        .route(
-            "/v1/reservations/{id}/release",
-            post(release_reservation::<T, P, C>),
-        )
-        .route(
-            "/v1/orders",
-            post(place_order::<T, P, C>).get(list_orders::<T, P, C>),
-        )
-        .route("/v1/orders/{id}", get(get_order::<T, P, C>))
-        .route(
-            "/v1/orders/{id}/cancellation",
-            post(cancel_order::<T, P, C>),
-        )
-        .route("/v1/orders/{id}/capture", post(capture_payment::<T, P, C>))
-        .route("/v1/alerts", get(alerts::<T, P, C>))
-        .route("/v1/audit", get(audit::<T, P, C>))
-        .route("/v1/reports/sales", get(sales_report::<T, P, C>))
-        .route("/metrics", get(metrics))
+    build(shop, auth, |_| true)
+}
+
+/// Only `group`'s routes: what that group's Lambda serves. Any other path is a 404.
+pub fn group_router<T: Table, P: PaymentGateway, C: Clock>(
+    shop: Arc<Shop<T, P, C>>,
+    auth: Auth,
+    group: RouteGroup,
+) -> Router {
+    build(shop, auth, |g| g == group)
+}
+
+fn build<T: Table, P: PaymentGateway, C: Clock>(
+    shop: Arc<Shop<T, P, C>>,
+    auth: Auth,
+    serves: impl Fn(RouteGroup) -> bool,
+) -> Router {
+    let mut router = Router::new();
+    for (group, path, handlers) in routes::<T, P, C>() {
+        if serves(group) {
+            router = router.route(path, handlers);
+        }
+    }
+    router
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

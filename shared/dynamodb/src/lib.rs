@@ -27,6 +27,8 @@ pub mod moto;
 
 const PK: &str = "pk";
 const SK: &str = "sk";
+/// The key the health check reads: no item is ever written there.
+const PING_KEY: &str = "health#ping";
 const VERSION: &str = "v";
 const DATA: &str = "d";
 const TTL: &str = "ttl";
@@ -282,10 +284,16 @@ impl Table for DynamoTable {
             .and_then(|n| u64::try_from(n).ok()))
     }
 
+    /// One eventually consistent read of a key nothing writes: half a read unit on the data
+    /// plane, where `DescribeTable` would be a control-plane call with its own low rate limit.
     async fn ping(&self) -> Result<(), StoreError> {
         self.client
-            .describe_table()
+            .get_item()
             .table_name(&self.table)
+            .key(PK, AttributeValue::S(PING_KEY.into()))
+            .key(SK, AttributeValue::S(PING_KEY.into()))
+            .projection_expression("#pk")
+            .expression_attribute_names("#pk", PK)
             .send()
             .await
             .map_err(sdk_failure)?;

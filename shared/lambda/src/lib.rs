@@ -10,6 +10,7 @@
 mod pipeline;
 mod saga;
 
+pub use commerce_api::RouteGroup;
 pub use pipeline::{StreamEvent, project, publish_records};
 pub use saga::{StepFailed, machines_from_env, run_step, start_cancellations};
 
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::response::Response;
-use commerce_api::{Auth, RequestId, VerifiedClaims, parse_roles, router};
+use commerce_api::{Auth, RequestId, VerifiedClaims, group_router, parse_roles};
 use commerce_app::projection::{Projection, Projector};
 use commerce_app::shop::SweepSummary;
 use commerce_app::{Cursors, HoldLimits, Shop, ShopConfig, SystemClock};
@@ -68,21 +69,49 @@ pub async fn shop() -> Result<Arc<LambdaShop>, Error> {
     )))
 }
 
-/// The tables named by `TABLE_NAME` and `PERSONAL_TABLE_NAME`.
+/// The tables named by `TABLE_NAME` and `PERSONAL_TABLE_NAME`, with the connection to
+/// DynamoDB already open: the first request must not pay for the TLS handshake.
 pub async fn table() -> Result<DynamoTable, Error> {
     let table = std::env::var("TABLE_NAME").map_err(|_| "TABLE_NAME is not set")?;
     let personal =
         std::env::var("PERSONAL_TABLE_NAME").map_err(|_| "PERSONAL_TABLE_NAME is not set")?;
-    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let client = aws_sdk_dynamodb::Client::new(&config);
-    Ok(DynamoTable::new(client, table, personal))
+    let client = aws_sdk_dynamodb::Client::new(&sdk_config().await);
+    let table = DynamoTable::new(client, table, personal);
+    if let Err(e) = commerce_app::Table::ping(&table).await {
+        // The first request tries again; a function that cannot start helps nobody.
+        tracing::warn!(error = %e, "cannot reach DynamoDB during init");
+    }
+    Ok(table)
+}
+
+/// The SDK's configuration for a function that has 10 seconds: a call that hangs is cut off
+/// and retried well within that, and retries back off briefly (a few tens of milliseconds)
+/// instead of for seconds.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    use aws_config::retry::RetryConfig;
+    use aws_config::timeout::TimeoutConfig;
+    use std::time::Duration;
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .operation_attempt_timeout(Duration::from_millis(1500))
+        .operation_timeout(Duration::from_secs(3))
+        .build();
+    let retries = RetryConfig::standard()
+        .with_max_attempts(3)
+        .with_initial_backoff(Duration::from_millis(10))
+        .with_max_backoff(Duration::from_millis(100));
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(timeouts)
+        .retry_config(retries)
+        .load()
+        .await
 }
 
 /// The publisher: takes the events the table's stream hands over to the topic `TOPIC_ARN`.
 pub async fn run_publisher() -> Result<(), Error> {
     init_tracing();
     let arn = std::env::var("TOPIC_ARN").map_err(|_| "TOPIC_ARN is not set")?;
-    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let config = sdk_config().await;
     let topic = commerce_sns_sqs::SnsTopic::new(aws_sdk_sns::Client::new(&config), arn);
     lambda_http::lambda_runtime::run(service_fn(move |event: LambdaEvent<StreamEvent>| {
         let topic = topic.clone();
@@ -123,7 +152,7 @@ pub async fn run_cancellation_step() -> Result<(), Error> {
 /// The saga starter: starts a cancellation execution for each request its queue delivers.
 pub async fn run_saga_starter() -> Result<(), Error> {
     init_tracing();
-    let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let config = sdk_config().await;
     let machines = commerce_stepfunctions::StepFunctions::new(
         aws_sdk_sfn::Client::new(&config),
         machines_from_env()?,
@@ -157,16 +186,16 @@ fn limits_from_env() -> Result<HoldLimits, Error> {
     })
 }
 
-/// Serves the API router behind API Gateway (HTTP API, JWT authorizer).
-pub async fn serve_api() -> Result<(), Error> {
+/// Serves `group`'s routes behind API Gateway (HTTP API, JWT authorizer).
+pub async fn serve_api(group: RouteGroup) -> Result<(), Error> {
     init_tracing();
     let claims = ClaimNames::from_env();
-    let app = router(shop().await?, Auth::upstream()).layer(axum::middleware::from_fn(
-        move |request: Request, next: Next| {
+    let app = group_router(shop().await?, Auth::upstream(), group).layer(
+        axum::middleware::from_fn(move |request: Request, next: Next| {
             let claims = claims.clone();
             async move { claims.bridge(request, next).await }
-        },
-    ));
+        }),
+    );
     lambda_http::run(app).await
 }
 

@@ -153,21 +153,53 @@ fn every_step_of_the_state_machine_is_a_function_running_that_step() {
     }
 }
 
+/// Each route goes to the function of its group, which builds that group's routes only: a
+/// path the template sent elsewhere would answer 404.
 #[test]
-fn every_route_of_the_api_is_routed_by_api_gateway() {
+fn every_route_is_routed_to_the_function_of_its_group() {
+    use commerce_api::RouteGroup;
     let template = template();
-    for (path, item) in &commerce_api::spec().paths.paths {
+    let spec = commerce_api::spec();
+    let routes = commerce_api::route_groups::<
+        commerce_dynamodb::DynamoTable,
+        commerce_stripe::Provider<commerce_dynamodb::DynamoTable>,
+        commerce_app::SystemClock,
+    >();
+    assert_eq!(
+        routes.len(),
+        spec.paths.paths.len(),
+        "the route table and the OpenAPI document list the same paths"
+    );
+    for (group, path) in routes {
+        let item = spec
+            .paths
+            .paths
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} is not in the OpenAPI document"));
+        // Metrics are this process's own figures, served by the local server; on AWS,
+        // CloudWatch has them.
+        if group == RouteGroup::Local {
+            assert!(
+                !template.contains(&format!("Path: {path}\n")),
+                "{path} is local"
+            );
+            continue;
+        }
+        // Each line whole, the block's last one too.
+        let function = block(&template, &format!("{}Function", pascal(group.name()))) + "\n";
+        let binary = format!("Binary: {}\n", group.name());
+        assert!(function.contains(&binary), "{} runs {binary}", group.name());
         for (method, operation) in [("GET", &item.get), ("PUT", &item.put), ("POST", &item.post)] {
-            // Metrics are this process's own figures, served by the local server; on AWS,
-            // CloudWatch has them.
-            if operation.is_none() || path == "/metrics" {
+            if operation.is_none() {
                 continue;
             }
             let event = format!("            Method: {method}\n            Path: {path}\n");
             assert!(
-                template.contains(&event),
-                "template.yaml routes no {method} {path} to a function"
+                function.contains(&event),
+                "template.yaml routes {method} {path} to the {} function",
+                group.name()
             );
+            assert_eq!(template.matches(&event).count(), 1, "{method} {path} once");
         }
     }
 }
