@@ -9,6 +9,8 @@
     clippy::indexing_slicing
 )]
 
+mod init;
+
 use std::sync::Arc;
 
 use commerce_app::shop::NewReservation;

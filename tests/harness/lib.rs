@@ -29,14 +29,23 @@ pub fn server_binary() -> &'static Path {
 
 /// Builds the server through cargo (a no-op when it is up to date) and returns its path.
 pub fn build_server(release: bool) -> PathBuf {
+    build_binary("commerce-server", "commerce", release)
+}
+
+/// Builds one Lambda's bootstrap for this machine (debug build) and returns its path.
+pub fn build_function(name: &str) -> PathBuf {
+    build_binary("commerce-functions", name, false)
+}
+
+fn build_binary(package: &str, name: &str, release: bool) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut args = vec![
         "build",
         "--quiet",
         "-p",
-        "commerce-server",
+        package,
         "--bin",
-        "commerce",
+        name,
         "--message-format=json",
     ];
     if release {
@@ -47,21 +56,19 @@ pub fn build_server(release: bool) -> PathBuf {
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(Stdio::inherit())
         .output()
-        .expect("cargo must be runnable to build the server under test");
-    assert!(
-        output.status.success(),
-        "building the commerce server failed"
-    );
+        .expect("cargo must be runnable to build the binary under test");
+    assert!(output.status.success(), "building {name} failed");
+    let suffix = format!("/{name}");
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .find_map(|msg| {
             msg["executable"]
                 .as_str()
-                .filter(|p| p.ends_with("/commerce"))
+                .filter(|p| p.ends_with(&suffix))
                 .map(PathBuf::from)
         })
-        .expect("cargo did not report the commerce executable")
+        .unwrap_or_else(|| panic!("cargo did not report the {name} executable"))
 }
 
 /// A running local server with its own data directory.
