@@ -463,6 +463,37 @@ impl Changes {
         !self.locks.is_empty()
     }
 
+    /// Stamps the head this commit writes on stream `pk` with `token`, and conditions it on the
+    /// stored head carrying `after` (the token of the queued write it was built on) instead of
+    /// on its version: a version tells nothing of whose write made it, a token does.
+    pub fn chain_head(
+        &mut self,
+        pk: &str,
+        token: String,
+        after: Option<String>,
+    ) -> Result<(), StoreError> {
+        let head = self.writes.iter_mut().find_map(|write| match write {
+            Write::Put { item, condition } if item.pk == pk && item.sk == HEAD => {
+                Some((item, condition))
+            }
+            _ => None,
+        });
+        let Some((item, condition)) = head else {
+            return Err(StoreError::Failure(format!("no head of {pk} to chain")));
+        };
+        item.owner = Some(token);
+        if let Some(after) = after {
+            *condition = Condition::OwnerIs(after);
+        }
+        Ok(())
+    }
+
+    /// The writes as they stand, for a test to commit them another way.
+    #[cfg(feature = "contract")]
+    pub fn clone_writes(&self) -> Vec<Write> {
+        self.writes.clone()
+    }
+
     /// Offers `head` to later commands once this commit is ordered (see [`PendingHead`]).
     pub fn offer_head(&mut self, head: Box<dyn PendingHead>) {
         self.heads.push(head);

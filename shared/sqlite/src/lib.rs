@@ -395,8 +395,12 @@ impl Table for SqliteTable {
         self.queue_writes(writes).await
     }
 
-    /// The writer thread takes jobs in the order they are sent, and this sends at once.
+    /// The writer thread takes jobs in the order they are sent, and this sends at once. A
+    /// transaction the store would refuse is given back unsent, so nothing builds on it.
     fn submit_ordered(&self, writes: Vec<Write>) -> Result<Submitted, Vec<Write>> {
+        if check_transaction(&writes, MAX_WRITES).is_err() {
+            return Err(writes);
+        }
         Ok(Box::pin(self.queue_writes(writes)))
     }
 

@@ -77,7 +77,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 .await;
             let (mut stock, events) = self.decide_stock(&caller.tenant, sku, &decide).await?;
             self.append_stock(&mut changes, &caller.tenant, sku, &mut stock, events)?;
-            let view = InventoryView::new(sku.clone(), &stock.state, stock.version);
+            let view = InventoryView::new(sku.clone(), &stock.stream.state, stock.stream.version);
             if let Some(reply) = self
                 .commit_answer(&mut guard, key, changes, 200, &view)
                 .await?
@@ -108,37 +108,39 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         self.list(&pk, cursor, limit, false).await
     }
 
-    /// The SKU's stock as the last command queued it (called in the SKU's turn), or as stored;
-    /// and whether every transaction on it has settled.
-    async fn read_stock(
-        &self,
-        tenant: &TenantId,
-        sku: &Sku,
-    ) -> Result<(Stream<Inventory>, bool), AppError> {
+    /// The SKU's stock (called in its turn): the head the last queued transaction on it wrote,
+    /// while one is in flight, else as stored.
+    async fn read_stock(&self, tenant: &TenantId, sku: &Sku) -> Result<Stock, AppError> {
         let pk = keys::inventory(tenant, sku);
         if self.table.orders_submissions()
-            && let Some(head) = self.stock_queue.pending_head(&pk).await
+            && let Some(queued) = self.stock_queue.pending_head(&pk).await
         {
-            return Ok(head);
+            return Ok(queued);
         }
-        Ok((load(&self.table, pk).await?, true))
+        Ok(Stock {
+            stream: load(&self.table, pk).await?,
+            queued: None,
+        })
     }
 
-    /// Reads the SKU's stock (in its turn) and decides what happens to it. A refusal decided on
-    /// a head still on its way to disk may be wrong, as that transaction may yet fail: it waits
-    /// until the SKU's queued transactions have settled and decides again.
+    /// Reads the SKU's stock (in its turn) and decides what happens to it. A decision on a head
+    /// still on its way to disk that refuses, or changes nothing, may be wrong, as that
+    /// transaction may yet fail: it waits until the SKU's queued transactions have settled and
+    /// decides again on what is stored.
     async fn decide_stock(
         &self,
         tenant: &TenantId,
         sku: &Sku,
         decide: impl Fn(&Inventory) -> Result<Vec<InventoryEvent>, DomainError>,
-    ) -> Result<(Stream<Inventory>, Vec<InventoryEvent>), AppError> {
+    ) -> Result<(Stock, Vec<InventoryEvent>), AppError> {
         loop {
-            let (stock, settled) = self.read_stock(tenant, sku).await?;
-            match decide(&stock.state) {
-                Ok(events) => return Ok((stock, events)),
-                Err(_) if !settled => self.stock_queue.settled(&stock.pk).await,
-                Err(refused) => return Err(refused.into()),
+            let stock = self.read_stock(tenant, sku).await?;
+            let decided = decide(&stock.stream.state);
+            match (decided, &stock.queued) {
+                (Ok(events), None) => return Ok((stock, events)),
+                (Ok(events), Some(_)) if !events.is_empty() => return Ok((stock, events)),
+                (_, Some(_)) => self.stock_queue.settled(&stock.stream.pk).await,
+                (Err(refused), None) => return Err(refused.into()),
             }
         }
     }
@@ -149,17 +151,21 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         changes: &mut Changes,
         tenant: &TenantId,
         sku: &Sku,
-        stock: &mut Stream<Inventory>,
+        stock: &mut Stock,
         events: Vec<InventoryEvent>,
     ) -> Result<(), AppError> {
         let cleared = events
             .iter()
             .any(|e| matches!(e, InventoryEvent::LowStockCleared { .. }));
         let touched = !events.is_empty();
-        changes.append(stock, events, self.now_ms())?;
+        changes.append(&mut stock.stream, events, self.now_ms())?;
         if touched && self.table.orders_submissions() {
-            changes.offer_head(self.stock_queue.offer(stock));
+            // This write's own token: whoever builds on it is committed only if it was.
+            let token = uuid::Uuid::new_v4().to_string();
+            changes.chain_head(&stock.stream.pk, token.clone(), stock.queued.clone())?;
+            changes.offer_head(self.stock_queue.offer(&stock.stream, token));
         }
+        let stock = &stock.stream;
         if stock.state.low_stock_flagged && touched {
             let view = InventoryView::new(sku.clone(), &stock.state, stock.version);
             changes.put_read_model(keys::low_stock(tenant), sku.to_string(), &view)?;
@@ -223,12 +229,13 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
 ///
 /// Where the store applies transactions in the order they were queued (SQLite's writer), a
 /// command builds on the head the previous one queued, so commands on one SKU share a group
-/// commit instead of taking one each. That head is only as good as the transaction under it:
-/// if that fails, the head is withdrawn and readers wait until every transaction queued on the
-/// SKU has settled before reading the stored head again, so no command ever builds on a head
-/// that was not written. A command built on a withdrawn head fails on its version condition,
-/// as every later one on that chain does, and tries again. The process must be the store's only
-/// writer of stock (the local server locks its data directory).
+/// commit instead of taking one each. That head is only as good as the transaction under it,
+/// so each such head write carries a token of its own, and a command built on it is
+/// conditioned on that token rather than on a version (which another writer may also have
+/// made): if the write under it fails, so does the command, and every later one on the chain,
+/// and they try again. A failed write also withdraws its head: readers wait until every
+/// transaction queued on the SKU has settled, then read the table. Heads are kept only while
+/// transactions on the SKU are in flight; once settled, the table is read again.
 #[derive(Debug)]
 pub(super) struct StockQueue {
     lanes: Vec<std::sync::Arc<tokio::sync::Mutex<()>>>,
@@ -238,18 +245,25 @@ pub(super) struct StockQueue {
 /// Stock heads by stream key.
 type Heads = std::collections::HashMap<String, Head>;
 
+/// A SKU's stock as a command read it.
+#[derive(Debug)]
+pub(super) struct Stock {
+    pub(super) stream: Stream<Inventory>,
+    /// Read from a transaction still queued: the token that transaction writes on the head,
+    /// which the command's own write is conditioned on.
+    queued: Option<String>,
+}
+
 #[derive(Debug)]
 struct Head {
-    /// The head every queued transaction on the SKU leads to; `None` once one of them failed.
-    stock: Option<(u64, Inventory)>,
+    /// The head every queued transaction on the SKU leads to, with the token its write
+    /// carries; `None` once one of them failed.
+    stock: Option<(u64, Inventory, String)>,
     /// Transactions on the SKU queued and not yet settled.
     queued: u32,
     /// Woken when the last queued transaction on the SKU settles.
     drained: std::sync::Arc<tokio::sync::Notify>,
 }
-
-/// Heads kept once settled, at most; past it, settled heads are dropped (read again when needed).
-const KEPT_HEADS: usize = 10_000;
 
 impl StockQueue {
     const LANES: usize = 1024;
@@ -263,17 +277,19 @@ impl StockQueue {
         }
     }
 
-    /// The head the last queued command on `pk` left, if it is still good, and whether every
-    /// transaction on the SKU has settled. While a failed one is being withdrawn, waits for
-    /// them all to settle and answers `None`: the stored head is then the truth.
-    async fn pending_head(&self, pk: &str) -> Option<(Stream<Inventory>, bool)> {
+    /// The head the last queued command on `pk` left, while transactions on the SKU are in
+    /// flight. While a failed one is being withdrawn, waits for them all to settle and answers
+    /// `None`: the stored head is then the truth.
+    async fn pending_head(&self, pk: &str) -> Option<Stock> {
         loop {
             let drained = {
                 let heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
                 let head = heads.get(pk)?;
-                if let Some((version, stock)) = &head.stock {
-                    let stream = Stream::at(pk.to_owned(), *version, stock.clone());
-                    return Some((stream, head.queued == 0));
+                if let Some((version, stock, token)) = &head.stock {
+                    return Some(Stock {
+                        stream: Stream::at(pk.to_owned(), *version, stock.clone()),
+                        queued: Some(token.clone()),
+                    });
                 }
                 Self::wake_when_drained(head)
             };
@@ -302,14 +318,18 @@ impl StockQueue {
         notified
     }
 
-    /// What a command that appended to `stock` offers the commands after it.
-    fn offer(&self, stock: &Stream<Inventory>) -> Box<dyn PendingHead> {
+    /// What a command that appended to `stock`, writing `token` on its head, offers the
+    /// commands after it.
+    fn offer(&self, stock: &Stream<Inventory>, token: String) -> Box<dyn PendingHead> {
         Box::new(OfferedHead {
             heads: self.heads.clone(),
             pk: stock.pk.clone(),
             base: stock.loaded_version(),
             version: stock.version,
+            token,
             stock: Some(stock.state.clone()),
+            ordered: false,
+            committed: false,
         })
     }
 
@@ -349,16 +369,24 @@ struct OfferedHead {
     /// The version it was built on.
     base: u64,
     version: u64,
+    token: String,
     /// Taken when offered.
     stock: Option<Inventory>,
+    ordered: bool,
+    committed: bool,
 }
 
 impl PendingHead for OfferedHead {
     fn ordered(&mut self) {
         let mut heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
-        let offered = self.stock.take().map(|stock| (self.version, stock));
+        self.ordered = true;
+        let offered = self
+            .stock
+            .take()
+            .map(|stock| (self.version, stock, self.token.clone()));
         match heads.get_mut(&self.pk) {
-            // Nothing queued on the SKU: it was built on the stored head.
+            // Nothing queued on the SKU: it was built on the stored head (or on a queued one
+            // that has settled since; if that failed, so does this, on its condition).
             None => {
                 heads.insert(
                     self.pk.clone(),
@@ -373,29 +401,36 @@ impl PendingHead for OfferedHead {
                 head.queued += 1;
                 // Built on the head before it (in the SKU's turn), unless that one was
                 // withdrawn meanwhile: then this transaction fails too, and offers nothing.
-                let on_it = matches!(head.stock, Some((version, _)) if version == self.base);
+                let on_it = matches!(head.stock, Some((version, ..)) if version == self.base);
                 head.stock = if on_it { offered } else { None };
             }
         }
     }
 
-    fn settled(self: Box<Self>, committed: bool) {
+    fn settled(mut self: Box<Self>, committed: bool) {
+        self.committed = committed;
+    }
+}
+
+/// Settles the head when its outcome is known, or as failed if it never will be (the task
+/// that waited for it was dropped).
+impl Drop for OfferedHead {
+    fn drop(&mut self) {
+        if !self.ordered {
+            return;
+        }
         let mut heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
         let Some(head) = heads.get_mut(&self.pk) else {
             return;
         };
         head.queued = head.queued.saturating_sub(1);
-        if !committed {
+        if !self.committed {
             head.stock = None;
         }
         if head.queued == 0 {
+            // Settled: the table is the truth again, for whoever reads next.
             head.drained.notify_waiters();
-            if head.stock.is_none() {
-                heads.remove(&self.pk);
-            }
-        }
-        if heads.len() > KEPT_HEADS {
-            heads.retain(|_, head| head.queued > 0);
+            heads.remove(&self.pk);
         }
     }
 }
