@@ -120,6 +120,15 @@ impl From<AppError> for ApiError {
                 detail,
             ),
             AppError::Contention => Self::new(409, "contention", "Too much contention", detail),
+            AppError::Store(StoreError::Conflict) => {
+                tracing::warn!("store conflict, retries spent");
+                Self::new(
+                    503,
+                    "unavailable",
+                    "Service unavailable",
+                    "the store is busy, retry shortly",
+                )
+            }
             AppError::Store(StoreError::Busy(why)) => {
                 tracing::warn!(%why, "store busy");
                 Self::new(

@@ -547,6 +547,7 @@ impl Changes {
                 Some(Purpose::StreamHead | Purpose::Event) => Err(CommitError::StreamConflict),
                 _ => Err(CommitError::Store(StoreError::ConditionFailed { index })),
             },
+            Err(StoreError::Conflict) => Err(CommitError::StreamConflict),
             Err(other) => Err(CommitError::Store(other)),
         }
     }

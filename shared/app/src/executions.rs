@@ -49,6 +49,7 @@ impl From<StoreError> for ExecutionError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Busy(why) => Self::Unavailable(why),
+            StoreError::Conflict => Self::Unavailable("conflict with another transaction".into()),
             other => Self::Failure(other.to_string()),
         }
     }
@@ -723,7 +724,7 @@ impl<T: Table, K: Tasks> Journal<'_, T, K> {
             match self.table.transact(writes.clone()).await {
                 Ok(()) => return Ok(true),
                 Err(StoreError::ConditionFailed { index: 1 }) => return Ok(false),
-                Err(StoreError::Busy(_)) if attempt + 1 < WRITE_TRIES => {
+                Err(StoreError::Busy(_) | StoreError::Conflict) if attempt + 1 < WRITE_TRIES => {
                     tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
                 }
                 Err(_) => return Err(self.stop()),
@@ -763,7 +764,7 @@ impl<T: Table, K: Tasks> Journal<'_, T, K> {
                         .insert(entry.key.clone(), entry);
                     return Ok(());
                 }
-                Err(StoreError::Busy(_)) if attempt + 1 < WRITE_TRIES => {
+                Err(StoreError::Busy(_) | StoreError::Conflict) if attempt + 1 < WRITE_TRIES => {
                     tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
                 }
                 Err(_) => return Err(self.stop()),

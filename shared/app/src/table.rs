@@ -97,9 +97,14 @@ pub enum StoreError {
     /// The condition of write number `index` did not hold; nothing was written.
     #[error("condition failed on write {index}")]
     ConditionFailed { index: usize },
-    /// The store refused for now (throttling, contention); the same call may succeed later.
+    /// The store refused for now (throttling, capacity); the same call may succeed later.
     #[error("store busy: {0}")]
     Busy(String),
+    /// Another transaction held one of the items at that moment (DynamoDB's
+    /// `TransactionConflict`, at any position of a transaction): nothing was written, and the
+    /// same command, read again, may succeed at once.
+    #[error("conflict with another transaction")]
+    Conflict,
     #[error("storage failure: {0}")]
     Failure(String),
 }

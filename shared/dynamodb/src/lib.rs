@@ -215,19 +215,8 @@ impl Table for DynamoTable {
                     aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => c.cancellation_reasons.unwrap_or_default(),
                     _ => Vec::new(),
                 };
-                // A condition that failed, or another transaction holding an item, is a lost race on that write.
-                for (index, reason) in reasons.iter().enumerate() {
-                    if matches!(
-                        reason.code(),
-                        Some("ConditionalCheckFailed" | "TransactionConflict")
-                    ) {
-                        return Err(StoreError::ConditionFailed { index });
-                    }
-                }
-                let codes: Vec<_> = reasons.iter().filter_map(|r| r.code()).collect();
-                Err(StoreError::Busy(format!(
-                    "transaction cancelled: {codes:?}"
-                )))
+                let codes: Vec<_> = reasons.iter().map(|r| r.code()).collect();
+                Err(cancelled(&codes))
             }
             Err(e) => Err(sdk_failure(e)),
         }
@@ -354,7 +343,12 @@ impl DynamoTable {
                     Err(SdkError::ServiceError(e))
                         if e.err().is_transaction_canceled_exception() =>
                     {
-                        Err(StoreError::ConditionFailed { index: 0 })
+                        let reasons = match e.into_err() {
+                            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => c.cancellation_reasons.unwrap_or_default(),
+                            _ => Vec::new(),
+                        };
+                        let codes: Vec<_> = reasons.iter().map(|r| r.code()).collect();
+                        Err(cancelled(&codes))
                     }
                     Err(e) => Err(sdk_failure(e)),
                 };
@@ -546,7 +540,36 @@ fn build_failure(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
     StoreError::Failure(format!("cannot build request: {e}"))
 }
 
-/// Throttling and capacity errors are worth retrying later; the rest are failures.
+/// What a cancelled transaction means, from its cancellation reasons (one per write, in
+/// order): a failed condition is a lost race on that write; another transaction holding any of
+/// the items is a conflict, worth reading again and retrying at once; throttling is worth
+/// retrying later; anything else (a malformed request, an item collection too large) would
+/// fail again, and is a failure.
+fn cancelled(codes: &[Option<&str>]) -> StoreError {
+    if let Some(index) = codes
+        .iter()
+        .position(|code| *code == Some("ConditionalCheckFailed"))
+    {
+        return StoreError::ConditionFailed { index };
+    }
+    if codes.contains(&Some("TransactionConflict")) {
+        return StoreError::Conflict;
+    }
+    let throttled = codes.iter().any(|code| {
+        matches!(
+            code,
+            Some("ThrottlingError" | "ProvisionedThroughputExceeded" | "RequestLimitExceeded")
+        )
+    });
+    if throttled {
+        StoreError::Busy(format!("transaction cancelled: {codes:?}"))
+    } else {
+        StoreError::Failure(format!("transaction cancelled: {codes:?}"))
+    }
+}
+
+/// Throttling and capacity errors are worth retrying later; a conflict with a transaction
+/// (a single write that met one) is retried at once; the rest are failures.
 fn sdk_failure<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(
     e: SdkError<E, R>,
 ) -> StoreError {
@@ -558,9 +581,35 @@ fn sdk_failure<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fm
         | "InternalServerError" => {
             StoreError::Busy(format!("{code}: {}", e.message().unwrap_or("")))
         }
+        "TransactionConflictException" => StoreError::Conflict,
         _ => StoreError::Failure(format!(
             "dynamodb: {}",
             aws_sdk_dynamodb::error::DisplayErrorContext(&e)
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cancelled_transaction_means_what_its_reasons_say() {
+        let conflict_last = [Some("None"), Some("None"), Some("TransactionConflict")];
+        assert!(matches!(cancelled(&conflict_last), StoreError::Conflict));
+        let conflict_first = [Some("TransactionConflict"), Some("None")];
+        assert!(matches!(cancelled(&conflict_first), StoreError::Conflict));
+        let condition = [Some("TransactionConflict"), Some("ConditionalCheckFailed")];
+        assert!(matches!(
+            cancelled(&condition),
+            StoreError::ConditionFailed { index: 1 }
+        ));
+        let throttled = [Some("None"), Some("ThrottlingError")];
+        assert!(matches!(cancelled(&throttled), StoreError::Busy(_)));
+        let invalid = [Some("ValidationError"), Some("None")];
+        assert!(matches!(cancelled(&invalid), StoreError::Failure(_)));
+        let too_large = [Some("ItemCollectionSizeLimitExceeded")];
+        assert!(matches!(cancelled(&too_large), StoreError::Failure(_)));
+        assert!(matches!(cancelled(&[]), StoreError::Failure(_)));
     }
 }

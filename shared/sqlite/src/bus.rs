@@ -897,6 +897,7 @@ fn millis(d: Duration) -> i64 {
 fn unavailable(e: StoreError) -> BusError {
     match e {
         StoreError::Busy(why) => BusError::Unavailable(why),
+        StoreError::Conflict => BusError::Unavailable("conflict".into()),
         other => BusError::Failure(other.to_string()),
     }
 }

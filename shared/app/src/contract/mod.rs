@@ -61,6 +61,7 @@ macro_rules! table_contract {
             concurrent_duplicates_place_one_order,
             a_hot_sku_sells_exactly_its_stock,
             a_bad_queue_entry_is_counted_and_skipped,
+            conflicts_are_retried_and_failures_are_not,
             a_store_failure_after_payment_is_retried,
             a_redelivered_event_is_applied_once,
             events_out_of_order_apply_in_version_order,

@@ -68,6 +68,9 @@ pub struct Cut {
     transacts: AtomicUsize,
     fail_from: usize,
     failing: AtomicUsize,
+    /// The failing transactions meet another transaction (a conflict) instead of a store
+    /// that is down.
+    conflicting: bool,
 }
 
 impl Cut {
@@ -114,6 +117,17 @@ impl Cut {
         Arc::new(Self {
             fail_from: from,
             failing: AtomicUsize::new(times),
+            ..Self::default()
+        })
+    }
+
+    /// A run whose transactions meet another transaction on their items, `times` times in a
+    /// row from the `from`-th transaction on, as DynamoDB's `TransactionConflict` does.
+    pub fn conflicting_store(from: usize, times: usize) -> Arc<Self> {
+        Arc::new(Self {
+            fail_from: from,
+            failing: AtomicUsize::new(times),
+            conflicting: true,
             ..Self::default()
         })
     }
@@ -179,6 +193,9 @@ impl<T: Table> Table for CutTable<T> {
 
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         if self.cut.store_fails() {
+            if self.cut.conflicting {
+                return Err(StoreError::Conflict);
+            }
             return Err(StoreError::Failure("the store is down for the test".into()));
         }
         self.cut.call(self.inner.transact(writes)).await
@@ -922,7 +939,7 @@ pub async fn concurrent_duplicates_place_one_order<T: Table + Clone>(table: &T) 
 
 /// Clients race for one SKU through the use cases: some share a key (a duplicate loses its
 /// commit), some go away mid-placement (the future dropped between any two steps). Every answer
-/// is an order or a clear refusal, never a store error; once the sweeper has undone what the
+/// is an order or a clear refusal (409), never a store error (5xx); once the sweeper has undone what the
 /// dropped ones left, the stock is exactly what the orders took, and the rest still sells out
 /// to the unit.
 pub async fn a_hot_sku_sells_exactly_its_stock<T: Table + Clone>(table: &T) {
@@ -969,7 +986,9 @@ pub async fn a_hot_sku_sells_exactly_its_stock<T: Table + Clone>(table: &T) {
                 };
                 match answer {
                     Ok(reply) => placed.push(reply.body["id"].as_str().unwrap().to_owned()),
-                    Err(AppError::IdempotencyInFlight) => {}
+                    // A clear "try again" (409), as a store without ordered writes (DynamoDB)
+                    // may answer a race it lost until its deadline: this client tries on.
+                    Err(AppError::IdempotencyInFlight | AppError::Contention) => {}
                     Err(AppError::Domain(_)) => return placed,
                     Err(other) => panic!("client {client}, order {n}: {other:?}"),
                 }
@@ -1050,4 +1069,36 @@ pub async fn a_bad_queue_entry_is_counted_and_skipped<T: Table + Clone>(table: &
     assert_eq!(world.stock().await, (10, 0, 10));
     let second = world.shop(Cut::never()).sweep(100).await;
     assert_eq!((second.expired, second.failed), (0, 1), "{second:?}");
+}
+
+/// A transaction that meets another one, at whichever write, is read again and retried: the
+/// order is placed once. A failure that would happen again (a store error) is not retried
+/// before the payment: the answer is an error, and nothing is held or authorized.
+pub async fn conflicts_are_retried_and_failures_are_not<T: Table + Clone>(table: &T) {
+    let world = World::new(table, "conflicts", 10).await;
+    let body = order_from(Some(world.lines(1)), None, "tok_visa");
+    let key = world.key(&body, "k1");
+    let placed = world
+        .shop(Cut::conflicting_store(0, 3))
+        .place(&world.alice(), Some(&key), body)
+        .await
+        .unwrap();
+    assert_eq!(placed.status, 201);
+    assert_eq!(world.orders().await.len(), 1);
+    assert_eq!(world.stock().await, (10, 1, 9));
+    assert_eq!(world.counts().authorizations, 1);
+
+    let body = order_from(Some(world.lines(1)), None, "tok_visa");
+    let key = world.key(&body, "k2");
+    let failed = world
+        .shop(Cut::failing_store(0, 1))
+        .place(&world.alice(), Some(&key), body)
+        .await;
+    assert!(
+        matches!(failed, Err(AppError::Store(StoreError::Failure(_)))),
+        "{failed:?}"
+    );
+    assert_eq!(world.orders().await.len(), 1);
+    assert_eq!(world.stock().await, (10, 1, 9));
+    assert_eq!(world.counts().authorizations, 1);
 }

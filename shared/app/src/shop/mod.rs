@@ -103,6 +103,8 @@ pub struct ShopConfig {
     pub order_hold_seconds: u32,
     /// Attempts at a commit that keeps losing races before answering "contention".
     pub commit_attempts: usize,
+    /// How long a command may keep retrying lost races, from its first attempt.
+    pub commit_deadline_ms: u64,
     /// Attempts at a commit the store failed, after payment was authorized.
     pub store_attempts: u32,
     /// Attempts at the payment provider when it is unavailable.
@@ -130,6 +132,7 @@ impl Default for ShopConfig {
         Self {
             order_hold_seconds: 120,
             commit_attempts: 200,
+            commit_deadline_ms: 4_000,
             store_attempts: 5,
             payment_attempts: 3,
             payment_backoff_ms: 50,
@@ -177,6 +180,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         Attempts {
             made: 0,
             limit: self.config.commit_attempts,
+            until: std::time::Instant::now()
+                + std::time::Duration::from_millis(self.config.commit_deadline_ms),
         }
     }
 
@@ -262,20 +267,32 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
 /// Tries at a commit that may lose a race. After a loss it waits a little, a random share of a
 /// window that grows with each loss, so racing commands spread out instead of colliding again.
 #[derive(Debug)]
+/// Tries at a commit that lost a race: each waits a random time up to a window that doubles
+/// from [`Attempts::FIRST_WINDOW_US`] to [`Attempts::MAX_WINDOW_US`] ("full jitter"), so racers
+/// spread out instead of colliding again, and none waits past the command's deadline.
 struct Attempts {
     made: usize,
     limit: usize,
+    until: std::time::Instant,
 }
 
 impl Attempts {
+    const FIRST_WINDOW_US: u64 = 500;
+    const MAX_WINDOW_US: u64 = 25_000;
+
     async fn next(&mut self) -> bool {
         if self.made >= self.limit {
             return false;
         }
         if self.made > 0 {
-            let window_us = 100 * (self.made.min(16) as u64);
-            let jitter = (uuid::Uuid::new_v4().as_u128() as u64) % window_us.max(1);
-            tokio::time::sleep(std::time::Duration::from_micros(jitter)).await;
+            let doublings = u32::try_from(self.made - 1).unwrap_or(u32::MAX).min(16);
+            let window_us = (Self::FIRST_WINDOW_US << doublings).min(Self::MAX_WINDOW_US);
+            let jitter = (uuid::Uuid::new_v4().as_u128() as u64) % window_us;
+            let wait = std::time::Duration::from_micros(jitter);
+            if std::time::Instant::now() + wait > self.until {
+                return false;
+            }
+            tokio::time::sleep(wait).await;
         }
         self.made += 1;
         true
