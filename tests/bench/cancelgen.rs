@@ -46,19 +46,8 @@ impl Client {
         key: Option<&str>,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(bearer);
-        if let Some(key) = key {
-            request = request.header("idempotency-key", key);
-        }
-        if let Some(body) = body {
-            request = request.json(body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        let url = format!("{}{path}", self.base);
+        commerce_tests::send_as(&self.http, method, url, bearer, key, body).await
     }
 }
 

@@ -15,8 +15,8 @@
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use commerce_tests::{Server, build_server, token};
-use serde_json::{Value, json};
+use commerce_tests::{Server, build_server, send_as, token};
+use serde_json::json;
 
 #[derive(Parser)]
 #[command(about = "Time the sweeper clearing a backlog of expired holds")]
@@ -32,32 +32,12 @@ struct Args {
     server: Option<std::path::PathBuf>,
 }
 
-async fn send(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    bearer: &str,
-    key: Option<&str>,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let mut request = http.request(method, url).bearer_auth(bearer);
-    if let Some(key) = key {
-        request = request.header("idempotency-key", key);
-    }
-    if let Some(body) = body {
-        request = request.json(body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// Units reserved over every SKU.
 async fn reserved(http: &reqwest::Client, base: &str, admin: &str, skus: usize) -> u64 {
     let mut total = 0;
     for n in 0..skus {
         let url = format!("{base}/v1/inventory/SKU-{n}");
-        let (status, body) = send(http, reqwest::Method::GET, url, admin, None, None).await;
+        let (status, body) = send_as(http, reqwest::Method::GET, url, admin, None, None).await;
         assert_eq!(status, 200, "{body}");
         total += body["reserved"].as_u64().unwrap();
     }
@@ -83,7 +63,7 @@ async fn main() {
         let product =
             json!({"sku": sku, "name": sku, "price": {"amount_minor": 100, "currency": "EUR"}});
         let url = format!("{}/v1/products", server.base);
-        let (status, body) = send(
+        let (status, body) = send_as(
             &http,
             reqwest::Method::POST,
             url,
@@ -96,7 +76,7 @@ async fn main() {
         let url = format!("{}/v1/inventory/{sku}", server.base);
         let level = json!({"on_hand": 1_000_000});
         let (status, body) =
-            send(&http, reqwest::Method::PUT, url, &admin, None, Some(&level)).await;
+            send_as(&http, reqwest::Method::PUT, url, &admin, None, Some(&level)).await;
         assert_eq!(status, 200, "{body}");
     }
 
@@ -110,7 +90,7 @@ async fn main() {
                 let buyer = token("bench", &format!("buyer-{n}"), &["customer"]);
                 let body = json!({"lines": [{"sku": format!("SKU-{}", n % skus), "quantity": 1}], "ttl_seconds": 1});
                 let url = format!("{base}/v1/reservations");
-                let (status, body) = send(&http, reqwest::Method::POST, url, &buyer, Some(&format!("r-{n}")), Some(&body)).await;
+                let (status, body) = send_as(&http, reqwest::Method::POST, url, &buyer, Some(&format!("r-{n}")), Some(&body)).await;
                 assert_eq!(status, 201, "{body}");
             }
         }));

@@ -273,3 +273,25 @@ pub fn key() -> String {
         NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
     )
 }
+
+/// One request with `bearer` (and an `Idempotency-Key` if given), for the benchmarks: the
+/// status and the JSON body (`null` if none).
+pub async fn send_as(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    bearer: &str,
+    key: Option<&str>,
+    body: Option<&Value>,
+) -> (u16, Value) {
+    let mut request = http.request(method, url).bearer_auth(bearer);
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    if let Some(body) = body {
+        request = request.json(body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
