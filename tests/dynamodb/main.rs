@@ -9,7 +9,9 @@
     clippy::indexing_slicing
 )]
 
+mod capacity;
 mod init;
+mod retries;
 
 use std::sync::Arc;
 

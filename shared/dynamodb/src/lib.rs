@@ -3,9 +3,11 @@
 //! Items keep the port's shape: `pk` and `sk` (the key), `v` (version), `d` (JSON data),
 //! `ttl` (epoch seconds; the table's TTL attribute), `o` (a claim's owner token) and `e`
 //! (true on event items: the outbox marker the stream's event source mapping filters on, see
-//! [`STREAM_FILTER`]). A transaction of one write is a plain
-//! conditional `PutItem`/`DeleteItem`; more writes go in one `TransactWriteItems`, whose
-//! cancellation reasons say which write's condition failed. Expired items that TTL has not yet
+//! [`STREAM_FILTER`]). A lone unconditional write is a plain `PutItem`/`DeleteItem`; anything
+//! with a condition goes in one `TransactWriteItems` with a client token, so a retry of a call
+//! whose success was lost succeeds again instead of failing its own condition. The
+//! cancellation reasons say which write's condition failed. Every call counts its capacity
+//! units ([`capacity`]). Expired items that TTL has not yet
 //! deleted are filtered out and count as absent, as in the SQLite adapter.
 
 use std::collections::HashMap;
@@ -14,7 +16,7 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement,
-    KeyType, Put, ScalarAttributeType, StreamSpecification, StreamViewType,
+    KeyType, Put, ReturnConsumedCapacity, ScalarAttributeType, StreamSpecification, StreamViewType,
     TimeToLiveSpecification, TransactWriteItem,
 };
 use commerce_app::clock::now_seconds;
@@ -22,8 +24,11 @@ use commerce_app::table::{
     Condition, Item, Page, Query, StoreError, Table, Write, check_transaction, is_personal,
 };
 
+pub mod capacity;
 #[cfg(feature = "moto")]
 pub mod moto;
+
+use capacity::{Counter, Operation, Units, item_size, read_units, reported, write_units};
 
 const PK: &str = "pk";
 const SK: &str = "sk";
@@ -48,6 +53,7 @@ pub struct DynamoTable {
     client: Client,
     table: String,
     personal: String,
+    capacity: Counter,
 }
 
 impl DynamoTable {
@@ -56,7 +62,13 @@ impl DynamoTable {
             client,
             table: table.into(),
             personal: personal.into(),
+            capacity: Counter::default(),
         }
+    }
+
+    /// The capacity units used through this handle and its clones, per operation.
+    pub fn consumed(&self) -> capacity::Consumed {
+        self.capacity.snapshot()
     }
 
     /// The names of the main table and of the personal-data table.
@@ -141,9 +153,17 @@ impl Table for DynamoTable {
             .key(PK, AttributeValue::S(pk.into()))
             .key(SK, AttributeValue::S(sk.into()))
             .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
             .map_err(sdk_failure)?;
+        let size = output.item.as_ref().map_or(0, item_size);
+        self.read(
+            Operation::GetItem,
+            size,
+            true,
+            output.consumed_capacity.iter(),
+        );
         let now = now_seconds();
         Ok(output
             .item
@@ -158,6 +178,7 @@ impl Table for DynamoTable {
             .query()
             .table_name(self.table_of(q.pk))
             .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .scan_index_forward(!q.descending)
             .limit(i32::try_from(q.limit).unwrap_or(i32::MAX))
             .expression_attribute_values(":pk", AttributeValue::S(q.pk.into()));
@@ -174,6 +195,13 @@ impl Table for DynamoTable {
                 .exclusive_start_key(SK, AttributeValue::S(after.into()));
         }
         let output = request.send().await.map_err(sdk_failure)?;
+        let size = output.items().iter().map(item_size).sum();
+        self.read(
+            Operation::Query,
+            size,
+            true,
+            output.consumed_capacity.iter(),
+        );
         let now = now_seconds();
         let items = output
             .items
@@ -192,25 +220,38 @@ impl Table for DynamoTable {
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         check_transaction(&writes, self.max_transaction_writes())?;
         let now = now_seconds();
-        if let [single] = writes.as_slice() {
-            return self.write_one(single, now).await;
+        if let [single] = writes.as_slice()
+            && let Some(plain) = self.plain_write(single).await
+        {
+            return plain;
         }
         let items = writes
             .iter()
             .map(|w| transact_item(self.table_of(w.key().0), w, now))
             .collect::<Result<Vec<_>, _>>()?;
+        let sized = items.iter().map(transact_units).sum();
         // The token makes the SDK's own retries of this call idempotent: a retry of a
-        // transaction that did commit succeeds instead of failing its conditions.
-        match self
+        // transaction that did commit succeeds instead of failing its conditions. A lone
+        // conditional write comes this way for the same reason, at twice a plain write's units.
+        let result = self
             .client
             .transact_write_items()
             .set_transact_items(Some(items))
             .client_request_token(uuid::Uuid::new_v4().to_string())
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
-            .await
-        {
-            Ok(_) => Ok(()),
+            .await;
+        match result {
+            Ok(output) => {
+                self.wrote(
+                    Operation::TransactWriteItems,
+                    sized,
+                    output.consumed_capacity(),
+                );
+                Ok(())
+            }
             Err(SdkError::ServiceError(e)) if e.err().is_transaction_canceled_exception() => {
+                self.wrote(Operation::TransactWriteItems, sized, &[]);
                 let reasons = match e.into_err() {
                     aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => c.cancellation_reasons.unwrap_or_default(),
                     _ => Vec::new(),
@@ -228,6 +269,7 @@ impl Table for DynamoTable {
             .scan()
             .table_name(&self.table)
             .consistent_read(true)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .limit(i32::try_from(limit).unwrap_or(i32::MAX))
             .filter_expression("#e = :event")
             .expression_attribute_names("#e", EVENT)
@@ -241,6 +283,9 @@ impl Table for DynamoTable {
                 .exclusive_start_key(SK, AttributeValue::S(sk.into()));
         }
         let output = request.send().await.map_err(sdk_failure)?;
+        // Sized from what the filter let through: the items it dropped were read too.
+        let size = output.items().iter().map(item_size).sum();
+        self.read(Operation::Scan, size, true, output.consumed_capacity.iter());
         let items = output
             .items
             .unwrap_or_default()
@@ -276,103 +321,128 @@ impl Table for DynamoTable {
     /// One eventually consistent read of a key nothing writes: half a read unit on the data
     /// plane, where `DescribeTable` would be a control-plane call with its own low rate limit.
     async fn ping(&self) -> Result<(), StoreError> {
-        self.client
+        let output = self
+            .client
             .get_item()
             .table_name(&self.table)
             .key(PK, AttributeValue::S(PING_KEY.into()))
             .key(SK, AttributeValue::S(PING_KEY.into()))
             .projection_expression("#pk")
             .expression_attribute_names("#pk", PK)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await
             .map_err(sdk_failure)?;
+        self.read(
+            Operation::GetItem,
+            0,
+            false,
+            output.consumed_capacity.iter(),
+        );
         Ok(())
     }
 }
 
 impl DynamoTable {
-    async fn write_one(&self, write: &Write, now: i64) -> Result<(), StoreError> {
+    /// A lone unconditional put or delete, as the plain call: repeating it (the SDK retries a
+    /// call whose answer was lost) leaves the same item, so it needs no token. `None` for a
+    /// write with a condition, which a repeat could fail after its own success.
+    async fn plain_write(&self, write: &Write) -> Option<Result<(), StoreError>> {
         match write {
-            Write::Put { item, condition } => {
-                let (expression, names, values) = condition_parts(condition, now);
-                self.client
+            Write::Put {
+                item,
+                condition: Condition::None,
+            } => {
+                let attributes = match to_attributes(item) {
+                    Ok(attributes) => attributes,
+                    Err(e) => return Some(Err(e)),
+                };
+                let sized = write_units(item_size(&attributes), false);
+                let result = self
+                    .client
                     .put_item()
                     .table_name(self.table_of(&item.pk))
-                    .set_item(Some(to_attributes(item)?))
-                    .set_condition_expression(expression)
-                    .set_expression_attribute_names(names)
-                    .set_expression_attribute_values(values)
+                    .set_item(Some(attributes))
+                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
                     .send()
-                    .await
-                    .map_err(single_write_failure)?;
+                    .await;
+                Some(match result {
+                    Ok(output) => {
+                        let reported = output.consumed_capacity.as_slice();
+                        self.wrote(Operation::PutItem, sized, reported);
+                        Ok(())
+                    }
+                    Err(e) => Err(sdk_failure(e)),
+                })
             }
-            Write::Event { item } => {
-                self.client
-                    .put_item()
-                    .table_name(self.table_of(&item.pk))
-                    .set_item(Some(event_attributes(item)?))
-                    .condition_expression("attribute_not_exists(#pk)")
-                    .expression_attribute_names("#pk", PK)
-                    .send()
-                    .await
-                    .map_err(single_write_failure)?;
-            }
-            Write::Delete { pk, sk, condition } => {
-                let (expression, names, values) = condition_parts(condition, now);
-                self.client
+            Write::Delete {
+                pk,
+                sk,
+                condition: Condition::None,
+            } => {
+                let result = self
+                    .client
                     .delete_item()
                     .table_name(self.table_of(pk))
                     .set_key(Some(key(pk, sk)))
-                    .set_condition_expression(expression)
-                    .set_expression_attribute_names(names)
-                    .set_expression_attribute_values(values)
+                    .return_consumed_capacity(ReturnConsumedCapacity::Total)
                     .send()
-                    .await
-                    .map_err(single_write_failure)?;
-            }
-            Write::Check { .. } => {
-                let item = transact_item(self.table_of(write.key().0), write, now)?;
-                return match self
-                    .client
-                    .transact_write_items()
-                    .transact_items(item)
-                    .send()
-                    .await
-                {
-                    Ok(_) => Ok(()),
-                    Err(SdkError::ServiceError(e))
-                        if e.err().is_transaction_canceled_exception() =>
-                    {
-                        let reasons = match e.into_err() {
-                            aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c) => c.cancellation_reasons.unwrap_or_default(),
-                            _ => Vec::new(),
-                        };
-                        let codes: Vec<_> = reasons.iter().map(|r| r.code()).collect();
-                        Err(cancelled(&codes))
+                    .await;
+                Some(match result {
+                    Ok(output) => {
+                        let reported = output.consumed_capacity.as_slice();
+                        // The deleted item's size is not known here: one unit is the floor.
+                        self.wrote(Operation::DeleteItem, write_units(0, false), reported);
+                        Ok(())
                     }
                     Err(e) => Err(sdk_failure(e)),
-                };
+                })
             }
+            _ => None,
         }
-        Ok(())
+    }
+
+    fn read<'a>(
+        &self,
+        operation: Operation,
+        size: usize,
+        consistent: bool,
+        capacity: impl IntoIterator<Item = &'a aws_sdk_dynamodb::types::ConsumedCapacity>,
+    ) {
+        self.capacity.record(
+            operation,
+            Units {
+                calls: 1,
+                read: read_units(size, consistent),
+                write: 0.0,
+                reported: reported(capacity),
+            },
+        );
+    }
+
+    fn wrote(
+        &self,
+        operation: Operation,
+        sized: f64,
+        capacity: &[aws_sdk_dynamodb::types::ConsumedCapacity],
+    ) {
+        self.capacity.record(
+            operation,
+            Units {
+                calls: 1,
+                read: 0.0,
+                write: sized,
+                reported: reported(capacity),
+            },
+        );
     }
 }
 
-/// A single write's failed condition is the transaction's write 0.
-fn single_write_failure<
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
->(
-    e: SdkError<E, R>,
-) -> StoreError {
-    match &e {
-        SdkError::ServiceError(service)
-            if service.err().code() == Some("ConditionalCheckFailedException") =>
-        {
-            StoreError::ConditionFailed { index: 0 }
-        }
-        _ => sdk_failure(e),
-    }
+/// Write units of one action of a transaction, sized from the item it writes; a delete or a
+/// check is sized at the 1 KB floor.
+fn transact_units(item: &TransactWriteItem) -> f64 {
+    let size = item.put().map_or(0, |put| item_size(put.item()));
+    write_units(size, true)
 }
 
 type Names = Option<HashMap<String, String>>;
