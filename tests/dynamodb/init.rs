@@ -140,7 +140,8 @@ async fn a_lambda_opens_its_table_connection_before_its_first_event() {
         .env("TABLE_NAME", main)
         .env("PERSONAL_TABLE_NAME", personal)
         .env("CURSOR_SECRET", "cursor-secret-cursor-secret-cursor-secret")
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -158,4 +159,22 @@ async fn a_lambda_opens_its_table_connection_before_its_first_event() {
         .unwrap();
     assert_eq!(answer["statusCode"], 200, "{answer}");
     function.kill().await.unwrap();
+
+    // The request's log line says what it cost: the customer's order list is one consistent
+    // query of an empty partition, one read unit.
+    let mut log = String::new();
+    let mut stdout = function.stdout.take().unwrap();
+    tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut log)
+        .await
+        .unwrap();
+    let request = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "request")
+        .unwrap_or_else(|| panic!("no request line in the function's log:\n{log}"));
+    let fields = &request["fields"];
+    assert_eq!(fields["route"], "/v1/orders", "{request}");
+    assert_eq!(fields["dynamodb_calls"], 1, "{request}");
+    assert_eq!(fields["dynamodb_read_units"], 1.0, "{request}");
+    assert_eq!(fields["dynamodb_write_units"], 0.0, "{request}");
 }

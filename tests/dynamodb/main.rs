@@ -11,6 +11,7 @@
 
 mod capacity;
 mod init;
+mod policies;
 mod retries;
 
 use std::sync::Arc;

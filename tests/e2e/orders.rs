@@ -297,6 +297,27 @@ async fn customers_see_only_their_orders_and_operators_see_all() {
         shop.ops.get(&format!("/v1/orders/{bob_id}")).await.status,
         StatusCode::OK
     );
+    // The shop's list is kept in shards; its pages merge them, newest first, each order once.
+    let mut everyone = Vec::new();
+    let mut path = "/v1/orders?limit=2".to_owned();
+    loop {
+        let page = shop.ops.get(&path).await;
+        everyone.extend(
+            page.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["id"].as_str().unwrap().to_owned()),
+        );
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/orders?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let mut placed: Vec<String> = alices.iter().rev().cloned().collect();
+    placed.push(bob_id.to_owned());
+    placed.reverse();
+    assert_eq!(everyone, placed, "the shop's orders, newest first");
     assert_eq!(
         shop.ops.get("/v1/orders?limit=100").await.body["items"]
             .as_array()

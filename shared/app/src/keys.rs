@@ -68,8 +68,21 @@ pub fn customer_holds(tenant: &TenantId, customer: &CustomerId) -> String {
     format!("{tenant}#customer#{customer}#holds")
 }
 
-/// All orders of a shop, for operators.
-pub fn tenant_orders(tenant: &TenantId) -> String {
+/// All orders of a shop, for operators, spread over [`ORDER_LIST_SHARDS`] partitions by order
+/// id: one partition takes about 1,000 write units a second, and every order of the shop is
+/// written to this list. Sort key = order id (time-ordered); a page merges the shards.
+pub const ORDER_LIST_SHARDS: u32 = 16;
+
+pub fn tenant_orders(tenant: &TenantId, shard: u32) -> String {
+    format!("{tenant}#orders#{shard}")
+}
+
+pub fn tenant_order_shard(id: &OrderId) -> u32 {
+    spread(id.to_string().as_bytes()) % ORDER_LIST_SHARDS
+}
+
+/// The list as a whole, the name its page cursors are sealed to.
+pub fn tenant_order_list(tenant: &TenantId) -> String {
     format!("{tenant}#orders")
 }
 
@@ -88,18 +101,23 @@ pub fn step(tenant: &TenantId, step: &str, id: &str) -> String {
     format!("{tenant}#step#{step}#{id}")
 }
 
-/// Holds waiting to expire, spread over a few partitions; sort key = expiry then tenant and id.
-pub const HOLD_SHARDS: u32 = 8;
+/// Holds waiting to expire, for every shop of the deployment, spread over partitions (each
+/// order puts and deletes one entry); sort key = expiry then tenant and id.
+pub const HOLD_SHARDS: u32 = 64;
 
 pub fn holds(shard: u32) -> String {
     format!("holds#{shard}")
 }
 
 pub fn hold_shard(id: &ReservationId) -> u32 {
-    id.as_str()
-        .bytes()
-        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
-        % HOLD_SHARDS
+    spread(id.as_str().as_bytes()) % HOLD_SHARDS
+}
+
+/// A stable hash for choosing a shard: the same in every process and release.
+fn spread(bytes: &[u8]) -> u32 {
+    bytes
+        .iter()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(*b)))
 }
 
 pub fn hold_sk(expires_at_ms: i64, tenant: &TenantId, id: &ReservationId) -> String {
@@ -107,18 +125,15 @@ pub fn hold_sk(expires_at_ms: i64, tenant: &TenantId, id: &ReservationId) -> Str
 }
 
 /// Placements in flight, each checked once its time to finish is up; sort key = when it is
-/// due, then the partition of its idempotency record.
-pub const ATTEMPT_SHARDS: u32 = 8;
+/// due, then the partition of its idempotency record. Shared by the deployment, like holds.
+pub const ATTEMPT_SHARDS: u32 = 64;
 
 pub fn attempts(shard: u32) -> String {
     format!("attempts#{shard}")
 }
 
 pub fn attempt_shard(record_pk: &str) -> u32 {
-    record_pk
-        .bytes()
-        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
-        % ATTEMPT_SHARDS
+    spread(record_pk.as_bytes()) % ATTEMPT_SHARDS
 }
 
 pub fn attempt_sk(due_ms: i64, record_pk: &str) -> String {

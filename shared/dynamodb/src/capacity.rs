@@ -5,7 +5,7 @@
 //! from. Sizing cannot see an item a write replaces or deletes, so for those it counts the new
 //! item, or one unit: a floor where that item is larger than 1 KB.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_sdk_dynamodb::types::{AttributeValue, ConsumedCapacity};
@@ -44,11 +44,48 @@ impl Units {
     }
 }
 
-/// Counts per operation, shared by clones of one table handle.
+impl Operation {
+    /// The IAM action that allows the call; a transaction needs one per kind of action in it.
+    pub fn action(self) -> Option<&'static str> {
+        match self {
+            Operation::GetItem => Some("dynamodb:GetItem"),
+            Operation::Query => Some("dynamodb:Query"),
+            Operation::Scan => Some("dynamodb:Scan"),
+            Operation::PutItem => Some("dynamodb:PutItem"),
+            Operation::DeleteItem => Some("dynamodb:DeleteItem"),
+            Operation::TransactWriteItems => None,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    units: BTreeMap<Operation, Units>,
+    actions: BTreeSet<&'static str>,
+}
+
+/// Counts per operation, and the IAM actions the calls needed, shared by clones of one table
+/// handle.
 #[derive(Debug, Clone, Default)]
-pub struct Counter(Arc<Mutex<BTreeMap<Operation, Units>>>);
+pub struct Counter(Arc<Mutex<Counts>>);
 
 impl Counter {
+    /// Notes an IAM action a call needed beyond its operation's own (a transaction's puts,
+    /// deletes and checks).
+    pub(crate) fn needed(&self, action: &'static str) {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.actions.insert(action);
+    }
+
+    /// The IAM actions the calls so far needed.
+    pub fn actions(&self) -> BTreeSet<&'static str> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .actions
+            .clone()
+    }
+
     pub(crate) fn record(&self, operation: Operation, units: Units) {
         tracing::trace!(
             ?operation,
@@ -58,7 +95,10 @@ impl Counter {
             "capacity"
         );
         let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        counts.entry(operation).or_default().add(&units);
+        counts.units.entry(operation).or_default().add(&units);
+        if let Some(action) = operation.action() {
+            counts.actions.insert(action);
+        }
     }
 
     /// What was used so far.
@@ -67,6 +107,7 @@ impl Counter {
             self.0
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
+                .units
                 .clone(),
         )
     }

@@ -71,6 +71,11 @@ impl DynamoTable {
         self.capacity.snapshot()
     }
 
+    /// The IAM actions the calls through this handle and its clones needed so far.
+    pub fn actions(&self) -> std::collections::BTreeSet<&'static str> {
+        self.capacity.actions()
+    }
+
     /// The names of the main table and of the personal-data table.
     pub fn names(&self) -> (&str, &str) {
         (&self.table, &self.personal)
@@ -230,6 +235,15 @@ impl Table for DynamoTable {
             .map(|w| transact_item(self.table_of(w.key().0), w, now))
             .collect::<Result<Vec<_>, _>>()?;
         let sized = items.iter().map(transact_units).sum();
+        for item in &items {
+            self.capacity.needed(if item.put().is_some() {
+                "dynamodb:PutItem"
+            } else if item.delete().is_some() {
+                "dynamodb:DeleteItem"
+            } else {
+                "dynamodb:ConditionCheckItem"
+            });
+        }
         // The token makes the SDK's own retries of this call idempotent: a retry of a
         // transaction that did commit succeeds instead of failing its conditions. A lone
         // conditional write comes this way for the same reason, at twice a plain write's units.
@@ -305,6 +319,7 @@ impl Table for DynamoTable {
     async fn estimate_events(&self) -> Result<Option<u64>, StoreError> {
         // DynamoDB refreshes this about every six hours, and counts every item, not only
         // events: an estimate, as the port says.
+        self.capacity.needed("dynamodb:DescribeTable");
         let described = self
             .client
             .describe_table()

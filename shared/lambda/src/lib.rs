@@ -190,13 +190,47 @@ fn limits_from_env() -> Result<HoldLimits, Error> {
 pub async fn serve_api(group: RouteGroup) -> Result<(), Error> {
     init_tracing();
     let claims = ClaimNames::from_env();
-    let app = group_router(shop().await?, Auth::upstream(), group).layer(
-        axum::middleware::from_fn(move |request: Request, next: Next| {
-            let claims = claims.clone();
-            async move { claims.bridge(request, next).await }
-        }),
-    );
+    let shop = shop().await?;
+    let table = shop.table().clone();
+    let app = group_router(shop, Auth::upstream(), group)
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let claims = claims.clone();
+                async move { claims.bridge(request, next).await }
+            },
+        ))
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: Next| {
+                let table = table.clone();
+                async move { log_capacity(&table, request, next).await }
+            },
+        ));
     lambda_http::run(app).await
+}
+
+/// Logs the DynamoDB units one request used, so Logs Insights can sum them per route. One
+/// instance serves one request at a time, so the difference of the counts is this request's.
+async fn log_capacity(table: &DynamoTable, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| request.uri().path(), |matched| matched.as_str())
+        .to_owned();
+    let method = request.method().clone();
+    let before = table.consumed();
+    let response = next.run(request).await;
+    let used = table.consumed().since(&before).total();
+    tracing::info!(
+        %method,
+        route,
+        status = response.status().as_u16(),
+        dynamodb_calls = used.calls,
+        dynamodb_read_units = used.read,
+        dynamodb_write_units = used.write,
+        dynamodb_reported_units = used.reported,
+        "request"
+    );
+    response
 }
 
 /// Which authorizer claims carry the tenant and the roles.

@@ -666,7 +666,8 @@ fn append_order(
             id.clone(),
             &summary,
         )?;
-        changes.put_read_model(keys::tenant_orders(tenant), id, &summary)?;
+        let shard = keys::tenant_order_shard(&placed.id);
+        changes.put_read_model(keys::tenant_orders(tenant, shard), id, &summary)?;
     }
     Ok(placed)
 }

@@ -224,6 +224,52 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         })
     }
 
+    /// One list kept in several partitions (`shards`, each sorted by the same key), newest
+    /// first: each shard's next page after the cursor, merged. The cursor is the last sort key
+    /// served, sealed to `list`, the list's own name; a page may come back short, even empty,
+    /// with a cursor, as a DynamoDB page can.
+    async fn list_sharded<V: serde::de::DeserializeOwned>(
+        &self,
+        list: &str,
+        shards: &[String],
+        cursor: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<ListPage<V>, AppError> {
+        let after = cursor
+            .map(|c| self.config.cursors.open(list, c))
+            .transpose()?;
+        let limit = page_limit(limit);
+        let pages = futures_util::future::try_join_all(shards.iter().map(|pk| {
+            self.table.query(Query {
+                pk,
+                prefix: "",
+                after: after.as_deref(),
+                limit,
+                descending: true,
+            })
+        }))
+        .await?;
+        let mut more = pages.iter().any(|page| page.next.is_some());
+        let mut items: Vec<_> = pages.into_iter().flat_map(|page| page.items).collect();
+        items.sort_unstable_by(|a, b| b.sk.cmp(&a.sk));
+        if items.len() > limit {
+            items.truncate(limit);
+            more = true;
+        }
+        let next_cursor = items
+            .last()
+            .filter(|_| more)
+            .map(|last| self.config.cursors.seal(list, &last.sk));
+        let items = items
+            .iter()
+            .map(|item| {
+                serde_json::from_slice(&item.data)
+                    .map_err(|e| StoreError::Failure(format!("corrupt list item in {list}: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(ListPage { items, next_cursor })
+    }
+
     /// What an earlier use of `key` means for this request (see [`idempotency`]).
     async fn begin<S: DeserializeOwned>(
         &self,

@@ -51,11 +51,14 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         limit: Option<usize>,
     ) -> Result<ListPage<OrderSummary>, AppError> {
         caller.require(&[Role::Customer, Role::Ops], "read orders")?;
-        let pk = if caller.has(Role::Ops) {
-            keys::tenant_orders(&caller.tenant)
-        } else {
-            keys::customer_orders(&caller.tenant, &caller.subject)
-        };
+        if caller.has(Role::Ops) {
+            let shards: Vec<_> = (0..keys::ORDER_LIST_SHARDS)
+                .map(|shard| keys::tenant_orders(&caller.tenant, shard))
+                .collect();
+            let list = keys::tenant_order_list(&caller.tenant);
+            return self.list_sharded(&list, &shards, cursor, limit).await;
+        }
+        let pk = keys::customer_orders(&caller.tenant, &caller.subject);
         self.list(&pk, cursor, limit, true).await
     }
 }

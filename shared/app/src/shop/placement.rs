@@ -637,7 +637,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             id.clone(),
             &summary,
         )?;
-        changes.put_read_model(keys::tenant_orders(tenant), id, &summary)?;
+        let shard = keys::tenant_order_shard(&attempt.order);
+        changes.put_read_model(keys::tenant_orders(tenant, shard), id, &summary)?;
         if let Some(contact) = contact {
             changes.put_read_model(
                 keys::order_contact(tenant, &attempt.order),

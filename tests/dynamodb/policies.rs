@@ -1,0 +1,356 @@
+//! Each API function's policy grants the DynamoDB actions its routes need, and no others. Every
+//! route of a group is driven through that group's own router, as its Lambda builds it, on a
+//! table handle that notes the IAM action each call needs; the set must equal what
+//! `template.yaml` grants the function.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use commerce_api::{Auth, RouteGroup, group_router};
+use commerce_app::{Shop, ShopConfig, SystemClock};
+use commerce_dynamodb::DynamoTable;
+use commerce_dynamodb::moto::{client, fresh_table};
+use commerce_stripe::Provider;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+/// The DynamoDB actions `template.yaml` grants the function named `function` (its block, up to
+/// the next resource).
+fn granted(function: &str) -> BTreeSet<String> {
+    let template =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml")).unwrap();
+    let start = template
+        .find(&format!("\n  {function}:\n"))
+        .unwrap_or_else(|| panic!("{function} is not in template.yaml"));
+    let block: String = template[start + 1..]
+        .lines()
+        .enumerate()
+        .take_while(|(n, line)| *n == 0 || line.is_empty() || line.starts_with("    "))
+        .map(|(_, line)| format!("{line}\n"))
+        .collect();
+    block
+        .split(|c: char| c == '[' || c == ']' || c == ',' || c.is_whitespace())
+        .filter(|word| word.starts_with("dynamodb:"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// One group's function: its router on its own table handle, whose notes start empty.
+struct Function {
+    table: DynamoTable,
+    app: axum::Router,
+}
+
+impl Function {
+    fn new(on: &DynamoTable, group: RouteGroup, client: &aws_sdk_dynamodb::Client) -> Self {
+        let (main, personal) = on.names();
+        let table = DynamoTable::new(client.clone(), main, personal);
+        let payments = Provider::choose(None, None, table.clone()).unwrap();
+        let shop = Arc::new(Shop::new(
+            table.clone(),
+            payments,
+            SystemClock,
+            ShopConfig::default(),
+        ));
+        let names = commerce_lambda::ClaimNames::from_env();
+        let app = group_router(shop, Auth::upstream(), group).layer(axum::middleware::from_fn(
+            move |request, next| {
+                let names = names.clone();
+                async move { names.bridge(request, next).await }
+            },
+        ));
+        Self { table, app }
+    }
+
+    /// Sends one request as `sub` with `roles`, and answers its status and body.
+    async fn call(
+        &self,
+        sub: &str,
+        roles: &str,
+        method: &str,
+        path: &str,
+        body: Value,
+        key: &str,
+    ) -> (u16, Value) {
+        let (raw_path, query) = path.split_once('?').unwrap_or((path, ""));
+        let claims = json!({"sub": sub, "tenant": "acme", "roles": format!("[{roles}]")});
+        let event = json!({
+            "version": "2.0", "routeKey": format!("{method} {raw_path}"), "rawPath": raw_path, "rawQueryString": query,
+            "headers": {"content-type": "application/json", "idempotency-key": key},
+            "requestContext": {
+                "accountId": "123456789012", "apiId": "api", "domainName": "api.example.test", "domainPrefix": "api",
+                "http": {"method": method, "path": raw_path, "protocol": "HTTP/1.1", "sourceIp": "192.0.2.1", "userAgent": "test"},
+                "requestId": key, "routeKey": format!("{method} {raw_path}"), "stage": "$default",
+                "time": "25/Nov/2026:08:00:00 +0000", "timeEpoch": 0,
+                "authorizer": {"jwt": {"claims": claims, "scopes": null}}
+            },
+            "body": if body.is_null() { String::new() } else { body.to_string() }, "isBase64Encoded": false
+        });
+        let request = lambda_http::request::from_str(&event.to_string()).unwrap();
+        let response = self.app.clone().oneshot(request).await.unwrap();
+        let status = response.status().as_u16();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_api_function_is_granted_exactly_the_dynamodb_actions_its_routes_use() {
+    let on = fresh_table().await;
+    let client = client().await;
+    let mut used = Vec::new();
+
+    let health = Function::new(&on, RouteGroup::Health, &client);
+    assert_eq!(
+        health
+            .call("anyone", "customer", "GET", "/health", Value::Null, "h1")
+            .await
+            .0,
+        200
+    );
+    used.push(("HealthFunction", health.table.actions()));
+
+    let products = Function::new(&on, RouteGroup::Products, &client);
+    let mug =
+        json!({"sku": "MUG", "name": "Mug", "price": {"amount_minor": 500, "currency": "EUR"}});
+    assert_eq!(
+        products
+            .call(
+                "admin-1",
+                "admin",
+                "POST",
+                "/v1/products",
+                mug.clone(),
+                "p1"
+            )
+            .await
+            .0,
+        201
+    );
+    // The same SKU again under a new key: refused, and the key's claim is given back.
+    assert_eq!(
+        products
+            .call("admin-1", "admin", "POST", "/v1/products", mug, "p2")
+            .await
+            .0,
+        409
+    );
+    assert_eq!(
+        products
+            .call(
+                "anyone",
+                "customer",
+                "GET",
+                "/v1/products",
+                Value::Null,
+                "p3"
+            )
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        products
+            .call(
+                "anyone",
+                "customer",
+                "GET",
+                "/v1/products/MUG",
+                Value::Null,
+                "p4"
+            )
+            .await
+            .0,
+        200
+    );
+    used.push(("ProductsFunction", products.table.actions()));
+
+    let inventory = Function::new(&on, RouteGroup::Inventory, &client);
+    // Low on stock first, then a receipt that lifts it off the low-stock list (a delete).
+    let level = json!({"on_hand": 1, "low_stock_threshold": 2});
+    assert_eq!(
+        inventory
+            .call("admin-1", "admin", "PUT", "/v1/inventory/MUG", level, "i1")
+            .await
+            .0,
+        200
+    );
+    let receipt = json!({"quantity": 9});
+    let received = inventory
+        .call(
+            "admin-1",
+            "admin",
+            "POST",
+            "/v1/inventory/MUG/receipts",
+            receipt,
+            "i2",
+        )
+        .await;
+    assert!(matches!(received.0, 200 | 201), "{received:?}");
+    assert_eq!(
+        inventory
+            .call(
+                "ops-1",
+                "ops",
+                "GET",
+                "/v1/inventory/MUG",
+                Value::Null,
+                "i3"
+            )
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        inventory
+            .call(
+                "ops-1",
+                "ops",
+                "GET",
+                "/v1/inventory/low-stock",
+                Value::Null,
+                "i4"
+            )
+            .await
+            .0,
+        200
+    );
+    used.push(("InventoryFunction", inventory.table.actions()));
+
+    let reservations = Function::new(&on, RouteGroup::Reservations, &client);
+    let hold = json!({"lines": [{"sku": "MUG", "quantity": 1}]});
+    let held = reservations
+        .call(
+            "alice",
+            "customer",
+            "POST",
+            "/v1/reservations",
+            hold.clone(),
+            "r1",
+        )
+        .await;
+    assert_eq!(held.0, 201, "{held:?}");
+    let id = held.1["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        reservations
+            .call(
+                "alice",
+                "customer",
+                "GET",
+                &format!("/v1/reservations/{id}"),
+                Value::Null,
+                "r2"
+            )
+            .await
+            .0,
+        200
+    );
+    let released = reservations
+        .call(
+            "alice",
+            "customer",
+            "POST",
+            &format!("/v1/reservations/{id}/release"),
+            Value::Null,
+            "r3",
+        )
+        .await;
+    assert_eq!(released.0, 200, "{released:?}");
+    let kept = reservations
+        .call("alice", "customer", "POST", "/v1/reservations", hold, "r4")
+        .await
+        .1["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    used.push(("ReservationsFunction", reservations.table.actions()));
+
+    let orders = Function::new(&on, RouteGroup::Orders, &client);
+    let contact = json!({"name": "Alice Example", "email": "alice@example.test", "shipping_address": ["1 Test Street"]});
+    let basket = json!({"lines": [{"sku": "MUG", "quantity": 1}], "payment_token": "tok_visa", "contact": contact});
+    let placed = orders
+        .call("alice", "customer", "POST", "/v1/orders", basket, "o1")
+        .await;
+    assert_eq!(placed.0, 201, "{placed:?}");
+    let order = placed.1["id"].as_str().unwrap().to_owned();
+    let declined = json!({"reservation_id": kept, "payment_token": "tok_decline"});
+    let refused = orders
+        .call("alice", "customer", "POST", "/v1/orders", declined, "o2")
+        .await;
+    assert_eq!(refused.0, 402, "{refused:?}");
+    assert_eq!(
+        orders
+            .call("alice", "customer", "GET", "/v1/orders", Value::Null, "o3")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        orders
+            .call("ops-1", "ops", "GET", "/v1/orders", Value::Null, "o4")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        orders
+            .call(
+                "alice",
+                "customer",
+                "GET",
+                &format!("/v1/orders/{order}"),
+                Value::Null,
+                "o5"
+            )
+            .await
+            .0,
+        200
+    );
+    let captured = orders
+        .call(
+            "admin-1",
+            "admin",
+            "POST",
+            &format!("/v1/orders/{order}/capture"),
+            Value::Null,
+            "o6",
+        )
+        .await;
+    assert!(captured.0 < 300, "{captured:?}");
+    let cancelled = orders
+        .call(
+            "alice",
+            "customer",
+            "POST",
+            &format!("/v1/orders/{order}/cancellation"),
+            json!({"reason": "changed my mind"}),
+            "o7",
+        )
+        .await;
+    assert_eq!(cancelled.0, 202, "{cancelled:?}");
+    used.push(("OrdersFunction", orders.table.actions()));
+
+    let reports = Function::new(&on, RouteGroup::Reports, &client);
+    for path in ["/v1/alerts", "/v1/audit", "/v1/reports/sales"] {
+        let answer = reports
+            .call("ops-1", "ops", "GET", path, Value::Null, "x")
+            .await;
+        assert_eq!(answer.0, 200, "{path}: {answer:?}");
+    }
+    used.push(("ReportsFunction", reports.table.actions()));
+
+    let mismatched: Vec<String> = used
+        .into_iter()
+        .filter_map(|(function, used)| {
+            let used: BTreeSet<String> = used.into_iter().map(str::to_owned).collect();
+            let granted = granted(function);
+            (granted != used).then(|| format!("{function}: granted {granted:?}, used {used:?}"))
+        })
+        .collect();
+    assert!(mismatched.is_empty(), "{}", mismatched.join("\n"));
+}
