@@ -1,13 +1,19 @@
-//! Each API function's policy grants the DynamoDB actions its routes need, and no others. Every
-//! route of a group is driven through that group's own router, as its Lambda builds it, on a
-//! table handle that notes the IAM action each call needs; the set must equal what
-//! `template.yaml` grants the function.
+//! Each function's policy grants the DynamoDB actions its work needs, and no others. Every
+//! route of a group is driven through that group's own router, as its Lambda builds it, and the
+//! cancellation saga's steps run as Step Functions calls them, each function on a table handle
+//! that notes the IAM action each call needs; the set must equal what `template.yaml` grants
+//! the function. The flows include the paths that delete (a SKU lifted off the low-stock
+//! list, a released hold, a declined payment giving its key back) and a saga that ends flagged.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use commerce_api::{Auth, RouteGroup, group_router};
+use commerce_app::event_store::{Envelope, read_events};
+use commerce_app::keys;
+use commerce_app::saga::{CancellationStep, ORDER_CANCELLATION_ASL, cancellation_of};
 use commerce_app::{Shop, ShopConfig, SystemClock};
+use commerce_domain::{OrderId, TenantId};
 use commerce_dynamodb::DynamoTable;
 use commerce_dynamodb::moto::{client, fresh_table};
 use commerce_stripe::Provider;
@@ -38,6 +44,7 @@ fn granted(function: &str) -> BTreeSet<String> {
 /// One group's function: its router on its own table handle, whose notes start empty.
 struct Function {
     table: DynamoTable,
+    shop: Arc<commerce_lambda::LambdaShop>,
     app: axum::Router,
 }
 
@@ -53,13 +60,13 @@ impl Function {
             ShopConfig::default(),
         ));
         let names = commerce_lambda::ClaimNames::from_env();
-        let app = group_router(shop, Auth::upstream(), group).layer(axum::middleware::from_fn(
-            move |request, next| {
+        let app = group_router(shop.clone(), Auth::upstream(), group).layer(
+            axum::middleware::from_fn(move |request, next| {
                 let names = names.clone();
                 async move { names.bridge(request, next).await }
-            },
-        ));
-        Self { table, app }
+            }),
+        );
+        Self { table, shop, app }
     }
 
     /// Sends one request as `sub` with `roles`, and answers its status and body.
@@ -99,8 +106,63 @@ impl Function {
     }
 }
 
+/// The saga's Task states, each run by its step's function.
+struct Steps {
+    functions: BTreeMap<&'static str, Function>,
+}
+
+impl commerce_asl::Tasks for Steps {
+    async fn invoke(&self, call: commerce_asl::TaskCall) -> Result<Value, commerce_asl::Failure> {
+        let name = call.resource.rsplit(':').next().unwrap_or_default();
+        let step = CancellationStep::parse(name).unwrap();
+        commerce_lambda::run_step(&self.functions[name].shop, step, &call.input)
+            .await
+            .map_err(|failed| {
+                let diagnostic = lambda_http::lambda_runtime::Diagnostic::from(failed);
+                commerce_asl::Failure::new(&diagnostic.error_type, diagnostic.error_message)
+            })
+    }
+}
+
+impl Steps {
+    /// Runs the cancellation saga of `order`, from its `OrderCancellationRequested` event.
+    async fn run(&self, on: &DynamoTable, order: &str) -> Result<Value, commerce_asl::Failure> {
+        let tenant = TenantId::parse("acme").unwrap();
+        let order = OrderId::parse(order).unwrap();
+        let events: Vec<Envelope<Value>> = read_events(on, &keys::order(&tenant, &order))
+            .await
+            .unwrap();
+        let requested = events
+            .iter()
+            .find(|e| e.event_type == "OrderCancellationRequested")
+            .expect("the request's event");
+        let task = cancellation_of(&serde_json::to_string(requested).unwrap()).unwrap();
+        let substitutions = CancellationStep::ALL
+            .into_iter()
+            .map(|step| {
+                let arn = format!(
+                    "arn:aws:lambda:us-east-1:123456789012:function:{}",
+                    step.name()
+                );
+                (step.substitution().to_owned(), arn)
+            })
+            .collect();
+        let definition =
+            commerce_asl::Definition::load(ORDER_CANCELLATION_ASL, &substitutions).unwrap();
+        let execution = commerce_asl::Execution {
+            id: format!("policies-{order}"),
+            name: format!("policies-{order}"),
+            state_machine: "order-cancellation".into(),
+            started: time::OffsetDateTime::now_utc(),
+            input: serde_json::to_value(&task).unwrap(),
+        };
+        let clock = commerce_asl::VirtualTime::starting_at(time::OffsetDateTime::now_utc());
+        commerce_asl::run(&definition, &execution, self, &clock).await
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_api_function_is_granted_exactly_the_dynamodb_actions_its_routes_use() {
+async fn each_function_is_granted_exactly_the_dynamodb_actions_its_work_uses() {
     let on = fresh_table().await;
     let client = client().await;
     let mut used = Vec::new();
@@ -132,7 +194,7 @@ async fn each_api_function_is_granted_exactly_the_dynamodb_actions_its_routes_us
             .0,
         201
     );
-    // The same SKU again under a new key: refused, and the key's claim is given back.
+    // The same SKU again under a new key: refused, the refusal kept as the key's answer.
     assert_eq!(
         products
             .call("admin-1", "admin", "POST", "/v1/products", mug, "p2")
@@ -168,6 +230,12 @@ async fn each_api_function_is_granted_exactly_the_dynamodb_actions_its_routes_us
             .0,
         200
     );
+    let lamp =
+        json!({"sku": "LAMP", "name": "Lamp", "price": {"amount_minor": 900, "currency": "EUR"}});
+    let created = products
+        .call("admin-1", "admin", "POST", "/v1/products", lamp, "p5")
+        .await;
+    assert_eq!(created.0, 201, "{created:?}");
     used.push(("ProductsFunction", products.table.actions()));
 
     let inventory = Function::new(&on, RouteGroup::Inventory, &client);
@@ -220,6 +288,11 @@ async fn each_api_function_is_granted_exactly_the_dynamodb_actions_its_routes_us
             .0,
         200
     );
+    let level = json!({"on_hand": 10, "low_stock_threshold": 5});
+    let stocked = inventory
+        .call("admin-1", "admin", "PUT", "/v1/inventory/LAMP", level, "i5")
+        .await;
+    assert_eq!(stocked.0, 200, "{stocked:?}");
     used.push(("InventoryFunction", inventory.table.actions()));
 
     let reservations = Function::new(&on, RouteGroup::Reservations, &client);
@@ -272,7 +345,8 @@ async fn each_api_function_is_granted_exactly_the_dynamodb_actions_its_routes_us
 
     let orders = Function::new(&on, RouteGroup::Orders, &client);
     let contact = json!({"name": "Alice Example", "email": "alice@example.test", "shipping_address": ["1 Test Street"]});
-    let basket = json!({"lines": [{"sku": "MUG", "quantity": 1}], "payment_token": "tok_visa", "contact": contact});
+    // Six lamps take LAMP below its threshold; the cancellation's release lifts it back.
+    let basket = json!({"lines": [{"sku": "MUG", "quantity": 1}, {"sku": "LAMP", "quantity": 6}], "payment_token": "tok_visa", "contact": contact});
     let placed = orders
         .call("alice", "customer", "POST", "/v1/orders", basket, "o1")
         .await;
@@ -333,6 +407,43 @@ async fn each_api_function_is_granted_exactly_the_dynamodb_actions_its_routes_us
         )
         .await;
     assert_eq!(cancelled.0, 202, "{cancelled:?}");
+    // A second order, paid, whose refund the provider refuses: its saga ends flagged.
+    let refused_refund =
+        json!({"lines": [{"sku": "MUG", "quantity": 1}], "payment_token": "tok_refund_refused"});
+    let second = orders
+        .call(
+            "bob",
+            "customer",
+            "POST",
+            "/v1/orders",
+            refused_refund,
+            "o8",
+        )
+        .await;
+    assert_eq!(second.0, 201, "{second:?}");
+    let second = second.1["id"].as_str().unwrap().to_owned();
+    let captured = orders
+        .call(
+            "admin-1",
+            "admin",
+            "POST",
+            &format!("/v1/orders/{second}/capture"),
+            Value::Null,
+            "o9",
+        )
+        .await;
+    assert!(captured.0 < 300, "{captured:?}");
+    let cancelled = orders
+        .call(
+            "bob",
+            "customer",
+            "POST",
+            &format!("/v1/orders/{second}/cancellation"),
+            json!({"reason": "no"}),
+            "o10",
+        )
+        .await;
+    assert_eq!(cancelled.0, 202, "{cancelled:?}");
     used.push(("OrdersFunction", orders.table.actions()));
 
     let reports = Function::new(&on, RouteGroup::Reports, &client);
@@ -343,6 +454,29 @@ async fn each_api_function_is_granted_exactly_the_dynamodb_actions_its_routes_us
         assert_eq!(answer.0, 200, "{path}: {answer:?}");
     }
     used.push(("ReportsFunction", reports.table.actions()));
+
+    // The cancellation saga's steps, each on its own function, as Step Functions calls them.
+    let steps = Steps {
+        functions: CancellationStep::ALL
+            .into_iter()
+            .map(|step| (step.name(), Function::new(&on, RouteGroup::Health, &client)))
+            .collect(),
+    };
+    assert!(
+        steps.run(&on, &order).await.is_ok(),
+        "the first order is cancelled"
+    );
+    let flagged = steps.run(&on, &second).await.unwrap_err();
+    assert_eq!(flagged.error, "NeedsAttention");
+    for step in CancellationStep::ALL {
+        let function = match step {
+            CancellationStep::ReleaseStock => "ReleaseStockFunction",
+            CancellationStep::SettlePayment => "SettlePaymentFunction",
+            CancellationStep::Complete => "CompleteCancellationFunction",
+            CancellationStep::Flag => "FlagCancellationFunction",
+        };
+        used.push((function, steps.functions[step.name()].table.actions()));
+    }
 
     let mismatched: Vec<String> = used
         .into_iter()

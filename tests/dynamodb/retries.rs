@@ -25,11 +25,16 @@ struct Tokens {
     untokened: HashSet<Bytes>,
     lost: usize,
     replayed: usize,
+    /// Repeats of a token answered "still in progress", as DynamoDB answers while the first
+    /// call runs.
+    in_progress: usize,
 }
 
 struct Proxy {
     http: reqwest::Client,
     tokens: Mutex<Tokens>,
+    /// Answer a token's first repeat "still in progress" before replaying its answer.
+    slow: bool,
 }
 
 const WRITES: [&str; 3] = [".PutItem", ".DeleteItem", ".TransactWriteItems"];
@@ -50,16 +55,31 @@ async fn forward(
     let token = request["ClientRequestToken"].as_str().map(str::to_owned);
     let first = token.as_ref().and_then(|token| {
         let mut tokens = proxy.tokens.lock().unwrap();
-        let first = tokens.answers.get(token).cloned();
-        tokens.replayed += usize::from(first.is_some());
-        first
+        let first = tokens.answers.get(token).cloned()?;
+        if proxy.slow && tokens.in_progress == tokens.replayed {
+            tokens.in_progress += 1;
+            return Some(Err(()));
+        }
+        tokens.replayed += 1;
+        Some(Ok(first))
     });
-    if let Some((status, answer)) = first {
-        return (
-            StatusCode::from_u16(status).unwrap(),
-            json_headers(),
-            answer,
-        );
+    match first {
+        Some(Ok((status, answer))) => {
+            return (
+                StatusCode::from_u16(status).unwrap(),
+                json_headers(),
+                answer,
+            );
+        }
+        Some(Err(())) => {
+            let running = r#"{"__type":"com.amazonaws.dynamodb.v20120810#TransactionInProgressException","message":"the transaction with this token is in progress"}"#;
+            return (
+                StatusCode::BAD_REQUEST,
+                json_headers(),
+                Bytes::from_static(running.as_bytes()),
+            );
+        }
+        None => {}
     }
     let mut upstream = proxy.http.post(endpoint()).body(body.clone());
     for (name, value) in &headers {
@@ -109,10 +129,12 @@ fn json_headers() -> HeaderMap {
 /// The tables of `on`, reached through a proxy that loses the first answer to every token.
 async fn through_lossy_proxy(
     on: &DynamoTable,
+    slow: bool,
 ) -> (DynamoTable, aws_sdk_dynamodb::Client, Arc<Proxy>) {
     let proxy = Arc::new(Proxy {
         http: reqwest::Client::new(),
         tokens: Mutex::new(Tokens::default()),
+        slow,
     });
     let app = axum::Router::new()
         .fallback(forward)
@@ -143,7 +165,7 @@ fn item(sk: &str, version: u64) -> Item {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conditional_write_whose_answer_was_lost_succeeds_on_the_retry() {
     let direct = fresh_table().await;
-    let (table, plain, proxy) = through_lossy_proxy(&direct).await;
+    let (table, plain, proxy) = through_lossy_proxy(&direct, false).await;
 
     // A lone put on an absent item: without the token, its retry would find its own item.
     table
@@ -213,4 +235,32 @@ async fn a_conditional_write_whose_answer_was_lost_succeeds_on_the_retry() {
         .await;
     let error = repeated.expect_err("the repeat of a plain conditional put fails its condition");
     assert_eq!(error.code(), Some("ConditionalCheckFailedException"));
+}
+
+/// The SDK's repeat of a transaction meets it still running under its token (DynamoDB answers
+/// `TransactionInProgressException`, which the SDK does not retry): the adapter asks again
+/// with the same token after a pause, and learns that it committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_still_running_under_its_token_is_asked_again_until_it_settles() {
+    let direct = fresh_table().await;
+    let (table, _, proxy) = through_lossy_proxy(&direct, true).await;
+    table
+        .transact(vec![
+            Write::Put {
+                item: item("f", 1),
+                condition: Condition::Absent,
+            },
+            Write::Put {
+                item: item("g", 1),
+                condition: Condition::Absent,
+            },
+        ])
+        .await
+        .expect("the transaction is found committed");
+    let counts = {
+        let tokens = proxy.tokens.lock().unwrap();
+        (tokens.lost, tokens.in_progress, tokens.replayed)
+    };
+    assert_eq!(counts, (1, 1, 1), "lost, in progress, replayed");
+    assert!(direct.get("acme#retry", "f").await.unwrap().is_some());
 }

@@ -81,7 +81,8 @@ pub fn tenant_order_shard(id: &OrderId) -> u32 {
     spread(id.to_string().as_bytes()) % ORDER_LIST_SHARDS
 }
 
-/// The list as a whole, the name its page cursors are sealed to.
+/// The list as a whole, the name its page cursors are sealed to, and the partition it was
+/// kept in before it was sharded.
 pub fn tenant_order_list(tenant: &TenantId) -> String {
     format!("{tenant}#orders")
 }

@@ -40,6 +40,12 @@ const TTL: &str = "ttl";
 const OWNER: &str = "o";
 const EVENT: &str = "e";
 
+/// Waits before repeating a transaction still running under its token, or one that timed out.
+const RESENDS: [std::time::Duration; 2] = [
+    std::time::Duration::from_millis(100),
+    std::time::Duration::from_millis(400),
+];
+
 /// The filter pattern of the publisher's event source mapping: only inserts of event items
 /// leave through the stream. `template.yaml` carries the same pattern (a check keeps them equal).
 pub const STREAM_FILTER: &str =
@@ -244,17 +250,32 @@ impl Table for DynamoTable {
                 "dynamodb:ConditionCheckItem"
             });
         }
-        // The token makes the SDK's own retries of this call idempotent: a retry of a
-        // transaction that did commit succeeds instead of failing its conditions. A lone
-        // conditional write comes this way for the same reason, at twice a plain write's units.
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .client_request_token(uuid::Uuid::new_v4().to_string())
-            .return_consumed_capacity(ReturnConsumedCapacity::Total)
-            .send()
-            .await;
+        // The token makes repeats of this call idempotent for ten minutes: a repeat of a
+        // transaction that did commit succeeds instead of failing its own conditions. The SDK
+        // repeats a call whose answer was lost; this adapter repeats one that DynamoDB says is
+        // still running under the token, or that timed out, so the caller learns how it ended.
+        // A lone conditional write comes this way too, at twice a plain write's units.
+        let token = uuid::Uuid::new_v4().to_string();
+        let mut resends = RESENDS.iter();
+        let result = loop {
+            let result = self
+                .client
+                .transact_write_items()
+                .set_transact_items(Some(items.clone()))
+                .client_request_token(&token)
+                .return_consumed_capacity(ReturnConsumedCapacity::Total)
+                .send()
+                .await;
+            let unsettled = match &result {
+                Err(SdkError::ServiceError(e)) => e.err().is_transaction_in_progress_exception(),
+                Err(SdkError::TimeoutError(_)) => true,
+                _ => false,
+            };
+            match resends.next() {
+                Some(wait) if unsettled => tokio::time::sleep(*wait).await,
+                _ => break result,
+            }
+        };
         match result {
             Ok(output) => {
                 self.wrote(
@@ -663,7 +684,8 @@ fn sdk_failure<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fm
         "ThrottlingException"
         | "ProvisionedThroughputExceededException"
         | "RequestLimitExceeded"
-        | "InternalServerError" => {
+        | "InternalServerError"
+        | "TransactionInProgressException" => {
             StoreError::Busy(format!("{code}: {}", e.message().unwrap_or("")))
         }
         "TransactionConflictException" => StoreError::Conflict,

@@ -61,6 +61,7 @@ macro_rules! table_contract {
             concurrent_duplicates_place_one_order,
             a_hot_sku_sells_exactly_its_stock,
             a_bad_queue_entry_is_counted_and_skipped,
+            the_shops_order_list_merges_its_shards_and_its_old_partition,
             conflicts_are_retried_and_failures_are_not,
             a_store_failure_after_payment_is_retried,
             a_redelivered_event_is_applied_once,

@@ -1026,6 +1026,87 @@ pub async fn a_hot_sku_sells_exactly_its_stock<T: Table + Clone>(table: &T) {
     assert_eq!(world.stock().await, (STOCK, STOCK, 0));
 }
 
+/// An operator's list of the shop's orders, page by page with `limit`.
+async fn shop_orders<T: Table + Clone>(world: &World<T>, limit: usize) -> Vec<String> {
+    let shop = world.shop(Cut::never());
+    let ops = world.caller("ops", Role::Ops);
+    let (mut ids, mut cursor) = (Vec::new(), None);
+    loop {
+        let page = shop
+            .orders(&ops, cursor.as_deref(), Some(limit))
+            .await
+            .unwrap();
+        ids.extend(page.items.into_iter().map(|o| o.id));
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => return ids,
+        }
+    }
+}
+
+/// The shop's order list is spread over shards; orders listed before that, in its old single
+/// partition, are still listed, and an order found in both is listed once.
+pub async fn the_shops_order_list_merges_its_shards_and_its_old_partition<T: Table + Clone>(
+    table: &T,
+) {
+    let world = World::new(table, "sharded", 100).await;
+    let shop = world.shop(Cut::never());
+    let mut placed = Vec::new();
+    for n in 0..12 {
+        let body = order_from(Some(world.lines(1)), None, "tok_visa");
+        let key = world.key(&body, &format!("list-{n}"));
+        let reply = shop.place(&world.alice(), Some(&key), body).await.unwrap();
+        placed.push(reply.body["id"].as_str().unwrap().to_owned());
+    }
+    placed.reverse();
+    assert_eq!(
+        shop_orders(&world, 5).await,
+        placed,
+        "newest first, each once"
+    );
+
+    // The oldest order as a list kept before sharding holds it: only in the old partition.
+    // The newest one has a stale copy there too.
+    let old = crate::keys::tenant_order_list(&world.tenant);
+    let shard_of = |id: &str| {
+        let id = commerce_domain::OrderId::parse(id).unwrap();
+        crate::keys::tenant_orders(&world.tenant, crate::keys::tenant_order_shard(&id))
+    };
+    let (oldest, newest) = (placed[11].clone(), placed[0].clone());
+    let entry = table
+        .get(&shard_of(&oldest), &oldest)
+        .await
+        .unwrap()
+        .unwrap();
+    let stale = table
+        .get(&shard_of(&newest), &newest)
+        .await
+        .unwrap()
+        .unwrap();
+    let moved = |item: Item| Write::Put {
+        item: Item {
+            pk: old.clone(),
+            ..item
+        },
+        condition: crate::table::Condition::None,
+    };
+    table
+        .transact(vec![
+            Write::Delete {
+                pk: shard_of(&oldest),
+                sk: oldest.clone(),
+                condition: crate::table::Condition::None,
+            },
+            moved(entry),
+            moved(stale),
+        ])
+        .await
+        .unwrap();
+    for limit in [1, 5, 100] {
+        assert_eq!(shop_orders(&world, limit).await, placed, "pages of {limit}");
+    }
+}
+
 /// Every order of the world's customer, page by page.
 async fn all_orders<T: Table + Clone>(world: &World<T>) -> std::collections::HashSet<String> {
     let shop = world.shop(Cut::never());

@@ -3,10 +3,10 @@
 //! A [`Projection`] says what an event changes in its read model; the [`Projector`] does the
 //! rest, once for every projection: it applies an aggregate's events strictly in version order
 //! (a gap is filled from the event log, never skipped; when the log cannot be read, the
-//! message is retried later), records how far each aggregate got (a position item) and which
-//! events it applied (a processed record per event id, kept for a while), all in the same
-//! transaction as the read model's own writes. A redelivered or republished event is
-//! therefore recognised and changes nothing.
+//! message is retried later) and records how far each aggregate got (a position item, written
+//! on its version) in the same transaction as the read model's own writes. A redelivered or
+//! republished event is behind its position and changes nothing; two deliveries of one event
+//! applied at once race on the position, and one of them fails.
 //!
 //! A read model lives in a generation. A rebuild ([`rebuild`]) fills a fresh one from the
 //! event log while the live projector writes to both, then switches readers over in one
@@ -37,12 +37,8 @@ pub use draft::Draft;
 pub type Event = Envelope<Box<serde_json::value::RawValue>>;
 pub use rebuild::{Progress, rebuild};
 
-/// How long a processed record is kept: longer than SQS keeps a message (14 days), so any
-/// redelivery finds it. Positions catch anything older.
-const PROCESSED_TTL_SECONDS: i64 = 15 * 24 * 3600;
-/// Writes each event costs the projector itself, per generation: its position and its
-/// processed record.
-const OWN_WRITES: usize = 2;
+/// Writes each event costs the projector itself, per generation: its position.
+const OWN_WRITES: usize = 1;
 /// Tries at a batch whose transactions lost a race.
 const PLANS: usize = 8;
 
@@ -385,7 +381,6 @@ impl<T: Table, P: Projection> Projector<T, P> {
             }
             chunk.draft.generation = generation;
             P::apply(&mut chunk.draft, event).await?;
-            chunk.processed(P::NAME, generation, event)?;
             if generation == meta.generations.active {
                 chunk.first_applied(event);
             }
@@ -487,13 +482,12 @@ impl Position {
 
 const POSITION: &str = "position";
 
-/// The writes of one projector transaction: the draft's, the positions moved, the processed
-/// records, and a check that the generations are still those it was planned for.
+/// The writes of one projector transaction: the draft's, the positions moved, and a check that
+/// the generations are still those it was planned for.
 struct Chunk<'a, T> {
     draft: Draft<'a, T>,
     meta: Meta,
     positions: BTreeMap<String, Write>,
-    processed: Vec<Write>,
     /// Whose events this chunk applies to the readers' generation, and when they were recorded.
     recorded_at_ms: Vec<(String, i64)>,
 }
@@ -504,7 +498,6 @@ impl<'a, T: Table> Chunk<'a, T> {
             draft: Draft::new(table, name, meta.generations.active),
             meta: *meta,
             positions: BTreeMap::new(),
-            processed: Vec::new(),
             recorded_at_ms: Vec::new(),
         }
     }
@@ -513,27 +506,6 @@ impl<'a, T: Table> Chunk<'a, T> {
         if let Some(at) = event.occurred_at_ms() {
             self.recorded_at_ms.push((event.tenant.clone(), at));
         }
-    }
-
-    fn processed(&mut self, name: &str, generation: u32, event: &Event) -> Result<(), StoreError> {
-        let expires = crate::clock::now_seconds() + PROCESSED_TTL_SECONDS;
-        self.processed.push(Write::Put {
-            item: Item {
-                pk: partition(
-                    &event.tenant,
-                    name,
-                    generation,
-                    &format!("processed#{}", event.id),
-                ),
-                sk: "processed".into(),
-                version: 1,
-                data: b"{}".to_vec(),
-                expires_at: Some(expires),
-                owner: None,
-            },
-            condition: Condition::Absent,
-        });
-        Ok(())
     }
 
     fn moved(&mut self, position: &mut Position) {
@@ -559,7 +531,7 @@ impl<'a, T: Table> Chunk<'a, T> {
     }
 
     fn len(&self) -> usize {
-        self.draft.len() + self.positions.len() + self.processed.len() + 1
+        self.draft.len() + self.positions.len() + 1
     }
 
     /// Where the chunk stands before an event, to undo that event alone.
@@ -571,7 +543,6 @@ impl<'a, T: Table> Chunk<'a, T> {
                 .iter()
                 .map(|p| (p.pk.clone(), self.positions.get(&p.pk).cloned()))
                 .collect(),
-            processed: self.processed.len(),
             recorded: self.recorded_at_ms.len(),
             applied: positions.iter().map(|p| (p.applied, p.moved)).collect(),
         }
@@ -585,7 +556,6 @@ impl<'a, T: Table> Chunk<'a, T> {
                 None => self.positions.remove(&pk),
             };
         }
-        self.processed.truncate(mark.processed);
         self.recorded_at_ms.truncate(mark.recorded);
         for (position, (applied, moved)) in positions.iter_mut().zip(mark.applied) {
             position.applied = applied;
@@ -600,7 +570,6 @@ impl<'a, T: Table> Chunk<'a, T> {
         let (pk, sk) = meta_key_of(&self.draft);
         let mut writes = self.draft.take_writes();
         writes.extend(std::mem::take(&mut self.positions).into_values());
-        writes.append(&mut self.processed);
         writes.push(Write::Check {
             pk,
             sk,
@@ -642,7 +611,6 @@ struct ChunkMark {
     draft: draft::Mark,
     /// The stream's position writes as they were (`None`: not in the chunk).
     positions: Vec<(String, Option<Write>)>,
-    processed: usize,
     recorded: usize,
     applied: Vec<(u64, bool)>,
 }
