@@ -68,6 +68,7 @@ macro_rules! table_contract {
             events_out_of_order_apply_in_version_order,
             racing_projectors_apply_each_event_once,
             a_rebuild_while_events_keep_coming_equals_the_live_model,
+            a_projector_on_any_copy_of_the_generation_record_follows_a_rebuild,
             a_batch_of_large_orders_keeps_each_transaction_within_the_store,
             a_refused_event_holds_back_only_its_own_stream,
             an_audit_cursor_goes_on_however_late_the_next_page,

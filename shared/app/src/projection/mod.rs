@@ -97,25 +97,56 @@ impl Generations {
 pub(crate) struct Meta {
     pub generations: Generations,
     pub version: u64,
+    /// Which copy of the record was read: the one the commits check.
+    pub copy: u32,
 }
 
-pub(crate) fn meta_key(name: &str) -> (String, String) {
-    (format!("projection#{name}"), "generations".to_owned())
+/// Copies of each projection's generation record. Every projector commit checks one, and on
+/// DynamoDB two transactions that touch one item conflict: with a single record, projectors
+/// running at once would take turns. Each projector checks a copy of its own; a generation is
+/// opened or switched in all copies in one transaction. Copy 0 is the record readers and
+/// rebuilds read.
+pub(crate) const GENERATION_COPIES: u32 = 8;
+
+pub(crate) fn meta_key(name: &str, copy: u32) -> (String, String) {
+    let pk = match copy {
+        0 => format!("projection#{name}"),
+        copy => format!("projection#{name}#{copy}"),
+    };
+    (pk, "generations".to_owned())
 }
 
+/// The generation record readers and rebuilds go by (copy 0).
 pub(crate) async fn load_meta<T: Table>(table: &T, name: &str) -> Result<Meta, StoreError> {
-    let (pk, sk) = meta_key(name);
-    Ok(match table.get(&pk, &sk).await? {
-        Some(item) => Meta {
+    load_copy(table, name, 0).await.map(|meta| {
+        meta.unwrap_or(Meta {
+            generations: Generations::default(),
+            version: 0,
+            copy: 0,
+        })
+    })
+}
+
+/// Copy `copy` of the generation record; copy 0 where that copy was never written (a record
+/// from before copies, or none yet), so the commit checks the record that does decide.
+async fn load_meta_copy<T: Table>(table: &T, name: &str, copy: u32) -> Result<Meta, StoreError> {
+    match load_copy(table, name, copy).await? {
+        Some(meta) => Ok(meta),
+        None => load_meta(table, name).await,
+    }
+}
+
+async fn load_copy<T: Table>(table: &T, name: &str, copy: u32) -> Result<Option<Meta>, StoreError> {
+    let (pk, sk) = meta_key(name, copy);
+    match table.get(&pk, &sk).await? {
+        Some(item) => Ok(Some(Meta {
             generations: serde_json::from_slice(&item.data)
                 .map_err(|e| StoreError::Failure(format!("corrupt {pk}: {e}")))?,
             version: item.version,
-        },
-        None => Meta {
-            generations: Generations::default(),
-            version: 0,
-        },
-    })
+            copy,
+        })),
+        None => Ok(None),
+    }
 }
 
 /// The partition of a projection's item in one generation. Every key starts with the tenant.
@@ -148,6 +179,8 @@ pub struct Projector<T, P> {
     /// clones. Every commit's conditions check it, so a stale entry costs a lost race (and a
     /// fresh read), never a wrong write.
     known: Arc<Mutex<Known>>,
+    /// The copy of the generation record this projector's commits check.
+    copy: u32,
     _projection: std::marker::PhantomData<fn() -> P>,
 }
 
@@ -156,6 +189,7 @@ impl<T: Clone, P> Clone for Projector<T, P> {
         Self {
             table: self.table.clone(),
             known: self.known.clone(),
+            copy: self.copy,
             _projection: std::marker::PhantomData,
         }
     }
@@ -172,10 +206,18 @@ struct Known {
 }
 
 impl<T: Table, P: Projection> Projector<T, P> {
+    /// A projector on a copy of the generation record picked at random, so projectors
+    /// running at once (one per Lambda instance) mostly check different items.
     pub fn new(table: T) -> Self {
+        let copy = u32::from(uuid::Uuid::new_v4().as_bytes()[0]) % GENERATION_COPIES;
+        Self::on_copy(table, copy)
+    }
+
+    pub(crate) fn on_copy(table: T, copy: u32) -> Self {
         Self {
             table,
             known: Arc::default(),
+            copy: copy % GENERATION_COPIES,
             _projection: std::marker::PhantomData,
         }
     }
@@ -263,7 +305,7 @@ impl<T: Table, P: Projection> Projector<T, P> {
             let meta = match cached {
                 Some(meta) => meta,
                 None => {
-                    let meta = load_meta(&self.table, P::NAME).await?;
+                    let meta = load_meta_copy(&self.table, P::NAME, self.copy).await?;
                     self.known().meta = Some(meta);
                     meta
                 }
@@ -567,7 +609,7 @@ impl<'a, T: Table> Chunk<'a, T> {
         if self.positions.is_empty() {
             return Ok(());
         }
-        let (pk, sk) = meta_key_of(&self.draft);
+        let (pk, sk) = meta_key(self.draft.projection(), self.meta.copy);
         let mut writes = self.draft.take_writes();
         writes.extend(std::mem::take(&mut self.positions).into_values());
         writes.push(Write::Check {
@@ -613,10 +655,6 @@ struct ChunkMark {
     positions: Vec<(String, Option<Write>)>,
     recorded: usize,
     applied: Vec<(u64, bool)>,
-}
-
-fn meta_key_of<T: Table>(draft: &Draft<'_, T>) -> (String, String) {
-    meta_key(draft.projection())
 }
 
 /// Most messages one receive asks for on the local bus.

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::{Event, Generations, Projection, Projector, load_meta, meta_key};
+use super::{Event, GENERATION_COPIES, Generations, Projection, Projector, load_meta, meta_key};
 use crate::bus::Message;
 use crate::table::{Condition, Item, StoreError, Table, Write};
 
@@ -157,27 +157,35 @@ async fn switch<P: Projection, T: Table>(
         })
 }
 
+/// Writes the generation record on the version read, and every copy of it with the same
+/// version and content, in one transaction: a projector checking any copy sees the change.
 async fn write_meta<P: Projection, T: Table>(
     table: &T,
     generations: &Generations,
     read_version: u64,
 ) -> Result<(), StoreError> {
-    let (pk, sk) = meta_key(P::NAME);
-    let condition = match read_version {
-        0 => Condition::Absent,
-        v => Condition::VersionIs(v),
-    };
-    table
-        .transact(vec![Write::Put {
-            item: Item {
-                pk,
-                sk,
-                version: read_version + 1,
-                data: crate::event_store::to_json(generations)?,
-                expires_at: None,
-                owner: None,
-            },
-            condition,
-        }])
-        .await
+    let data = crate::event_store::to_json(generations)?;
+    let writes = (0..GENERATION_COPIES)
+        .map(|copy| {
+            let (pk, sk) = meta_key(P::NAME, copy);
+            let condition = match (copy, read_version) {
+                (0, 0) => Condition::Absent,
+                (0, v) => Condition::VersionIs(v),
+                // Copies follow the record: only a writer that won its condition writes them.
+                _ => Condition::None,
+            };
+            Write::Put {
+                item: Item {
+                    pk,
+                    sk,
+                    version: read_version + 1,
+                    data: data.clone(),
+                    expires_at: None,
+                    owner: None,
+                },
+                condition,
+            }
+        })
+        .collect();
+    table.transact(writes).await
 }
