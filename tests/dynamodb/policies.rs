@@ -1,4 +1,5 @@
-//! Each function's policy grants the DynamoDB actions its work needs, and no others. Every
+//! Each function's policy grants the DynamoDB actions its work needs, and no others, on the
+//! partition keys its work uses (`dynamodb:LeadingKeys` patterns). Every
 //! route of a group is driven through that group's own router, as its Lambda builds it, and the
 //! cancellation saga's steps run as Step Functions calls them, each function on a table handle
 //! that notes the IAM action each call needs; the set must equal what `template.yaml` grants
@@ -20,25 +21,66 @@ use commerce_stripe::Provider;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
-/// The DynamoDB actions `template.yaml` grants the function named `function` (its block, up to
-/// the next resource).
-fn granted(function: &str) -> BTreeSet<String> {
+/// The block of `template.yaml` that declares `function`, up to the next resource.
+fn block(function: &str) -> String {
     let template =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../template.yaml")).unwrap();
     let start = template
         .find(&format!("\n  {function}:\n"))
         .unwrap_or_else(|| panic!("{function} is not in template.yaml"));
-    let block: String = template[start + 1..]
+    template[start + 1..]
         .lines()
         .enumerate()
         .take_while(|(n, line)| *n == 0 || line.is_empty() || line.starts_with("    "))
         .map(|(_, line)| format!("{line}\n"))
-        .collect();
-    block
-        .split(|c: char| c == '[' || c == ']' || c == ',' || c.is_whitespace())
+        .collect()
+}
+
+/// The DynamoDB actions `template.yaml` grants the function named `function`.
+fn granted(function: &str) -> BTreeSet<String> {
+    block(function)
+        .lines()
+        .filter(|line| line.trim_start().starts_with("Action:"))
+        .flat_map(|line| {
+            line.split(|c: char| c == '[' || c == ']' || c == ',' || c.is_whitespace())
+        })
         .filter(|word| word.starts_with("dynamodb:"))
         .map(str::to_owned)
         .collect()
+}
+
+/// The partition-key patterns (`dynamodb:LeadingKeys`) the function's statement on `table`
+/// (`Table` or `PersonalTable`) allows; `None` if that statement has none.
+fn leading_keys(function: &str, table: &str) -> Option<Vec<String>> {
+    let block = block(function);
+    let statement = block
+        .split("- Effect: Allow")
+        .find(|statement| statement.contains(&format!("Resource: !GetAtt {table}.Arn\n")))?;
+    let line = statement
+        .lines()
+        .find(|line| line.trim_start().starts_with("dynamodb:LeadingKeys:"))?;
+    let list = line.split_once('[')?.1.split_once(']')?.0;
+    Some(
+        list.split(',')
+            .map(|pattern| pattern.trim().trim_matches('"').to_owned())
+            .collect(),
+    )
+}
+
+/// IAM's `StringLike`: `*` stands for any run of characters, `?` for one.
+fn like(pattern: &str, text: &str) -> bool {
+    match pattern.chars().next() {
+        None => text.is_empty(),
+        Some('*') => (0..=text.len())
+            .filter(|at| text.is_char_boundary(*at))
+            .any(|at| like(&pattern[1..], &text[at..])),
+        Some(c) => text.chars().next().is_some_and(|t| {
+            (c == '?' || c == t) && {
+                let (p, t) = (c.len_utf8(), t.len_utf8());
+                like(&pattern[p..], &text[t..])
+            }
+        }),
+    }
 }
 
 /// One group's function: its router on its own table handle, whose notes start empty.
@@ -52,6 +94,7 @@ impl Function {
     fn new(on: &DynamoTable, group: RouteGroup, client: &aws_sdk_dynamodb::Client) -> Self {
         let (main, personal) = on.names();
         let table = DynamoTable::new(client.clone(), main, personal);
+        table.note_keys();
         let payments = Provider::choose(None, None, table.clone()).unwrap();
         let shop = Arc::new(Shop::new(
             table.clone(),
@@ -175,7 +218,7 @@ async fn each_function_is_granted_exactly_the_dynamodb_actions_its_work_uses() {
             .0,
         200
     );
-    used.push(("HealthFunction", health.table.actions()));
+    used.push(("HealthFunction", health.table.clone()));
 
     let products = Function::new(&on, RouteGroup::Products, &client);
     let mug =
@@ -236,7 +279,7 @@ async fn each_function_is_granted_exactly_the_dynamodb_actions_its_work_uses() {
         .call("admin-1", "admin", "POST", "/v1/products", lamp, "p5")
         .await;
     assert_eq!(created.0, 201, "{created:?}");
-    used.push(("ProductsFunction", products.table.actions()));
+    used.push(("ProductsFunction", products.table.clone()));
 
     let inventory = Function::new(&on, RouteGroup::Inventory, &client);
     // Low on stock first, then a receipt that lifts it off the low-stock list (a delete).
@@ -293,7 +336,7 @@ async fn each_function_is_granted_exactly_the_dynamodb_actions_its_work_uses() {
         .call("admin-1", "admin", "PUT", "/v1/inventory/LAMP", level, "i5")
         .await;
     assert_eq!(stocked.0, 200, "{stocked:?}");
-    used.push(("InventoryFunction", inventory.table.actions()));
+    used.push(("InventoryFunction", inventory.table.clone()));
 
     let reservations = Function::new(&on, RouteGroup::Reservations, &client);
     let hold = json!({"lines": [{"sku": "MUG", "quantity": 1}]});
@@ -341,7 +384,7 @@ async fn each_function_is_granted_exactly_the_dynamodb_actions_its_work_uses() {
         .as_str()
         .unwrap()
         .to_owned();
-    used.push(("ReservationsFunction", reservations.table.actions()));
+    used.push(("ReservationsFunction", reservations.table.clone()));
 
     let orders = Function::new(&on, RouteGroup::Orders, &client);
     let contact = json!({"name": "Alice Example", "email": "alice@example.test", "shipping_address": ["1 Test Street"]});
@@ -444,7 +487,7 @@ async fn each_function_is_granted_exactly_the_dynamodb_actions_its_work_uses() {
         )
         .await;
     assert_eq!(cancelled.0, 202, "{cancelled:?}");
-    used.push(("OrdersFunction", orders.table.actions()));
+    used.push(("OrdersFunction", orders.table.clone()));
 
     let reports = Function::new(&on, RouteGroup::Reports, &client);
     for path in ["/v1/alerts", "/v1/audit", "/v1/reports/sales"] {
@@ -453,7 +496,7 @@ async fn each_function_is_granted_exactly_the_dynamodb_actions_its_work_uses() {
             .await;
         assert_eq!(answer.0, 200, "{path}: {answer:?}");
     }
-    used.push(("ReportsFunction", reports.table.actions()));
+    used.push(("ReportsFunction", reports.table.clone()));
 
     // The cancellation saga's steps, each on its own function, as Step Functions calls them.
     let steps = Steps {
@@ -475,16 +518,40 @@ async fn each_function_is_granted_exactly_the_dynamodb_actions_its_work_uses() {
             CancellationStep::Complete => "CompleteCancellationFunction",
             CancellationStep::Flag => "FlagCancellationFunction",
         };
-        used.push((function, steps.functions[step.name()].table.actions()));
+        used.push((function, steps.functions[step.name()].table.clone()));
     }
 
-    let mismatched: Vec<String> = used
-        .into_iter()
-        .filter_map(|(function, used)| {
-            let used: BTreeSet<String> = used.into_iter().map(str::to_owned).collect();
-            let granted = granted(function);
-            (granted != used).then(|| format!("{function}: granted {granted:?}, used {used:?}"))
-        })
-        .collect();
+    let mut mismatched = Vec::new();
+    for (function, table) in used {
+        let used: BTreeSet<String> = table.actions().into_iter().map(str::to_owned).collect();
+        let granted = granted(function);
+        if granted != used {
+            mismatched.push(format!("{function}: granted {granted:?}, used {used:?}"));
+        }
+        for key in table.keys() {
+            let on = if key.starts_with("personal#") {
+                "PersonalTable"
+            } else {
+                "Table"
+            };
+            match leading_keys(function, on) {
+                None => mismatched.push(format!("{function}: no dynamodb:LeadingKeys on {on}")),
+                Some(patterns) if !patterns.iter().any(|p| like(p, &key)) => {
+                    mismatched.push(format!("{function}: {key} is outside {patterns:?}"));
+                }
+                Some(_) => {}
+            }
+        }
+    }
     assert!(mismatched.is_empty(), "{}", mismatched.join("\n"));
+}
+
+#[test]
+fn like_matches_as_iam_string_like_does() {
+    assert!(like("*#product#*", "acme#product#MUG"));
+    assert!(like("holds#*", "holds#12"));
+    assert!(!like("holds#*", "acme#holds"));
+    assert!(like("*#orders", "acme#orders"));
+    assert!(!like("*#orders", "acme#orders#3"));
+    assert!(like("a?c", "abc"));
 }

@@ -62,6 +62,9 @@ impl Operation {
 struct Counts {
     units: BTreeMap<Operation, Units>,
     actions: BTreeSet<&'static str>,
+    /// The partition keys called on, once asked for: a test's, never a serving process's,
+    /// whose set would only grow.
+    keys: Option<BTreeSet<String>>,
 }
 
 /// Counts per operation, and the IAM actions the calls needed, shared by clones of one table
@@ -75,6 +78,29 @@ impl Counter {
     pub(crate) fn needed(&self, action: &'static str) {
         let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         counts.actions.insert(action);
+    }
+
+    /// From now on, notes the partition key of every call ([`Counter::keys`]).
+    pub fn note_keys(&self) {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.keys.get_or_insert_with(BTreeSet::new);
+    }
+
+    pub(crate) fn called_on(&self, pk: &str) {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(keys) = counts.keys.as_mut() {
+            keys.insert(pk.to_owned());
+        }
+    }
+
+    /// The partition keys called on since [`Counter::note_keys`].
+    pub fn keys(&self) -> BTreeSet<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys
+            .clone()
+            .unwrap_or_default()
     }
 
     /// The IAM actions the calls so far needed.

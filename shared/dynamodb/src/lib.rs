@@ -82,6 +82,17 @@ impl DynamoTable {
         self.capacity.actions()
     }
 
+    /// From now on, notes the partition key of every call through this handle and its clones
+    /// (for tests: the set only grows).
+    pub fn note_keys(&self) {
+        self.capacity.note_keys();
+    }
+
+    /// The partition keys called on since [`DynamoTable::note_keys`].
+    pub fn keys(&self) -> std::collections::BTreeSet<String> {
+        self.capacity.keys()
+    }
+
     /// The names of the main table and of the personal-data table.
     pub fn names(&self) -> (&str, &str) {
         (&self.table, &self.personal)
@@ -157,6 +168,7 @@ impl DynamoTable {
 
 impl Table for DynamoTable {
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
+        self.capacity.called_on(pk);
         let output = self
             .client
             .get_item()
@@ -184,6 +196,7 @@ impl Table for DynamoTable {
     }
 
     async fn query(&self, q: Query<'_>) -> Result<Page, StoreError> {
+        self.capacity.called_on(q.pk);
         let mut request = self
             .client
             .query()
@@ -241,6 +254,9 @@ impl Table for DynamoTable {
             .map(|w| transact_item(self.table_of(w.key().0), w, now))
             .collect::<Result<Vec<_>, _>>()?;
         let sized = items.iter().map(transact_units).sum();
+        for write in &writes {
+            self.capacity.called_on(write.key().0);
+        }
         for item in &items {
             self.capacity.needed(if item.put().is_some() {
                 "dynamodb:PutItem"
@@ -357,6 +373,7 @@ impl Table for DynamoTable {
     /// One eventually consistent read of a key nothing writes: half a read unit on the data
     /// plane, where `DescribeTable` would be a control-plane call with its own low rate limit.
     async fn ping(&self) -> Result<(), StoreError> {
+        self.capacity.called_on(PING_KEY);
         let output = self
             .client
             .get_item()
@@ -384,6 +401,18 @@ impl DynamoTable {
     /// call whose answer was lost) leaves the same item, so it needs no token. `None` for a
     /// write with a condition, which a repeat could fail after its own success.
     async fn plain_write(&self, write: &Write) -> Option<Result<(), StoreError>> {
+        if matches!(
+            write,
+            Write::Put {
+                condition: Condition::None,
+                ..
+            } | Write::Delete {
+                condition: Condition::None,
+                ..
+            }
+        ) {
+            self.capacity.called_on(write.key().0);
+        }
         match write {
             Write::Put {
                 item,
