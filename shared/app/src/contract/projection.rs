@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::bus::{Delivery, Message};
 use crate::event_store::{Changes, Envelope, Origin, load, read_events};
-use crate::projection::audit::{Audit, day_partition};
+use crate::projection::audit::{Audit, day_partitions};
 use crate::projection::{Projection, Projector, Verdict, active_generation, partition, rebuild};
 use crate::table::{Query, Table};
 
@@ -74,26 +74,23 @@ async fn audited_in<T: Table>(table: &T, sku: &str, generation: u32) -> Vec<u64>
     let mut versions = Vec::new();
     // Yesterday too, for a run that crosses midnight.
     for day in [today - 86_400_000, today] {
-        let pk = partition(
-            "acme",
-            Audit::NAME,
-            generation,
-            &day_partition(&crate::views::day(day)),
-        );
-        let page = table
-            .query(Query {
-                pk: &pk,
-                prefix: "",
-                after: None,
-                limit: 1000,
-                descending: false,
-            })
-            .await
-            .unwrap();
-        for item in &page.items {
-            let e: Envelope<Value> = serde_json::from_slice(&item.data).unwrap();
-            if e.aggregate_id == sku {
-                versions.push(e.aggregate_version);
+        for shard in day_partitions(&crate::views::day(day)) {
+            let pk = partition("acme", Audit::NAME, generation, &shard);
+            let page = table
+                .query(Query {
+                    pk: &pk,
+                    prefix: "",
+                    after: None,
+                    limit: 1000,
+                    descending: false,
+                })
+                .await
+                .unwrap();
+            for item in &page.items {
+                let e: Envelope<Value> = serde_json::from_slice(&item.data).unwrap();
+                if e.aggregate_id == sku {
+                    versions.push(e.aggregate_version);
+                }
             }
         }
     }

@@ -1,7 +1,8 @@
 //! The audit trail: every event of a shop, with who did it, when and in which request.
 //!
-//! Each event is kept in the shop's day partition of its generation (`day#YYYY-MM-DD`), sorted by
-//! time then event id. A query that names one aggregate reads that aggregate's event stream
+//! Each event is kept in the shop's day of its generation, in one of [`DAY_SHARDS`] partitions
+//! by event id (`day#YYYY-MM-DD#N`: one partition takes about 1,000 writes a second, and a shop's
+//! every event lands in its day), sorted by time then event id; a day is read merged. A query that names one aggregate reads that aggregate's event stream
 //! instead, which holds the same envelopes in version order; any other query reads the days of
 //! its time range. Filters on actor and event type apply to what is read, so a page may come
 //! back short, with a cursor to go on.
@@ -30,7 +31,8 @@ impl Projection for Audit {
             .occurred_at_ms()
             .ok_or_else(|| StoreError::Failure(format!("event {} has no valid time", event.id)))?;
         let sk = entry_sk(at, &event.id.to_string());
-        let day = day_partition(&crate::views::day(at));
+        let id = event.id.to_string();
+        let day = day_partition(&crate::views::day(at), day_shard(&id));
         draft.insert(draft.partition(&event.tenant, &day), sk, event)?;
         Ok(())
     }
@@ -46,8 +48,27 @@ pub fn entries_from(at_ms: i64) -> String {
     format!("{at_ms:013}")
 }
 
-pub fn day_partition(day: &str) -> String {
-    format!("day#{day}")
+/// Partitions one day's entries are spread over.
+pub const DAY_SHARDS: u32 = 16;
+
+pub fn day_partition(day: &str, shard: u32) -> String {
+    format!("day#{day}#{shard}")
+}
+
+/// Every partition a day's entries may be in: its shards, then the single partition days were
+/// kept in before they were sharded.
+pub fn day_partitions(day: &str) -> Vec<String> {
+    (0..DAY_SHARDS)
+        .map(|shard| day_partition(day, shard))
+        .chain([format!("day#{day}")])
+        .collect()
+}
+
+fn day_shard(event_id: &str) -> u32 {
+    event_id
+        .bytes()
+        .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
+        % DAY_SHARDS
 }
 
 /// One event as the audit trail shows it: its envelope.

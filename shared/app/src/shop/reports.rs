@@ -4,10 +4,10 @@
 use serde::de::DeserializeOwned;
 
 use super::{Caller, Role, Shop};
-use crate::projection::audit::{Audit, AuditEntry, AuditFilter, day_partition, entries_from};
+use crate::projection::audit::{Audit, AuditEntry, AuditFilter, day_partitions, entries_from};
 use crate::projection::sales::{self, Sales, SalesRow};
 use crate::projection::{Projection, active_generation, partition};
-use crate::table::{Query, StoreError};
+use crate::table::{Page, Query, StoreError};
 use crate::views::{AuditEvent, ListPage, day};
 use crate::{AppError, Clock, PaymentGateway, Table};
 
@@ -32,10 +32,11 @@ pub struct AuditQuery {
     pub limit: Option<usize>,
 }
 
-/// One partition to read, and its label in cursors.
+/// What to read next, and its label in cursors: one partition, or several sorted alike and
+/// read merged (an audit day's shards).
 struct Source {
     label: String,
-    pk: String,
+    pks: Vec<String>,
     /// Only sort keys starting with this.
     prefix: &'static str,
     /// Sorted by time (an audit day), so reading may start at a time and stop past one; an
@@ -94,7 +95,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 }
                 vec![Source {
                     label: "aggregate".into(),
-                    pk: crate::keys::stream(tenant, kind, id),
+                    pks: vec![crate::keys::stream(tenant, kind, id)],
                     prefix: crate::keys::EVENT_PREFIX,
                     by_time: false,
                 }]
@@ -113,7 +114,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 days(from, to - 1)
                     .into_iter()
                     .map(|date| Source {
-                        pk: at(&day_partition(&date)),
+                        pks: day_partitions(&date).iter().map(|day| at(day)).collect(),
                         label: date,
                         prefix: "",
                         by_time: true,
@@ -183,12 +184,12 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         let sources: Vec<Source> = days(from, to)
             .into_iter()
             .map(|date| Source {
-                pk: partition(
+                pks: vec![partition(
                     tenant,
                     Sales::NAME,
                     generation,
                     &sales::day_partition(&date),
-                ),
+                )],
                 label: date,
                 prefix: "",
                 by_time: true,
@@ -264,18 +265,16 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             }
             'source: loop {
                 let page = self
-                    .table
-                    .query(Query {
-                        pk: &source.pk,
-                        prefix: source.prefix,
-                        after: after.as_deref(),
-                        limit: (limit - items.len()).clamp(1, 100),
-                        descending: false,
-                    })
+                    .read_merged(
+                        &source.pks,
+                        source.prefix,
+                        after.as_deref(),
+                        (limit - items.len()).clamp(1, 100),
+                    )
                     .await?;
                 for item in &page.items {
                     let value: V = serde_json::from_slice(&item.data).map_err(|e| {
-                        StoreError::Failure(format!("corrupt item in {}: {e}", source.pk))
+                        StoreError::Failure(format!("corrupt item in {}: {e}", item.pk))
                     })?;
                     budget = budget.saturating_sub(1);
                     after = Some(item.sk.clone());
@@ -301,6 +300,42 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             items,
             next_cursor: None,
         })
+    }
+}
+
+impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
+    /// The next `limit` items after `after` of partitions sorted alike, merged in order: each
+    /// partition's next `limit`, the first `limit` of all. Sort keys are unique across them.
+    async fn read_merged(
+        &self,
+        pks: &[String],
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Page, StoreError> {
+        let query = |pk| Query {
+            pk,
+            prefix,
+            after,
+            limit,
+            descending: false,
+        };
+        if let [pk] = pks {
+            return self.table.query(query(pk)).await;
+        }
+        let pages =
+            futures_util::future::try_join_all(pks.iter().map(|pk| self.table.query(query(pk))))
+                .await?;
+        let mut more = pages.iter().any(|page| page.next.is_some());
+        let mut items: Vec<_> = pages.into_iter().flat_map(|page| page.items).collect();
+        items.sort_unstable_by(|a, b| a.sk.cmp(&b.sk));
+        items.dedup_by(|later, first| later.sk == first.sk);
+        if items.len() > limit {
+            items.truncate(limit);
+            more = true;
+        }
+        let next = items.last().filter(|_| more).map(|last| last.sk.clone());
+        Ok(Page { items, next })
     }
 }
 
