@@ -92,6 +92,49 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+impl Page {
+    /// One page of a list kept in several partitions sorted alike, from each partition's page
+    /// read after the same position (`descending` as they were read): the first `limit` items
+    /// in order, an item found in several pages kept once, from the first page that has it.
+    /// A page that stopped with more to come hides what lies past where it stopped, so nothing
+    /// past the nearest such stop is served yet; `next` is where the merged page stopped.
+    pub fn merge(pages: Vec<Page>, limit: usize, descending: bool) -> Page {
+        let before = |a: &str, b: &str| if descending { a > b } else { a < b };
+        // The nearest point where a page stopped short of its partition's end.
+        let stop = pages
+            .iter()
+            .filter_map(|page| page.next.as_deref())
+            .reduce(|a, b| if before(a, b) { a } else { b })
+            .map(str::to_owned);
+        let mut found: Vec<(usize, Item)> = pages
+            .into_iter()
+            .enumerate()
+            .flat_map(|(n, page)| page.items.into_iter().map(move |item| (n, item)))
+            .filter(|(_, item)| stop.as_deref().is_none_or(|stop| !before(stop, &item.sk)))
+            .collect();
+        found.sort_unstable_by(|(a_page, a), (b_page, b)| {
+            let order = if descending {
+                b.sk.cmp(&a.sk)
+            } else {
+                a.sk.cmp(&b.sk)
+            };
+            order.then(a_page.cmp(b_page))
+        });
+        found.dedup_by(|(_, later), (_, first)| later.sk == first.sk);
+        let mut items: Vec<Item> = found.into_iter().map(|(_, item)| item).collect();
+        let mut more = stop.is_some();
+        if items.len() > limit {
+            items.truncate(limit);
+            more = true;
+        }
+        let next = match items.last() {
+            Some(last) if more => Some(last.sk.clone()),
+            _ => stop,
+        };
+        Page { items, next }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The condition of write number `index` did not hold; nothing was written.
@@ -213,4 +256,84 @@ pub fn prefix_end(prefix: &str) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(sks: &[&str], next: Option<&str>) -> Page {
+        Page {
+            items: sks
+                .iter()
+                .map(|sk| Item {
+                    pk: "p".into(),
+                    sk: (*sk).into(),
+                    version: 1,
+                    data: Vec::new(),
+                    expires_at: None,
+                    owner: None,
+                })
+                .collect(),
+            next: next.map(str::to_owned),
+        }
+    }
+
+    fn sks(page: &Page) -> Vec<&str> {
+        page.items.iter().map(|item| item.sk.as_str()).collect()
+    }
+
+    #[test]
+    fn a_merged_page_serves_nothing_past_where_a_short_page_stopped() {
+        // Newest first; the second partition's page stopped early, at 10, with more to come.
+        let merged = Page::merge(
+            vec![
+                page(&["09", "08", "07"], Some("07")),
+                page(&["10"], Some("10")),
+            ],
+            3,
+            true,
+        );
+        assert_eq!(
+            (sks(&merged), merged.next.as_deref()),
+            (vec!["10"], Some("10"))
+        );
+        // Oldest first, the same.
+        let merged = Page::merge(
+            vec![
+                page(&["01", "02", "03"], Some("03")),
+                page(&["00"], Some("00")),
+            ],
+            3,
+            false,
+        );
+        assert_eq!(
+            (sks(&merged), merged.next.as_deref()),
+            (vec!["00"], Some("00"))
+        );
+        // A page that stopped before reading anything holds everything back.
+        let merged = Page::merge(vec![page(&[], Some("05")), page(&["03"], None)], 3, true);
+        assert_eq!((sks(&merged), merged.next.as_deref()), (vec![], Some("05")));
+    }
+
+    #[test]
+    fn a_merged_page_keeps_order_limit_and_one_copy_of_each_item() {
+        let merged = Page::merge(
+            vec![page(&["09", "07", "05"], None), page(&["08", "06"], None)],
+            3,
+            true,
+        );
+        assert_eq!(
+            (sks(&merged), merged.next.as_deref()),
+            (vec!["09", "08", "07"], Some("07"))
+        );
+        let mut first = page(&["05"], None);
+        first.items[0].pk = "first".into();
+        let merged = Page::merge(vec![first, page(&["05", "04"], None)], 10, true);
+        assert_eq!(
+            (sks(&merged), merged.next.as_deref()),
+            (vec!["05", "04"], None)
+        );
+        assert_eq!(merged.items[0].pk, "first", "the first page's copy is kept");
+    }
 }

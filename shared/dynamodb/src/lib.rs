@@ -273,6 +273,7 @@ impl Table for DynamoTable {
         // A lone conditional write comes this way too, at twice a plain write's units.
         let token = uuid::Uuid::new_v4().to_string();
         let mut resends = RESENDS.iter();
+        let mut timed_out = false;
         let result = loop {
             let result = self
                 .client
@@ -282,11 +283,13 @@ impl Table for DynamoTable {
                 .return_consumed_capacity(ReturnConsumedCapacity::Total)
                 .send()
                 .await;
+            // A timeout costs a whole operation timeout again: it is asked once more only.
             let unsettled = match &result {
                 Err(SdkError::ServiceError(e)) => e.err().is_transaction_in_progress_exception(),
-                Err(SdkError::TimeoutError(_)) => true,
+                Err(SdkError::TimeoutError(_)) => !timed_out,
                 _ => false,
             };
+            timed_out |= matches!(result, Err(SdkError::TimeoutError(_)));
             match resends.next() {
                 Some(wait) if unsettled => tokio::time::sleep(*wait).await,
                 _ => break result,

@@ -216,10 +216,11 @@ pub async fn a_rebuild_while_events_keep_coming_equals_the_live_model<T: Table +
     }
 }
 
-/// A projector checks its own copy of the generation record. One that read the record before a
-/// rebuild opened and switched a generation is refused on its next commit, reads its copy again
-/// and writes where readers now look; before any generation is written, a copy falls back to
-/// the record itself.
+/// A projector checks its own copy of the generation record, brought in step with the record
+/// before its first commit. One that read its copy before a rebuild opened and switched a
+/// generation is refused on its next commit, reads again and writes where readers now look. A
+/// copy left behind by a rebuild that wrote the record alone (an older build's) is brought in
+/// step by the next projector that starts on it.
 pub async fn a_projector_on_any_copy_of_the_generation_record_follows_a_rebuild<
     T: Table + Clone,
 >(
@@ -230,6 +231,16 @@ pub async fn a_projector_on_any_copy_of_the_generation_record_follows_a_rebuild<
     let projector = Projector::<T, Audit>::on_copy(table.clone(), 3);
     let verdicts = projector.handle(&deliveries(table, sku).await).await;
     assert!(verdicts.iter().all(|v| *v == Verdict::Done), "{verdicts:?}");
+    let record = table.get("projection#audit", "generations").await.unwrap();
+    let copy = table
+        .get("projection#audit#3", "generations")
+        .await
+        .unwrap();
+    let (record, copy) = (
+        record.expect("the record"),
+        copy.expect("the copy, written"),
+    );
+    assert_eq!((copy.version, &copy.data), (record.version, &record.data));
     let first = active_generation::<Audit, _>(table).await.unwrap();
     assert_eq!(audited_in(table, sku, first).await, vec![1, 2]);
     for round in 0..2u64 {
@@ -244,6 +255,27 @@ pub async fn a_projector_on_any_copy_of_the_generation_record_follows_a_rebuild<
             "round {round}: every event in the generation readers use"
         );
     }
+    // A switch to generation 9 written to the record alone, as a build from before copies
+    // would: a projector starting on copy 3 follows the record, not its stale copy.
+    let record = table
+        .get("projection#audit", "generations")
+        .await
+        .unwrap()
+        .unwrap();
+    let switched = crate::table::Write::Put {
+        item: crate::table::Item {
+            version: record.version + 1,
+            data: br#"{"active":9,"building":null}"#.to_vec(),
+            ..record.clone()
+        },
+        condition: crate::table::Condition::VersionIs(record.version),
+    };
+    table.transact(vec![switched]).await.unwrap();
+    receipts(table, sku, 1).await;
+    let restarted = Projector::<T, Audit>::on_copy(table.clone(), 3);
+    let verdicts = restarted.handle(&deliveries(table, sku).await).await;
+    assert!(verdicts.iter().all(|v| *v == Verdict::Done), "{verdicts:?}");
+    assert_eq!(audited_in(table, sku, 9).await, vec![1, 2, 3, 4, 5]);
 }
 
 /// Places an order of `lines` single units (SKU `L0`, `L1`, …, prefixed by `tag`) in a commit.

@@ -105,7 +105,7 @@ pub(crate) struct Meta {
 /// DynamoDB two transactions that touch one item conflict: with a single record, projectors
 /// running at once would take turns. Each projector checks a copy of its own; a generation is
 /// opened or switched in all copies in one transaction. Copy 0 is the record readers and
-/// rebuilds read.
+/// rebuilds read; a projector brings its copy in step with it before its first commit.
 pub(crate) const GENERATION_COPIES: u32 = 8;
 
 pub(crate) fn meta_key(name: &str, copy: u32) -> (String, String) {
@@ -127,14 +127,75 @@ pub(crate) async fn load_meta<T: Table>(table: &T, name: &str) -> Result<Meta, S
     })
 }
 
-/// Copy `copy` of the generation record; copy 0 where that copy was never written (a record
-/// from before copies, or none yet), so the commit checks the record that does decide.
+/// Copy `copy` of the generation record, in step with the record: a copy that is missing (a
+/// record from before copies, or a fresh deployment) or behind the record (a rebuild by an
+/// older build) is written from the record first, on the record's version, so projectors
+/// spread their checks from their first commit. When that keeps losing races, the record
+/// itself.
 async fn load_meta_copy<T: Table>(table: &T, name: &str, copy: u32) -> Result<Meta, StoreError> {
-    match load_copy(table, name, copy).await? {
-        Some(meta) => Ok(meta),
-        None => load_meta(table, name).await,
+    for _ in 0..SEED_TRIES {
+        let Some(record) = load_copy(table, name, 0).await? else {
+            // A fresh deployment: the record itself comes first.
+            let (pk, sk) = meta_key(name, 0);
+            let put = Write::Put {
+                item: Item {
+                    pk,
+                    sk,
+                    version: 1,
+                    data: crate::event_store::to_json(&Generations::default())?,
+                    expires_at: None,
+                    owner: None,
+                },
+                condition: Condition::Absent,
+            };
+            match table.transact(vec![put]).await {
+                Ok(()) | Err(StoreError::ConditionFailed { .. } | StoreError::Conflict) => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if copy == 0 {
+            return Ok(record);
+        }
+        let found = load_copy(table, name, copy).await?;
+        if let Some(meta) = found
+            && meta.version == record.version
+        {
+            return Ok(meta);
+        }
+        let (pk, sk) = meta_key(name, copy);
+        let (record_pk, record_sk) = meta_key(name, 0);
+        let writes = vec![
+            Write::Put {
+                item: Item {
+                    pk,
+                    sk,
+                    version: record.version,
+                    data: crate::event_store::to_json(&record.generations)?,
+                    expires_at: None,
+                    owner: None,
+                },
+                condition: match found {
+                    Some(stale) => Condition::VersionIs(stale.version),
+                    None => Condition::Absent,
+                },
+            },
+            Write::Check {
+                pk: record_pk,
+                sk: record_sk,
+                condition: Condition::VersionIs(record.version),
+            },
+        ];
+        match table.transact(writes).await {
+            Ok(()) => return Ok(Meta { copy, ..record }),
+            Err(StoreError::ConditionFailed { .. } | StoreError::Conflict) => continue,
+            Err(e) => return Err(e),
+        }
     }
+    load_meta(table, name).await
 }
+
+/// Tries at bringing a copy of the generation record in step before checking the record.
+const SEED_TRIES: usize = 4;
 
 async fn load_copy<T: Table>(table: &T, name: &str, copy: u32) -> Result<Option<Meta>, StoreError> {
     let (pk, sk) = meta_key(name, copy);

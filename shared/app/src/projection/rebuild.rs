@@ -186,6 +186,21 @@ async fn write_meta<P: Projection, T: Table>(
                 condition,
             }
         })
-        .collect();
+        .collect::<Vec<_>>();
+    // Every projector commit checks a copy: on DynamoDB this transaction can conflict with
+    // one in flight, and is worth trying again rather than losing a whole scan.
+    let mut pause = std::time::Duration::from_millis(20);
+    for _ in 1..META_TRIES {
+        match table.transact(writes.clone()).await {
+            Err(StoreError::Conflict) => {
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+            }
+            other => return other,
+        }
+    }
     table.transact(writes).await
 }
+
+/// Tries at the generation record's transaction that meet a conflict.
+const META_TRIES: usize = 6;

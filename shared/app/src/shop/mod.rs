@@ -225,10 +225,10 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     }
 
     /// One list kept in several partitions (`shards`, each sorted by the same key), newest
-    /// first: each shard's next page after the cursor, merged. An entry found in more than one
-    /// shard is served once, from the first shard in `shards` that has it. The cursor is the
-    /// last sort key served, sealed to `list`, the list's own name; a page may come back
-    /// short of `limit` with a cursor.
+    /// first: each shard's next page after the cursor, merged ([`Page::merge`](crate::table::Page::merge)). An entry
+    /// found in more than one shard is served once, from the first shard in `shards` that has
+    /// it. The cursor is sealed to `list`, the list's own name; a page may come back short of
+    /// `limit` with a cursor.
     async fn list_sharded<V: serde::de::DeserializeOwned>(
         &self,
         list: &str,
@@ -250,25 +250,12 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             })
         }))
         .await?;
-        let mut more = pages.iter().any(|page| page.next.is_some());
-        let mut found: Vec<_> = pages
-            .into_iter()
-            .enumerate()
-            .flat_map(|(shard, page)| page.items.into_iter().map(move |item| (shard, item)))
-            .collect();
-        found.sort_unstable_by(|(a_shard, a), (b_shard, b)| {
-            b.sk.cmp(&a.sk).then(a_shard.cmp(b_shard))
-        });
-        found.dedup_by(|(_, later), (_, first)| later.sk == first.sk);
-        let mut items: Vec<_> = found.into_iter().map(|(_, item)| item).collect();
-        if items.len() > limit {
-            items.truncate(limit);
-            more = true;
-        }
-        let next_cursor = items
-            .last()
-            .filter(|_| more)
-            .map(|last| self.config.cursors.seal(list, &last.sk));
+        let page = crate::table::Page::merge(pages, limit, true);
+        let next_cursor = page
+            .next
+            .as_deref()
+            .map(|next| self.config.cursors.seal(list, next));
+        let items = page.items;
         let items = items
             .iter()
             .map(|item| {

@@ -304,8 +304,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
 }
 
 impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
-    /// The next `limit` items after `after` of partitions sorted alike, merged in order: each
-    /// partition's next `limit`, the first `limit` of all. Sort keys are unique across them.
+    /// The next items after `after` of partitions sorted alike, merged ([`Page::merge`](crate::table::Page::merge)).
     async fn read_merged(
         &self,
         pks: &[String],
@@ -326,16 +325,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         let pages =
             futures_util::future::try_join_all(pks.iter().map(|pk| self.table.query(query(pk))))
                 .await?;
-        let mut more = pages.iter().any(|page| page.next.is_some());
-        let mut items: Vec<_> = pages.into_iter().flat_map(|page| page.items).collect();
-        items.sort_unstable_by(|a, b| a.sk.cmp(&b.sk));
-        items.dedup_by(|later, first| later.sk == first.sk);
-        if items.len() > limit {
-            items.truncate(limit);
-            more = true;
-        }
-        let next = items.last().filter(|_| more).map(|last| last.sk.clone());
-        Ok(Page { items, next })
+        Ok(Page::merge(pages, limit, false))
     }
 }
 
