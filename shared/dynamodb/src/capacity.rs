@@ -44,24 +44,11 @@ impl Units {
     }
 }
 
-impl Operation {
-    /// The IAM action that allows the call; a transaction needs one per kind of action in it.
-    pub fn action(self) -> Option<&'static str> {
-        match self {
-            Operation::GetItem => Some("dynamodb:GetItem"),
-            Operation::Query => Some("dynamodb:Query"),
-            Operation::Scan => Some("dynamodb:Scan"),
-            Operation::PutItem => Some("dynamodb:PutItem"),
-            Operation::DeleteItem => Some("dynamodb:DeleteItem"),
-            Operation::TransactWriteItems => None,
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct Counts {
     units: BTreeMap<Operation, Units>,
-    actions: BTreeSet<&'static str>,
+    /// The IAM actions needed, each with whether it was on the personal-data table.
+    actions: BTreeSet<(&'static str, bool)>,
     /// The partition keys called on, once asked for: a test's, never a serving process's,
     /// whose set would only grow.
     keys: Option<BTreeSet<String>>,
@@ -73,24 +60,38 @@ struct Counts {
 pub struct Counter(Arc<Mutex<Counts>>);
 
 impl Counter {
-    /// Notes an IAM action a call needed beyond its operation's own (a transaction's puts,
-    /// deletes and checks).
-    pub(crate) fn needed(&self, action: &'static str) {
+    /// Notes a call about to be made: the IAM action it needs, on partition `pk`.
+    pub(crate) fn called(&self, action: &'static str, pk: &str) {
         let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        counts.actions.insert(action);
+        counts
+            .actions
+            .insert((action, commerce_app::table::is_personal(pk)));
+        if let Some(keys) = counts.keys.as_mut() {
+            keys.insert(pk.to_owned());
+        }
+    }
+
+    /// The IAM actions the calls so far needed, on the personal-data table or on the main one.
+    pub fn actions_on(&self, personal: bool) -> BTreeSet<&'static str> {
+        let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        counts
+            .actions
+            .iter()
+            .filter(|(_, on_personal)| *on_personal == personal)
+            .map(|(action, _)| *action)
+            .collect()
+    }
+
+    /// The IAM actions the calls so far needed, on either table.
+    pub fn actions(&self) -> BTreeSet<&'static str> {
+        let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.actions.iter().map(|(action, _)| *action).collect()
     }
 
     /// From now on, notes the partition key of every call ([`Counter::keys`]).
     pub fn note_keys(&self) {
         let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         counts.keys.get_or_insert_with(BTreeSet::new);
-    }
-
-    pub(crate) fn called_on(&self, pk: &str) {
-        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(keys) = counts.keys.as_mut() {
-            keys.insert(pk.to_owned());
-        }
     }
 
     /// The partition keys called on since [`Counter::note_keys`].
@@ -103,15 +104,6 @@ impl Counter {
             .unwrap_or_default()
     }
 
-    /// The IAM actions the calls so far needed.
-    pub fn actions(&self) -> BTreeSet<&'static str> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .actions
-            .clone()
-    }
-
     pub(crate) fn record(&self, operation: Operation, units: Units) {
         tracing::trace!(
             ?operation,
@@ -122,9 +114,6 @@ impl Counter {
         );
         let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         counts.units.entry(operation).or_default().add(&units);
-        if let Some(action) = operation.action() {
-            counts.actions.insert(action);
-        }
     }
 
     /// What was used so far.

@@ -82,6 +82,11 @@ impl DynamoTable {
         self.capacity.actions()
     }
 
+    /// [`DynamoTable::actions`] on the personal-data table, or on the main one.
+    pub fn actions_on(&self, personal: bool) -> std::collections::BTreeSet<&'static str> {
+        self.capacity.actions_on(personal)
+    }
+
     /// From now on, notes the partition key of every call through this handle and its clones
     /// (for tests: the set only grows).
     pub fn note_keys(&self) {
@@ -168,7 +173,7 @@ impl DynamoTable {
 
 impl Table for DynamoTable {
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
-        self.capacity.called_on(pk);
+        self.capacity.called("dynamodb:GetItem", pk);
         let output = self
             .client
             .get_item()
@@ -196,7 +201,7 @@ impl Table for DynamoTable {
     }
 
     async fn query(&self, q: Query<'_>) -> Result<Page, StoreError> {
-        self.capacity.called_on(q.pk);
+        self.capacity.called("dynamodb:Query", q.pk);
         let mut request = self
             .client
             .query()
@@ -254,17 +259,15 @@ impl Table for DynamoTable {
             .map(|w| transact_item(self.table_of(w.key().0), w, now))
             .collect::<Result<Vec<_>, _>>()?;
         let sized = items.iter().map(transact_units).sum();
-        for write in &writes {
-            self.capacity.called_on(write.key().0);
-        }
-        for item in &items {
-            self.capacity.needed(if item.put().is_some() {
+        for (write, item) in writes.iter().zip(&items) {
+            let action = if item.put().is_some() {
                 "dynamodb:PutItem"
             } else if item.delete().is_some() {
                 "dynamodb:DeleteItem"
             } else {
                 "dynamodb:ConditionCheckItem"
-            });
+            };
+            self.capacity.called(action, write.key().0);
         }
         // The token makes repeats of this call idempotent for ten minutes: a repeat of a
         // transaction that did commit succeeds instead of failing its own conditions. The SDK
@@ -318,6 +321,8 @@ impl Table for DynamoTable {
     }
 
     async fn scan_events(&self, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        // No partition: a scan reads the whole table (and no key condition can allow it).
+        self.capacity.called("dynamodb:Scan", &self.table);
         let mut request = self
             .client
             .scan()
@@ -359,7 +364,7 @@ impl Table for DynamoTable {
     async fn estimate_events(&self) -> Result<Option<u64>, StoreError> {
         // DynamoDB refreshes this about every six hours, and counts every item, not only
         // events: an estimate, as the port says.
-        self.capacity.needed("dynamodb:DescribeTable");
+        self.capacity.called("dynamodb:DescribeTable", &self.table);
         let described = self
             .client
             .describe_table()
@@ -376,7 +381,7 @@ impl Table for DynamoTable {
     /// One eventually consistent read of a key nothing writes: half a read unit on the data
     /// plane, where `DescribeTable` would be a control-plane call with its own low rate limit.
     async fn ping(&self) -> Result<(), StoreError> {
-        self.capacity.called_on(PING_KEY);
+        self.capacity.called("dynamodb:GetItem", PING_KEY);
         let output = self
             .client
             .get_item()
@@ -404,17 +409,16 @@ impl DynamoTable {
     /// call whose answer was lost) leaves the same item, so it needs no token. `None` for a
     /// write with a condition, which a repeat could fail after its own success.
     async fn plain_write(&self, write: &Write) -> Option<Result<(), StoreError>> {
-        if matches!(
-            write,
+        match write {
             Write::Put {
                 condition: Condition::None,
                 ..
-            } | Write::Delete {
+            } => self.capacity.called("dynamodb:PutItem", write.key().0),
+            Write::Delete {
                 condition: Condition::None,
                 ..
-            }
-        ) {
-            self.capacity.called_on(write.key().0);
+            } => self.capacity.called("dynamodb:DeleteItem", write.key().0),
+            _ => {}
         }
         match write {
             Write::Put {
