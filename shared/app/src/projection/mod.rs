@@ -187,7 +187,11 @@ async fn load_meta_copy<T: Table>(table: &T, name: &str, copy: u32) -> Result<Me
         ];
         match table.transact(writes).await {
             Ok(()) => return Ok(Meta { copy, ..record }),
-            Err(StoreError::ConditionFailed { .. } | StoreError::Conflict) => continue,
+            // Projectors starting together meet on the record: stagger them.
+            Err(StoreError::ConditionFailed { .. } | StoreError::Conflict) => {
+                let jitter = u64::from(uuid::Uuid::new_v4().as_bytes()[0] % 20);
+                tokio::time::sleep(std::time::Duration::from_millis(5 + jitter)).await;
+            }
             Err(e) => return Err(e),
         }
     }

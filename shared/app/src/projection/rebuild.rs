@@ -123,17 +123,27 @@ async fn apply<T: Table, P: Projection>(
 /// Opens a new generation for the rebuild, or resumes the one an earlier rebuild left open.
 /// Returns it and the generation record's version after the write.
 async fn open_generation<P: Projection, T: Table>(table: &T) -> Result<(u32, u64), StoreError> {
-    let meta = load_meta(table, P::NAME).await?;
-    if let Some(building) = meta.generations.building {
-        return Ok((building, meta.version));
+    // A projector starting on a fresh deployment writes the record first: read it again.
+    for _ in 1..META_TRIES {
+        let meta = load_meta(table, P::NAME).await?;
+        if let Some(building) = meta.generations.building {
+            return Ok((building, meta.version));
+        }
+        let building = meta.generations.active + 1;
+        let generations = Generations {
+            active: meta.generations.active,
+            building: Some(building),
+        };
+        match write_meta::<P, T>(table, &generations, meta.version).await {
+            Ok(()) => return Ok((building, meta.version + 1)),
+            Err(StoreError::ConditionFailed { .. }) => continue,
+            Err(e) => return Err(e),
+        }
     }
-    let building = meta.generations.active + 1;
-    let generations = Generations {
-        active: meta.generations.active,
-        building: Some(building),
-    };
-    write_meta::<P, T>(table, &generations, meta.version).await?;
-    Ok((building, meta.version + 1))
+    Err(StoreError::Busy(format!(
+        "the generation record of {} keeps changing",
+        P::NAME
+    )))
 }
 
 /// Readers move to the rebuilt generation; the live projector stops writing the old one.

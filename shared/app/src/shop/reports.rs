@@ -291,8 +291,11 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                         });
                     }
                 }
-                if page.next.is_none() || page.items.is_empty() {
-                    break;
+                match page.next {
+                    None => break,
+                    // A merged page may hold nothing back yet still go on: move past it.
+                    Some(next) if page.items.is_empty() => after = Some(next),
+                    Some(_) => {}
                 }
             }
         }
