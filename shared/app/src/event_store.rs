@@ -109,6 +109,13 @@ impl<A> Stream<A> {
     pub fn loaded_version(&self) -> u64 {
         self.loaded_version
     }
+
+    /// The stream as its commit left it: what was appended is now what the next commit
+    /// builds on, without reading it back.
+    pub fn committed(mut self) -> Self {
+        self.loaded_version = self.version;
+        self
+    }
 }
 
 impl<A: Default> Stream<A> {

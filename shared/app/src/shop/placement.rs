@@ -100,8 +100,20 @@ impl Attempt {
 
 /// A claim on the key: the attempt to carry on with, or another run got it first.
 enum Claimed {
-    Attempt(Attempt),
+    /// The attempt, with its reservation as the claim left it when this run knows it.
+    Attempt(Attempt, Option<Box<Stream<Reservation>>>),
     Raced,
+}
+
+impl Claimed {
+    /// Carries the reservation the claim's commit wrote, so recording the order need not read
+    /// it back.
+    fn knowing(self, reservation: Stream<Reservation>) -> Self {
+        match self {
+            Claimed::Attempt(attempt, _) => Claimed::Attempt(attempt, Some(Box::new(reservation))),
+            raced => raced,
+        }
+    }
 }
 
 /// Times a run looks at the key again after another run of it moved first.
@@ -143,9 +155,9 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 Some(attempt) => self.resume(caller, &mut guard, attempt).await?,
                 None => self.start(caller, &mut guard, &request).await?,
             };
-            if let Claimed::Attempt(attempt) = claimed {
+            if let Claimed::Attempt(attempt, reservation) = claimed {
                 return self
-                    .pay_and_record(caller, &mut guard, &attempt, &request)
+                    .pay_and_record(caller, &mut guard, &attempt, reservation, &request)
                     .await;
             }
         }
@@ -222,9 +234,9 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         };
         let mut attempts = self.attempts();
         while attempts.next().await {
-            let (changes, _) = self.hold(caller, &request).await?;
+            let (changes, reservation) = self.hold(caller, &request).await?;
             if let Some(claimed) = self.claim(guard, changes, &attempt).await? {
-                return Ok(claimed);
+                return Ok(claimed.knowing(reservation.committed()));
             }
         }
         Err(AppError::Contention)
@@ -247,7 +259,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             let mut changes = Changes::new(caller.origin());
             changes.append(&mut reservation, events, self.now_ms())?;
             if let Some(claimed) = self.claim(guard, changes, &attempt).await? {
-                return Ok(claimed);
+                return Ok(claimed.knowing(reservation.committed()));
             }
         }
         Err(AppError::Contention)
@@ -282,7 +294,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             )
             .await
         {
-            Ok(()) => Ok(Some(Claimed::Attempt(attempt.clone()))),
+            Ok(()) => Ok(Some(Claimed::Attempt(attempt.clone(), None))),
             Err(CommitError::StreamConflict) => Ok(None),
             // Holding the claim, losing it means another run took over and will finish.
             Err(CommitError::KeyTaken) if held_before => Err(AppError::IdempotencyInFlight),
@@ -369,7 +381,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 .end_hold(&caller.tenant, &caller.origin(), &mut old, events)
                 .await?;
             match self.claim(guard, changes, &attempt).await? {
-                Some(Claimed::Attempt(_)) => {}
+                Some(Claimed::Attempt(..)) => {}
                 // A stream moved or another run got the key: look again from the start.
                 _ => return Ok(Claimed::Raced),
             }
@@ -410,7 +422,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             .claim(guard, Changes::new(origin.clone()), &voiding)
             .await?
         {
-            Some(Claimed::Attempt(_)) => {}
+            Some(Claimed::Attempt(..)) => {}
             _ => return Err(AppError::IdempotencyInFlight),
         }
         if self.void(&attempt.order).await {
@@ -479,6 +491,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         caller: &Caller,
         guard: &mut Guard<Attempt>,
         attempt: &Attempt,
+        reservation: Option<Box<Stream<Reservation>>>,
         request: &PlaceOrder,
     ) -> Result<Reply, AppError> {
         match self.authorize(attempt, &request.payment_token).await {
@@ -487,7 +500,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     caller,
                     guard,
                     attempt,
-                    authorization,
+                    (authorization, reservation),
                     request.contact.as_ref(),
                 )
                 .await
@@ -535,22 +548,23 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             .unwrap_or_else(|_| Err(PaymentError::Unavailable("no answer in time".into())))
     }
 
-    /// Turns the hold into the order and stores the answer. Lost races are read again; a store
-    /// that fails is retried, since every write is conditioned on what was read and on this
-    /// run's claim.
+    /// Turns the hold into the order and stores the answer. The first try builds on the
+    /// reservation as the claim left it, when known; lost races are read again; a store that
+    /// fails is retried, since every write is conditioned on what was read and on this run's
+    /// claim.
     async fn record_order(
         &self,
         caller: &Caller,
         guard: &mut Guard<Attempt>,
         attempt: &Attempt,
-        authorization: PaymentAuthorization,
+        (authorization, mut claimed): (PaymentAuthorization, Option<Box<Stream<Reservation>>>),
         contact: Option<&Contact>,
     ) -> Result<Reply, AppError> {
         let mut failures = 0;
         let mut attempts = self.attempts();
         while attempts.next().await {
             let (mut changes, view) = match self
-                .order_changes(caller, attempt, &authorization, contact)
+                .order_changes(caller, attempt, &authorization, contact, claimed.take())
                 .await
             {
                 Err(AppError::Domain(why)) => {
@@ -598,11 +612,16 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         attempt: &Attempt,
         authorization: &PaymentAuthorization,
         contact: Option<&Contact>,
+        known: Option<Box<Stream<Reservation>>>,
     ) -> Result<(Changes, OrderView), AppError> {
         let tenant = &caller.tenant;
-        let mut reservation =
-            load::<Reservation, _>(&self.table, keys::reservation(tenant, &attempt.reservation))
-                .await?;
+        let mut reservation = match known {
+            Some(reservation) => *reservation,
+            None => {
+                load::<Reservation, _>(&self.table, keys::reservation(tenant, &attempt.reservation))
+                    .await?
+            }
+        };
         let confirmed = reservation
             .state
             .confirm(attempt.order.clone(), self.now_ms())?;
