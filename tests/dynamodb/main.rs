@@ -483,15 +483,24 @@ impl commerce_asl::Tasks for StepLambdas<'_> {
         &self,
         call: commerce_asl::TaskCall,
     ) -> Result<serde_json::Value, commerce_asl::Failure> {
-        let name = call.resource.rsplit(':').next().unwrap_or_default();
-        let step = commerce_app::saga::CancellationStep::parse(name).unwrap();
-        commerce_lambda::run_step(self.shop, step, &call.input)
-            .await
-            .map_err(|failed| {
-                let diagnostic = lambda_http::lambda_runtime::Diagnostic::from(failed);
-                commerce_asl::Failure::new(&diagnostic.error_type, diagnostic.error_message)
-            })
+        invoke_step(self.shop, call).await
     }
+}
+
+/// One Task state's call, as Step Functions makes it: the step named by the resource's last
+/// part, run by the Lambda handler on `shop`, its error type becoming the state's error.
+async fn invoke_step<P: commerce_app::PaymentGateway>(
+    shop: &Shop<commerce_dynamodb::DynamoTable, P, SystemClock>,
+    call: commerce_asl::TaskCall,
+) -> Result<serde_json::Value, commerce_asl::Failure> {
+    let name = call.resource.rsplit(':').next().unwrap_or_default();
+    let step = commerce_app::saga::CancellationStep::parse(name).unwrap();
+    commerce_lambda::run_step(shop, step, &call.input)
+        .await
+        .map_err(|failed| {
+            let diagnostic = lambda_http::lambda_runtime::Diagnostic::from(failed);
+            commerce_asl::Failure::new(&diagnostic.error_type, diagnostic.error_message)
+        })
 }
 
 /// Places an order for alice on a fresh DynamoDB shop, asks to cancel it, and answers the
@@ -566,6 +575,15 @@ async fn run_saga(
     shop: &Shop<commerce_dynamodb::DynamoTable, SandboxPayments, SystemClock>,
     input: serde_json::Value,
 ) -> Result<serde_json::Value, commerce_asl::Failure> {
+    run_saga_with(&StepLambdas { shop }, "test", input).await
+}
+
+/// Runs the cancellation saga's definition as execution `name`, its Task states through `tasks`.
+async fn run_saga_with(
+    tasks: &impl commerce_asl::Tasks,
+    name: &str,
+    input: serde_json::Value,
+) -> Result<serde_json::Value, commerce_asl::Failure> {
     let mut substitutions = std::collections::BTreeMap::new();
     for step in commerce_app::saga::CancellationStep::ALL {
         substitutions.insert(
@@ -580,8 +598,8 @@ async fn run_saga(
         commerce_asl::Definition::load(commerce_app::saga::ORDER_CANCELLATION_ASL, &substitutions)
             .unwrap();
     let execution = commerce_asl::Execution {
-        id: "test".into(),
-        name: "test".into(),
+        id: name.into(),
+        name: name.into(),
         state_machine: "order-cancellation".into(),
         started: time::OffsetDateTime::now_utc(),
         input,
@@ -589,7 +607,7 @@ async fn run_saga(
     commerce_asl::run(
         &definition,
         &execution,
-        &StepLambdas { shop },
+        tasks,
         &commerce_asl::VirtualTime::starting_at(time::OffsetDateTime::now_utc()),
     )
     .await

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use commerce_api::{Auth, RouteGroup, group_router};
 use commerce_app::event_store::{Envelope, read_events};
 use commerce_app::keys;
-use commerce_app::saga::{CancellationStep, ORDER_CANCELLATION_ASL, cancellation_of};
+use commerce_app::saga::{CancellationStep, cancellation_of};
 use commerce_app::{Shop, ShopConfig, SystemClock};
 use commerce_domain::{OrderId, TenantId};
 use commerce_dynamodb::DynamoTable;
@@ -163,14 +163,13 @@ struct Steps {
 
 impl commerce_asl::Tasks for Steps {
     async fn invoke(&self, call: commerce_asl::TaskCall) -> Result<Value, commerce_asl::Failure> {
-        let name = call.resource.rsplit(':').next().unwrap_or_default();
-        let step = CancellationStep::parse(name).unwrap();
-        commerce_lambda::run_step(&self.functions[name].shop, step, &call.input)
-            .await
-            .map_err(|failed| {
-                let diagnostic = lambda_http::lambda_runtime::Diagnostic::from(failed);
-                commerce_asl::Failure::new(&diagnostic.error_type, diagnostic.error_message)
-            })
+        let name = call
+            .resource
+            .rsplit(':')
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        crate::invoke_step(&self.functions[name.as_str()].shop, call).await
     }
 }
 
@@ -187,27 +186,8 @@ impl Steps {
             .find(|e| e.event_type == "OrderCancellationRequested")
             .expect("the request's event");
         let task = cancellation_of(&serde_json::to_string(requested).unwrap()).unwrap();
-        let substitutions = CancellationStep::ALL
-            .into_iter()
-            .map(|step| {
-                let arn = format!(
-                    "arn:aws:lambda:us-east-1:123456789012:function:{}",
-                    step.name()
-                );
-                (step.substitution().to_owned(), arn)
-            })
-            .collect();
-        let definition =
-            commerce_asl::Definition::load(ORDER_CANCELLATION_ASL, &substitutions).unwrap();
-        let execution = commerce_asl::Execution {
-            id: format!("policies-{order}"),
-            name: format!("policies-{order}"),
-            state_machine: "order-cancellation".into(),
-            started: time::OffsetDateTime::now_utc(),
-            input: serde_json::to_value(&task).unwrap(),
-        };
-        let clock = commerce_asl::VirtualTime::starting_at(time::OffsetDateTime::now_utc());
-        commerce_asl::run(&definition, &execution, self, &clock).await
+        let input = serde_json::to_value(&task).unwrap();
+        crate::run_saga_with(self, &format!("policies-{order}"), input).await
     }
 }
 

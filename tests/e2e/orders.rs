@@ -245,6 +245,26 @@ async fn a_reservation_outlives_a_provider_outage_and_the_retry_orders_it() {
     assert_eq!(again.body, back.body);
 }
 
+/// The order ids `client` is listed, two to a page.
+async fn order_ids(client: &commerce_tests::Client) -> Vec<String> {
+    let mut ids = Vec::new();
+    let mut path = "/v1/orders?limit=2".to_owned();
+    loop {
+        let page = client.get(&path).await;
+        ids.extend(
+            page.body["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["id"].as_str().unwrap().to_owned()),
+        );
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/orders?limit=2&cursor={cursor}"),
+            None => return ids,
+        }
+    }
+}
+
 #[tokio::test]
 async fn customers_see_only_their_orders_and_operators_see_all() {
     let shop = shop();
@@ -263,22 +283,7 @@ async fn customers_see_only_their_orders_and_operators_see_all() {
         .await;
     let bob_id = bobs.body["id"].as_str().unwrap();
 
-    let mut listed = Vec::new();
-    let mut path = "/v1/orders?limit=2".to_owned();
-    loop {
-        let page = shop.alice.get(&path).await;
-        listed.extend(
-            page.body["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|o| o["id"].as_str().unwrap().to_owned()),
-        );
-        match page.body["next_cursor"].as_str() {
-            Some(cursor) => path = format!("/v1/orders?limit=2&cursor={cursor}"),
-            None => break,
-        }
-    }
+    let listed = order_ids(&shop.alice).await;
     alices.reverse();
     assert_eq!(listed, alices, "alice's orders, newest first");
 
@@ -298,22 +303,7 @@ async fn customers_see_only_their_orders_and_operators_see_all() {
         StatusCode::OK
     );
     // The shop's list is kept in shards; its pages merge them, newest first, each order once.
-    let mut everyone = Vec::new();
-    let mut path = "/v1/orders?limit=2".to_owned();
-    loop {
-        let page = shop.ops.get(&path).await;
-        everyone.extend(
-            page.body["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|o| o["id"].as_str().unwrap().to_owned()),
-        );
-        match page.body["next_cursor"].as_str() {
-            Some(cursor) => path = format!("/v1/orders?limit=2&cursor={cursor}"),
-            None => break,
-        }
-    }
+    let everyone = order_ids(&shop.ops).await;
     let mut placed: Vec<String> = alices.iter().rev().cloned().collect();
     placed.push(bob_id.to_owned());
     placed.reverse();

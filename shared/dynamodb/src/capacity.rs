@@ -163,10 +163,6 @@ impl Consumed {
         }
         Consumed(out)
     }
-
-    pub fn iter(&self) -> impl Iterator<Item = (Operation, Units)> + '_ {
-        self.0.iter().map(|(op, units)| (*op, *units))
-    }
 }
 
 /// An item's size as DynamoDB counts it: each attribute's name plus its value.

@@ -411,20 +411,10 @@ impl DynamoTable {
     async fn plain_write(&self, write: &Write) -> Option<Result<(), StoreError>> {
         match write {
             Write::Put {
-                condition: Condition::None,
-                ..
-            } => self.capacity.called("dynamodb:PutItem", write.key().0),
-            Write::Delete {
-                condition: Condition::None,
-                ..
-            } => self.capacity.called("dynamodb:DeleteItem", write.key().0),
-            _ => {}
-        }
-        match write {
-            Write::Put {
                 item,
                 condition: Condition::None,
             } => {
+                self.capacity.called("dynamodb:PutItem", &item.pk);
                 let attributes = match to_attributes(item) {
                     Ok(attributes) => attributes,
                     Err(e) => return Some(Err(e)),
@@ -452,6 +442,7 @@ impl DynamoTable {
                 sk,
                 condition: Condition::None,
             } => {
+                self.capacity.called("dynamodb:DeleteItem", pk);
                 let result = self
                     .client
                     .delete_item()

@@ -1026,14 +1026,17 @@ pub async fn a_hot_sku_sells_exactly_its_stock<T: Table + Clone>(table: &T) {
     assert_eq!(world.stock().await, (STOCK, STOCK, 0));
 }
 
-/// An operator's list of the shop's orders, page by page with `limit`.
-async fn shop_orders<T: Table + Clone>(world: &World<T>, limit: usize) -> Vec<String> {
+/// The orders `caller` sees, page by page with `limit`.
+async fn listed_orders<T: Table + Clone>(
+    world: &World<T>,
+    caller: &Caller,
+    limit: usize,
+) -> Vec<String> {
     let shop = world.shop(Cut::never());
-    let ops = world.caller("ops", Role::Ops);
     let (mut ids, mut cursor) = (Vec::new(), None);
     loop {
         let page = shop
-            .orders(&ops, cursor.as_deref(), Some(limit))
+            .orders(caller, cursor.as_deref(), Some(limit))
             .await
             .unwrap();
         ids.extend(page.items.into_iter().map(|o| o.id));
@@ -1042,6 +1045,11 @@ async fn shop_orders<T: Table + Clone>(world: &World<T>, limit: usize) -> Vec<St
             None => return ids,
         }
     }
+}
+
+/// An operator's list of the shop's orders, page by page with `limit`.
+async fn shop_orders<T: Table + Clone>(world: &World<T>, limit: usize) -> Vec<String> {
+    listed_orders(world, &world.caller("ops", Role::Ops), limit).await
 }
 
 /// The shop's order list is spread over shards; orders listed before that, in its old single
@@ -1109,20 +1117,10 @@ pub async fn the_shops_order_list_merges_its_shards_and_its_old_partition<T: Tab
 
 /// Every order of the world's customer, page by page.
 async fn all_orders<T: Table + Clone>(world: &World<T>) -> std::collections::HashSet<String> {
-    let shop = world.shop(Cut::never());
-    let mut ids = std::collections::HashSet::new();
-    let mut cursor = None;
-    loop {
-        let page = shop
-            .orders(&world.alice(), cursor.as_deref(), Some(100))
-            .await
-            .unwrap();
-        ids.extend(page.items.into_iter().map(|o| o.id));
-        match page.next_cursor {
-            Some(next) => cursor = Some(next),
-            None => return ids,
-        }
-    }
+    listed_orders(world, &world.alice(), 100)
+        .await
+        .into_iter()
+        .collect()
 }
 
 /// An entry in the expiry queue that cannot be read is counted as failed and skipped, pass

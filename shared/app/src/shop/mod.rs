@@ -197,73 +197,67 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         limit: Option<usize>,
         descending: bool,
     ) -> Result<ListPage<V>, AppError> {
-        let after = cursor
-            .map(|c| self.config.cursors.open(pk, c))
-            .transpose()?;
-        let page = self
-            .table
-            .query(Query {
-                pk,
-                prefix: "",
-                after: after.as_deref(),
-                limit: page_limit(limit),
-                descending,
-            })
-            .await?;
-        let items = page
-            .items
-            .iter()
-            .map(|item| {
-                serde_json::from_slice(&item.data)
-                    .map_err(|e| StoreError::Failure(format!("corrupt list item in {pk}: {e}")))
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(ListPage {
-            items,
-            next_cursor: page.next.map(|next| self.config.cursors.seal(pk, &next)),
-        })
+        self.list_sharded(pk, &[pk.to_owned()], cursor, limit, descending)
+            .await
     }
 
-    /// One list kept in several partitions (`shards`, each sorted by the same key), newest
-    /// first: each shard's next page after the cursor, merged ([`Page::merge`](crate::table::Page::merge)). An entry
-    /// found in more than one shard is served once, from the first shard in `shards` that has
-    /// it. The cursor is sealed to `list`, the list's own name; a page may come back short of
-    /// `limit` with a cursor.
+    /// One list kept in several partitions (`shards`, each sorted by the same key): each
+    /// shard's next page after the cursor, merged ([`Shop::query_merged`]). The cursor is
+    /// sealed to `list`, the list's own name; a page may come back short of `limit` with a
+    /// cursor.
     async fn list_sharded<V: serde::de::DeserializeOwned>(
         &self,
         list: &str,
         shards: &[String],
         cursor: Option<&str>,
         limit: Option<usize>,
+        descending: bool,
     ) -> Result<ListPage<V>, AppError> {
         let after = cursor
             .map(|c| self.config.cursors.open(list, c))
             .transpose()?;
-        let limit = page_limit(limit);
-        let pages = futures_util::future::try_join_all(shards.iter().map(|pk| {
-            self.table.query(Query {
-                pk,
-                prefix: "",
-                after: after.as_deref(),
-                limit,
-                descending: true,
-            })
-        }))
-        .await?;
-        let page = crate::table::Page::merge(pages, limit, true);
-        let next_cursor = page
-            .next
-            .as_deref()
-            .map(|next| self.config.cursors.seal(list, next));
-        let items = page.items;
-        let items = items
+        let page = self
+            .query_merged(shards, "", after.as_deref(), page_limit(limit), descending)
+            .await?;
+        let items = page
+            .items
             .iter()
             .map(|item| {
                 serde_json::from_slice(&item.data)
                     .map_err(|e| StoreError::Failure(format!("corrupt list item in {list}: {e}")))
             })
             .collect::<Result<_, _>>()?;
-        Ok(ListPage { items, next_cursor })
+        Ok(ListPage {
+            items,
+            next_cursor: page.next.map(|next| self.config.cursors.seal(list, &next)),
+        })
+    }
+
+    /// The next items after `after` of partitions sorted alike, read at once and merged
+    /// ([`Page::merge`](crate::table::Page::merge)): an item found in several is kept from the
+    /// first of `pks` that has it. One partition is one query.
+    pub(crate) async fn query_merged(
+        &self,
+        pks: &[String],
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        descending: bool,
+    ) -> Result<crate::table::Page, StoreError> {
+        let query = |pk| Query {
+            pk,
+            prefix,
+            after,
+            limit,
+            descending,
+        };
+        if let [pk] = pks {
+            return self.table.query(query(pk)).await;
+        }
+        let pages =
+            futures_util::future::try_join_all(pks.iter().map(|pk| self.table.query(query(pk))))
+                .await?;
+        Ok(crate::table::Page::merge(pages, limit, descending))
     }
 
     /// What an earlier use of `key` means for this request (see [`idempotency`]).

@@ -59,7 +59,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 .map(|shard| keys::tenant_orders(&caller.tenant, shard))
                 .chain([list.clone()])
                 .collect();
-            return self.list_sharded(&list, &shards, cursor, limit).await;
+            return self.list_sharded(&list, &shards, cursor, limit, true).await;
         }
         let pk = keys::customer_orders(&caller.tenant, &caller.subject);
         self.list(&pk, cursor, limit, true).await

@@ -7,7 +7,7 @@ use super::{Caller, Role, Shop};
 use crate::projection::audit::{Audit, AuditEntry, AuditFilter, day_partitions, entries_from};
 use crate::projection::sales::{self, Sales, SalesRow};
 use crate::projection::{Projection, active_generation, partition};
-use crate::table::{Page, Query, StoreError};
+use crate::table::StoreError;
 use crate::views::{AuditEvent, ListPage, day};
 use crate::{AppError, Clock, PaymentGateway, Table};
 
@@ -265,11 +265,12 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             }
             'source: loop {
                 let page = self
-                    .read_merged(
+                    .query_merged(
                         &source.pks,
                         source.prefix,
                         after.as_deref(),
                         (limit - items.len()).clamp(1, 100),
+                        false,
                     )
                     .await?;
                 for item in &page.items {
@@ -303,32 +304,6 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             items,
             next_cursor: None,
         })
-    }
-}
-
-impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
-    /// The next items after `after` of partitions sorted alike, merged ([`Page::merge`](crate::table::Page::merge)).
-    async fn read_merged(
-        &self,
-        pks: &[String],
-        prefix: &str,
-        after: Option<&str>,
-        limit: usize,
-    ) -> Result<Page, StoreError> {
-        let query = |pk| Query {
-            pk,
-            prefix,
-            after,
-            limit,
-            descending: false,
-        };
-        if let [pk] = pks {
-            return self.table.query(query(pk)).await;
-        }
-        let pages =
-            futures_util::future::try_join_all(pks.iter().map(|pk| self.table.query(query(pk))))
-                .await?;
-        Ok(Page::merge(pages, limit, false))
     }
 }
 
