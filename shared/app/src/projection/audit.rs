@@ -21,6 +21,8 @@ pub struct Audit;
 impl Projection for Audit {
     const NAME: &'static str = "audit";
     const MAX_WRITES: usize = 1;
+    /// An entry per event, keyed by the event: a repeat writes it again, the same.
+    const ORDERED: bool = false;
 
     fn filter() -> FilterPolicy {
         FilterPolicy::default()
@@ -33,7 +35,7 @@ impl Projection for Audit {
         let sk = entry_sk(at, &event.id.to_string());
         let id = event.id.to_string();
         let day = day_partition(&crate::views::day(at), day_shard(&id));
-        draft.insert(draft.partition(&event.tenant, &day), sk, event)?;
+        draft.put(draft.partition(&event.tenant, &day), sk, event)?;
         Ok(())
     }
 }

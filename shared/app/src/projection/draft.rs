@@ -24,7 +24,8 @@ pub struct Draft<'a, T> {
     /// The generation [`Draft::partition`] addresses; the projector sets it per event.
     pub(crate) generation: u32,
     touched: BTreeMap<(String, String), Touched>,
-    inserts: Vec<Item>,
+    /// Items written whatever is there.
+    puts: Vec<Item>,
     /// What each `store` replaced, newest last, to undo one event's changes.
     journal: Vec<((String, String), Option<Touched>)>,
 }
@@ -33,7 +34,7 @@ pub struct Draft<'a, T> {
 #[derive(Debug)]
 pub(crate) struct Mark {
     journal: usize,
-    inserts: usize,
+    puts: usize,
 }
 
 impl<'a, T: Table> Draft<'a, T> {
@@ -43,7 +44,7 @@ impl<'a, T: Table> Draft<'a, T> {
             name,
             generation,
             touched: BTreeMap::new(),
-            inserts: Vec::new(),
+            puts: Vec::new(),
             journal: Vec::new(),
         }
     }
@@ -51,11 +52,11 @@ impl<'a, T: Table> Draft<'a, T> {
     pub(crate) fn mark(&self) -> Mark {
         Mark {
             journal: self.journal.len(),
-            inserts: self.inserts.len(),
+            puts: self.puts.len(),
         }
     }
 
-    /// Undoes every store and insert since `mark`.
+    /// Undoes every store and put since `mark`.
     pub(crate) fn rollback(&mut self, mark: Mark) {
         while self.journal.len() > mark.journal {
             if let Some((key, before)) = self.journal.pop() {
@@ -69,7 +70,7 @@ impl<'a, T: Table> Draft<'a, T> {
                 }
             }
         }
-        self.inserts.truncate(mark.inserts);
+        self.puts.truncate(mark.puts);
     }
 
     /// The partition of an item of this read model, in the generation being written.
@@ -126,14 +127,15 @@ impl<'a, T: Table> Draft<'a, T> {
         }
     }
 
-    /// Adds an item that must not exist yet (such as one per event).
-    pub fn insert(
+    /// Writes an item whatever is there: for an item keyed by the event, which a repeat of the
+    /// event writes the same (see [`super::Projection::ORDERED`]).
+    pub fn put(
         &mut self,
         pk: String,
         sk: String,
         value: &impl Serialize,
     ) -> Result<(), StoreError> {
-        self.inserts.push(Item {
+        self.puts.push(Item {
             pk,
             sk,
             version: 1,
@@ -146,7 +148,7 @@ impl<'a, T: Table> Draft<'a, T> {
 
     /// How many writes the draft holds.
     pub fn len(&self) -> usize {
-        self.touched.values().filter(|t| t.changed).count() + self.inserts.len()
+        self.touched.values().filter(|t| t.changed).count() + self.puts.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -182,9 +184,9 @@ impl<'a, T: Table> Draft<'a, T> {
                 },
             })
             .collect();
-        writes.extend(self.inserts.drain(..).map(|item| Write::Put {
+        writes.extend(self.puts.drain(..).map(|item| Write::Put {
             item,
-            condition: Condition::Absent,
+            condition: Condition::None,
         }));
         writes
     }

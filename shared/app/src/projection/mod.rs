@@ -12,6 +12,10 @@
 //! event log while the live projector writes to both, then switches readers over in one
 //! conditional write; every projector transaction checks the generation record, so none
 //! lands in a generation it no longer serves.
+//!
+//! A projection that writes only items keyed by the event itself (the audit trail) is not
+//! ordered ([`Projection::ORDERED`]): a repeat or a late event writes the same items, so it
+//! needs no positions, and its projector reads nothing but the generation record.
 
 pub mod audit;
 mod draft;
@@ -50,6 +54,13 @@ pub trait Projection: Send + Sync + 'static {
     /// The most items one event may write: the projector keeps each transaction under the
     /// store's limit with it.
     const MAX_WRITES: usize;
+
+    /// Whether an event's writes depend on the events before it in its aggregate. The
+    /// projector then applies each aggregate's events once and in version order, keeping a
+    /// position per aggregate. A projection whose writes are keyed by the event alone (an entry
+    /// per event, written with [`Draft::put`]) says `false`: a repeat writes the same items and
+    /// order does not matter, so the projector keeps no positions and reads nothing for it.
+    const ORDERED: bool = true;
 
     /// The events it is sent: its subscription's filter policy.
     fn filter() -> FilterPolicy;
@@ -405,6 +416,9 @@ impl<T: Table, P: Projection> Projector<T, P> {
         streams: &BTreeMap<String, Vec<Event>>,
         trusting: bool,
     ) -> Result<BTreeMap<String, u64>, StoreError> {
+        if !P::ORDERED {
+            return self.apply_unordered(meta, generations, streams).await;
+        }
         let mut chunk = Chunk::new(&self.table, P::NAME, meta);
         let mut refused = BTreeMap::new();
         let mut learned: Vec<(String, (u64, u64))> = Vec::new();
@@ -470,6 +484,58 @@ impl<T: Table, P: Projection> Projector<T, P> {
             known.positions.clear();
         }
         known.positions.extend(learned);
+        Ok(refused)
+    }
+
+    /// Applies every event given, as it comes, in each generation: no positions to read or
+    /// write, no gaps to fill (a missing event is applied when it is delivered).
+    async fn apply_unordered(
+        &self,
+        meta: &Meta,
+        generations: &[u32],
+        streams: &BTreeMap<String, Vec<Event>>,
+    ) -> Result<BTreeMap<String, u64>, StoreError> {
+        let mut chunk = Chunk::new(&self.table, P::NAME, meta);
+        let mut refused = BTreeMap::new();
+        let per_event = generations.len() * P::MAX_WRITES;
+        if per_event + 1 > self.table.max_transaction_writes() {
+            return Err(StoreError::Failure(format!(
+                "an event of {} may need {per_event} writes, more than a transaction takes",
+                P::NAME
+            )));
+        }
+        for (stream, events) in streams {
+            for event in events {
+                if chunk.len() + per_event > self.table.max_transaction_writes() {
+                    chunk.commit().await?;
+                }
+                let mark = chunk.mark(&[]);
+                let mut applied = Ok(());
+                for &generation in generations {
+                    chunk.draft.generation = generation;
+                    applied = P::apply(&mut chunk.draft, event).await;
+                    if applied.is_err() {
+                        break;
+                    }
+                }
+                match applied {
+                    Ok(()) if generations.contains(&meta.generations.active) => {
+                        chunk.first_applied(event);
+                    }
+                    Ok(()) => {}
+                    // As for an ordered projection, the rest of its stream in this batch stays
+                    // behind with it.
+                    Err(StoreError::Failure(why)) => {
+                        tracing::error!(projection = P::NAME, %stream, version = event.aggregate_version, %why, "event refused");
+                        chunk.rollback(mark, &mut []);
+                        refused.insert(stream.clone(), event.aggregate_version);
+                        break;
+                    }
+                    Err(other) => return Err(other),
+                }
+            }
+        }
+        chunk.commit().await?;
         Ok(refused)
     }
 
@@ -671,7 +737,7 @@ impl<'a, T: Table> Chunk<'a, T> {
     }
 
     async fn commit(&mut self) -> Result<(), StoreError> {
-        if self.positions.is_empty() {
+        if self.positions.is_empty() && self.draft.is_empty() {
             return Ok(());
         }
         let (pk, sk) = meta_key(self.draft.projection(), self.meta.copy);
