@@ -68,17 +68,20 @@ pub fn customer_holds(tenant: &TenantId, customer: &CustomerId) -> String {
     format!("{tenant}#customer#{customer}#holds")
 }
 
-/// All orders of a shop, for operators, spread over [`ORDER_LIST_SHARDS`] partitions by order
-/// id: one partition takes about 1,000 write units a second, and every order of the shop is
-/// written to this list. Sort key = order id (time-ordered); a page merges the shards.
+/// All orders of a shop, for operators, spread over up to [`ORDER_LIST_SHARDS`] partitions by
+/// order id (see [`crate::Table::shards`]): on DynamoDB one partition takes about 1,000 write
+/// units a second, and every order of the shop is written to this list. Sort key = order id
+/// (time-ordered); a page merges the shards.
 pub const ORDER_LIST_SHARDS: u32 = 16;
 
 pub fn tenant_orders(tenant: &TenantId, shard: u32) -> String {
     format!("{tenant}#orders#{shard}")
 }
 
-pub fn tenant_order_shard(id: &OrderId) -> u32 {
-    spread(id.to_string().as_bytes()) % ORDER_LIST_SHARDS
+/// The shard of the order's entry, of the `shards` the store spreads the list over
+/// ([`crate::Table::shards`]).
+pub fn tenant_order_shard(id: &OrderId, shards: u32) -> u32 {
+    spread(id.to_string().as_bytes()) % shards.max(1)
 }
 
 /// The list as a whole, the name its page cursors are sealed to, and the partition it was
@@ -102,16 +105,17 @@ pub fn step(tenant: &TenantId, step: &str, id: &str) -> String {
     format!("{tenant}#step#{step}#{id}")
 }
 
-/// Holds waiting to expire, for every shop of the deployment, spread over partitions (each
-/// order puts and deletes one entry); sort key = expiry then tenant and id.
+/// Holds waiting to expire, for every shop of the deployment, spread over up to this many
+/// partitions (each order puts and deletes one entry); sort key = expiry then tenant and id.
 pub const HOLD_SHARDS: u32 = 64;
 
 pub fn holds(shard: u32) -> String {
     format!("holds#{shard}")
 }
 
-pub fn hold_shard(id: &ReservationId) -> u32 {
-    spread(id.as_str().as_bytes()) % HOLD_SHARDS
+/// The shard of the hold's entry, of the `shards` the store spreads the queue over.
+pub fn hold_shard(id: &ReservationId, shards: u32) -> u32 {
+    spread(id.as_str().as_bytes()) % shards.max(1)
 }
 
 /// A stable hash for choosing a shard: the same in every process and release.
@@ -133,8 +137,9 @@ pub fn attempts(shard: u32) -> String {
     format!("attempts#{shard}")
 }
 
-pub fn attempt_shard(record_pk: &str) -> u32 {
-    spread(record_pk.as_bytes()) % ATTEMPT_SHARDS
+/// The shard of the attempt's entry, of the `shards` the store spreads the queue over.
+pub fn attempt_shard(record_pk: &str, shards: u32) -> u32 {
+    spread(record_pk.as_bytes()) % shards.max(1)
 }
 
 pub fn attempt_sk(due_ms: i64, record_pk: &str) -> String {

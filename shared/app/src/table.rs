@@ -189,6 +189,13 @@ pub trait Table: Send + Sync + 'static {
         Err(writes)
     }
 
+    /// How many of `wanted` partitions to spread a key with many writes over (a queue shard, a
+    /// shop's order list, an audit day). DynamoDB limits each partition to about 1,000 write
+    /// units a second, so it spreads over all of them; SQLite keeps one B-tree with no such
+    /// limit, where spreading would only scatter a commit's writes over more pages, so it
+    /// writes one. Readers read every partition either way, whichever store wrote them.
+    fn shards(&self, wanted: u32) -> u32;
+
     /// Whether [`Table::submit_ordered`] orders transactions here.
     fn orders_submissions(&self) -> bool {
         false

@@ -408,6 +408,11 @@ impl Table for SqliteTable {
         true
     }
 
+    /// One partition: a B-tree has no per-partition limit (see [`Table::shards`]).
+    fn shards(&self, _wanted: u32) -> u32 {
+        1
+    }
+
     async fn scan_events(&self, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
         let (after_pk, after_sk) = match after {
             Some(cursor) => cursor

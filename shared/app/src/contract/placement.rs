@@ -209,6 +209,10 @@ impl<T: Table> Table for CutTable<T> {
         self.inner.max_transaction_writes()
     }
 
+    fn shards(&self, wanted: u32) -> u32 {
+        self.inner.shards(wanted)
+    }
+
     async fn scan_events(&self, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
         self.inner.scan_events(after, limit).await
     }
@@ -1078,7 +1082,8 @@ pub async fn the_shops_order_list_merges_its_shards_and_its_old_partition<T: Tab
     let old = crate::keys::tenant_order_list(&world.tenant);
     let shard_of = |id: &str| {
         let id = commerce_domain::OrderId::parse(id).unwrap();
-        crate::keys::tenant_orders(&world.tenant, crate::keys::tenant_order_shard(&id))
+        let shards = table.shards(crate::keys::ORDER_LIST_SHARDS);
+        crate::keys::tenant_orders(&world.tenant, crate::keys::tenant_order_shard(&id, shards))
     };
     let (oldest, newest) = (placed[11].clone(), placed[0].clone());
     let entry = table

@@ -1,10 +1,11 @@
 //! The audit trail: every event of a shop, with who did it, when and in which request.
 //!
-//! Each event is kept in the shop's day of its generation, in one of [`DAY_SHARDS`] partitions
-//! by event id (`day#YYYY-MM-DD#N`: one partition takes about 1,000 writes a second, and a shop's
-//! every event lands in its day), sorted by time then event id; a day is read merged. A query that names one aggregate reads that aggregate's event stream
-//! instead, which holds the same envelopes in version order; any other query reads the days of
-//! its time range. Filters on actor and event type apply to what is read, so a page may come
+//! Each event is kept in the shop's day of its generation, in one of up to [`DAY_SHARDS`]
+//! partitions by event id (`day#YYYY-MM-DD#N`: on DynamoDB one partition takes about 1,000
+//! writes a second, and a shop's every event lands in its day; see [`crate::Table::shards`]), sorted
+//! by time then event id; a day is read merged. A query that names one aggregate reads that
+//! aggregate's event stream instead, which holds the same envelopes in version order; any
+//! other query reads the days of its time range. Filters on actor and event type apply to what is read, so a page may come
 //! back short, with a cursor to go on.
 
 use serde::{Deserialize, Serialize};
@@ -34,7 +35,8 @@ impl Projection for Audit {
             .ok_or_else(|| StoreError::Failure(format!("event {} has no valid time", event.id)))?;
         let sk = entry_sk(at, &event.id.to_string());
         let id = event.id.to_string();
-        let day = day_partition(&crate::views::day(at), day_shard(&id));
+        let shards = draft.table().shards(DAY_SHARDS);
+        let day = day_partition(&crate::views::day(at), day_shard(&id, shards));
         draft.put(draft.partition(&event.tenant, &day), sk, event)?;
         Ok(())
     }
@@ -50,7 +52,7 @@ pub fn entries_from(at_ms: i64) -> String {
     format!("{at_ms:013}")
 }
 
-/// Partitions one day's entries are spread over.
+/// Partitions one day's entries are spread over, at most.
 pub const DAY_SHARDS: u32 = 16;
 
 pub fn day_partition(day: &str, shard: u32) -> String {
@@ -66,11 +68,11 @@ pub fn day_partitions(day: &str) -> Vec<String> {
         .collect()
 }
 
-fn day_shard(event_id: &str) -> u32 {
+fn day_shard(event_id: &str, shards: u32) -> u32 {
     event_id
         .bytes()
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
-        % DAY_SHARDS
+        % shards.max(1)
 }
 
 /// One event as the audit trail shows it: its envelope.

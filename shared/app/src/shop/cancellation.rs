@@ -185,7 +185,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 self.now_ms(),
             )?;
             let mut changes = Changes::new(caller.origin());
-            let placed = append_order(
+            let placed = self.append_order(
                 &mut changes,
                 &caller.tenant,
                 &mut order,
@@ -252,7 +252,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 break (amount, placed.payment);
             }
             let mut changes = Changes::new(caller.origin());
-            append_order(
+            self.append_order(
                 &mut changes,
                 &caller.tenant,
                 &mut order,
@@ -286,7 +286,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 .state
                 .record_capture(receipt.amount, receipt.id.clone())?;
             let mut changes = Changes::new(caller.origin());
-            let placed = append_order(
+            let placed = self.append_order(
                 &mut changes,
                 &caller.tenant,
                 &mut order,
@@ -324,7 +324,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 return Ok(());
             }
             let mut changes = Changes::new(caller.origin());
-            append_order(
+            self.append_order(
                 &mut changes,
                 &caller.tenant,
                 &mut order,
@@ -370,7 +370,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     Err(e) => return Err(e.into()),
                 }
             }
-            append_order(
+            self.append_order(
                 &mut changes,
                 &task.tenant,
                 &mut order,
@@ -433,7 +433,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                         Err(e) => return Err(e.into()),
                     };
                     let mut changes = Changes::new(task.origin());
-                    append_order(
+                    self.append_order(
                         &mut changes,
                         &task.tenant,
                         &mut order,
@@ -466,7 +466,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                                 .await?;
                             let events = order.state.record_capture(receipt.amount, receipt.id)?;
                             let mut changes = Changes::new(task.origin());
-                            append_order(
+                            self.append_order(
                                 &mut changes,
                                 &task.tenant,
                                 &mut order,
@@ -493,7 +493,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             let mut events = first;
             events.extend(order.state.settle(task.attempt, &settlement, receipt)?);
             let mut changes = Changes::new(task.origin());
-            append_order(
+            self.append_order(
                 &mut changes,
                 &task.tenant,
                 &mut order,
@@ -514,7 +514,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             let mut order = order;
             let events = order.state.complete_cancellation(task.attempt)?;
             let mut changes = Changes::new(task.origin());
-            append_order(
+            self.append_order(
                 &mut changes,
                 &task.tenant,
                 &mut order,
@@ -566,7 +566,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                         },
                     )?;
                 }
-                append_order(
+                self.append_order(
                     &mut changes,
                     &task.tenant,
                     &mut order,
@@ -642,34 +642,38 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     }
 }
 
-/// Appends the order's events and, if its status moved, the order lists' summaries. Returns
-/// the order as it will be.
-fn append_order(
-    changes: &mut Changes,
-    tenant: &TenantId,
-    order: &mut Stream<Order>,
-    events: Vec<commerce_domain::OrderEvent>,
-    now_ms: i64,
-) -> Result<PlacedOrder, AppError> {
-    let before = order.state.placed.as_ref().map(|o| o.status);
-    changes.append(order, events, now_ms)?;
-    let placed = order
-        .state
-        .placed
-        .clone()
-        .ok_or(AppError::NotFound("order"))?;
-    if before != Some(placed.status) {
-        let summary = OrderSummary::from(&placed);
-        let id = placed.id.to_string();
-        changes.put_read_model(
-            keys::customer_orders(tenant, &placed.customer),
-            id.clone(),
-            &summary,
-        )?;
-        let shard = keys::tenant_order_shard(&placed.id);
-        changes.put_read_model(keys::tenant_orders(tenant, shard), id, &summary)?;
+impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
+    /// Appends the order's events and, if its status moved, the order lists' summaries. Returns
+    /// the order as it will be.
+    fn append_order(
+        &self,
+        changes: &mut Changes,
+        tenant: &TenantId,
+        order: &mut Stream<Order>,
+        events: Vec<commerce_domain::OrderEvent>,
+        now_ms: i64,
+    ) -> Result<PlacedOrder, AppError> {
+        let before = order.state.placed.as_ref().map(|o| o.status);
+        changes.append(order, events, now_ms)?;
+        let placed = order
+            .state
+            .placed
+            .clone()
+            .ok_or(AppError::NotFound("order"))?;
+        if before != Some(placed.status) {
+            let summary = OrderSummary::from(&placed);
+            let id = placed.id.to_string();
+            changes.put_read_model(
+                keys::customer_orders(tenant, &placed.customer),
+                id.clone(),
+                &summary,
+            )?;
+            let shard =
+                keys::tenant_order_shard(&placed.id, self.table.shards(keys::ORDER_LIST_SHARDS));
+            changes.put_read_model(keys::tenant_orders(tenant, shard), id, &summary)?;
+        }
+        Ok(placed)
     }
-    Ok(placed)
 }
 
 #[cfg(test)]

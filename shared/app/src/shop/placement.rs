@@ -279,7 +279,10 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             && let Some(pk) = guard.record_pk()
         {
             changes.put_read_model(
-                keys::attempts(keys::attempt_shard(pk)),
+                keys::attempts(keys::attempt_shard(
+                    pk,
+                    self.table.shards(keys::ATTEMPT_SHARDS),
+                )),
                 keys::attempt_sk(attempt.check_at, pk),
                 &(),
             )?;
@@ -451,7 +454,10 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     fn forget_attempt(&self, changes: &mut Changes, guard: &Guard<Attempt>, attempt: &Attempt) {
         if let Some(pk) = guard.record_pk() {
             changes.delete_read_model(
-                keys::attempts(keys::attempt_shard(pk)),
+                keys::attempts(keys::attempt_shard(
+                    pk,
+                    self.table.shards(keys::ATTEMPT_SHARDS),
+                )),
                 keys::attempt_sk(attempt.check_at, pk),
             );
         }
@@ -656,7 +662,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             id.clone(),
             &summary,
         )?;
-        let shard = keys::tenant_order_shard(&attempt.order);
+        let shard =
+            keys::tenant_order_shard(&attempt.order, self.table.shards(keys::ORDER_LIST_SHARDS));
         changes.put_read_model(keys::tenant_orders(tenant, shard), id, &summary)?;
         if let Some(contact) = contact {
             changes.put_read_model(
