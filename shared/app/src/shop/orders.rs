@@ -54,6 +54,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         if caller.has(Role::Ops) {
             // Orders recorded before the list was sharded stay in its old single partition,
             // read last: a copy written since into a shard (a cancellation's) wins over it.
+            // Shard 0 is read first: a store that writes one partition writes there, so its
+            // copy wins over one a build that spread the list left in another shard.
             let list = keys::tenant_order_list(&caller.tenant);
             let shards: Vec<_> = (0..keys::ORDER_LIST_SHARDS)
                 .map(|shard| keys::tenant_orders(&caller.tenant, shard))
