@@ -378,13 +378,13 @@ impl Table for DynamoTable {
             .and_then(|n| u64::try_from(n).ok()))
     }
 
-    /// One eventually consistent read of a key nothing writes: half a read unit on the data
-    /// plane, where `DescribeTable` would be a control-plane call with its own low rate limit.
     /// Every one: each partition takes about 1,000 write units a second.
     fn shards(&self, wanted: u32) -> u32 {
         wanted
     }
 
+    /// One eventually consistent read of a key nothing writes: half a read unit on the data
+    /// plane, where `DescribeTable` would be a control-plane call with its own low rate limit.
     async fn ping(&self) -> Result<(), StoreError> {
         self.capacity.called("dynamodb:GetItem", PING_KEY);
         let output = self

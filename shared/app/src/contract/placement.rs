@@ -1157,6 +1157,64 @@ async fn all_orders<T: Table + Clone>(world: &World<T>) -> std::collections::Has
         .collect()
 }
 
+/// Hold entries a build that spread the queue otherwise put in other shards (a database from
+/// before [`Table::shards`]): the sweeper still ends their holds, and leaves no entry behind.
+pub async fn hold_entries_in_other_shards_are_swept<T: Table + Clone>(table: &T) {
+    use crate::keys::{HOLD_SHARDS, hold_shard, holds};
+    let world = World::new(table, "othershard", 10).await;
+    let shards = table.shards(HOLD_SHARDS);
+    let (released, expiring) = (world.reserve(1).await, world.reserve(1).await);
+    let mut moved = Vec::new();
+    for id in [&released, &expiring] {
+        let here = holds(hold_shard(id, shards));
+        let there = holds((hold_shard(id, shards) + 1) % HOLD_SHARDS);
+        let query = Query {
+            pk: &here,
+            prefix: "",
+            after: None,
+            limit: 1000,
+            descending: false,
+        };
+        let page = table.query(query).await.unwrap();
+        let entry = page
+            .items
+            .into_iter()
+            .find(|item| item.sk.ends_with(id.as_str()))
+            .expect("the hold's entry");
+        let sk = entry.sk.clone();
+        table
+            .transact(vec![
+                Write::Delete {
+                    pk: here,
+                    sk: sk.clone(),
+                    condition: crate::table::Condition::None,
+                },
+                Write::Put {
+                    item: Item {
+                        pk: there.clone(),
+                        ..entry
+                    },
+                    condition: crate::table::Condition::None,
+                },
+            ])
+            .await
+            .unwrap();
+        moved.push((there, sk));
+    }
+    let shop = world.shop(Cut::never());
+    shop.release_reservation(&world.alice(), None, &released)
+        .await
+        .unwrap();
+    assert_eq!(world.stock().await, (10, 1, 9));
+    world.clock.advance(901_000);
+    let pass = shop.sweep(100).await;
+    assert_eq!((pass.expired, pass.failed), (1, 0), "{pass:?}");
+    assert_eq!(world.stock().await, (10, 0, 10));
+    for (pk, sk) in moved {
+        assert_eq!(table.get(&pk, &sk).await.unwrap(), None, "{pk} {sk}");
+    }
+}
+
 /// An entry in the expiry queue that cannot be read is counted as failed and skipped, pass
 /// after pass: the holds around it still expire and their stock comes back.
 pub async fn a_bad_queue_entry_is_counted_and_skipped<T: Table + Clone>(table: &T) {

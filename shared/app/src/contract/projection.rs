@@ -126,6 +126,10 @@ impl Projection for Applied {
 /// The versions [`Applied`] applied of the aggregate, in the order applied.
 async fn applied<T: Table>(table: &T, aggregate: &str) -> Vec<u64> {
     let generation = active_generation::<Applied, _>(table).await.unwrap();
+    applied_in(table, aggregate, generation).await
+}
+
+async fn applied_in<T: Table>(table: &T, aggregate: &str, generation: u32) -> Vec<u64> {
     let pk = partition("acme", Applied::NAME, generation, aggregate);
     match table.get(&pk, "versions").await.unwrap() {
         Some(item) => serde_json::from_slice(&item.data).unwrap(),
@@ -266,6 +270,89 @@ pub async fn a_rebuild_while_events_keep_coming_equals_the_live_model<T: Table +
         let old = &live_model[sku];
         assert_eq!(old[..], rebuilt[sku][..old.len()], "{sku}");
     }
+}
+
+/// The rebuild of an ordered projection, while events keep coming: every event once, in
+/// version order, in the generation readers then use.
+pub async fn a_rebuild_of_an_ordered_projection_applies_each_event_once_in_order<
+    T: Table + Clone,
+>(
+    table: &T,
+) {
+    let skus = ["o1", "o2"];
+    for sku in skus {
+        receipts(table, sku, 3).await;
+        let projector = Projector::<T, Applied>::new(table.clone());
+        assert!(
+            projector
+                .handle(&deliveries(table, sku).await)
+                .await
+                .iter()
+                .all(|v| *v == Verdict::Done)
+        );
+    }
+    let before = active_generation::<Applied, _>(table).await.unwrap();
+    let live = {
+        let table = table.clone();
+        tokio::spawn(async move {
+            for _ in 0..4 {
+                for sku in skus {
+                    receipts(&table, sku, 1).await;
+                    let projector = Projector::<T, Applied>::new(table.clone());
+                    let verdicts = projector.handle(&deliveries(&table, sku).await).await;
+                    assert!(
+                        verdicts.iter().all(|v| *v != Verdict::Poison),
+                        "{verdicts:?}"
+                    );
+                }
+            }
+        })
+    };
+    let progress = rebuild::<Applied, T>(table, |_| {}).await.unwrap();
+    live.await.unwrap();
+    for sku in skus {
+        let projector = Projector::<T, Applied>::new(table.clone());
+        assert!(
+            projector
+                .handle(&deliveries(table, sku).await)
+                .await
+                .iter()
+                .all(|v| *v == Verdict::Done)
+        );
+    }
+    let after = active_generation::<Applied, _>(table).await.unwrap();
+    assert_eq!(after, progress.generation);
+    assert!(after > before, "readers moved to the rebuilt generation");
+    for sku in skus {
+        assert_eq!(
+            applied_in(table, sku, after).await,
+            (1..=7).collect::<Vec<u64>>(),
+            "{sku}"
+        );
+    }
+}
+
+/// An event the audit trail cannot take (no valid time) is held back alone: the audit is not
+/// ordered, so the event after it in its stream is recorded.
+pub async fn an_event_the_audit_refuses_holds_back_only_itself<T: Table + Clone>(table: &T) {
+    receipts(table, "refused", 2).await;
+    let events: Vec<Envelope<Value>> = read_events(table, &stream("refused")).await.unwrap();
+    let mut unreadable = events[0].clone();
+    unreadable.occurred_at = "not a time".into();
+    let batch: Vec<Delivery> = [&unreadable, &events[1]]
+        .iter()
+        .map(|e| Delivery {
+            message: Message::for_event(&serde_json::to_vec(e).unwrap()).unwrap(),
+            receipt: format!("r-{}", e.id),
+            receive_count: 1,
+        })
+        .collect();
+    let projector = Projector::<T, Audit>::new(table.clone());
+    assert_eq!(
+        projector.handle(&batch).await,
+        vec![Verdict::Poison, Verdict::Done]
+    );
+    assert_eq!(audited(table, "refused").await, vec![2]);
 }
 
 /// A projector checks its own copy of the generation record, brought in step with the record

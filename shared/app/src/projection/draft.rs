@@ -23,6 +23,8 @@ pub struct Draft<'a, T> {
     name: &'static str,
     /// The generation [`Draft::partition`] addresses; the projector sets it per event.
     pub(crate) generation: u32,
+    /// Whether the projection is ordered: only an ordered one may read and change items.
+    ordered: bool,
     touched: BTreeMap<(String, String), Touched>,
     /// Items written whatever is there.
     puts: Vec<Item>,
@@ -38,11 +40,12 @@ pub(crate) struct Mark {
 }
 
 impl<'a, T: Table> Draft<'a, T> {
-    pub(crate) fn new(table: &'a T, name: &'static str, generation: u32) -> Self {
+    pub(crate) fn new(table: &'a T, name: &'static str, ordered: bool, generation: u32) -> Self {
         Self {
             table,
             name,
             generation,
+            ordered,
             touched: BTreeMap::new(),
             puts: Vec::new(),
             journal: Vec::new(),
@@ -84,6 +87,7 @@ impl<'a, T: Table> Draft<'a, T> {
         pk: &str,
         sk: &str,
     ) -> Result<S, StoreError> {
+        self.ordered_only()?;
         let key = (pk.to_owned(), sk.to_owned());
         if !self.touched.contains_key(&key) {
             let (version, data) = match self.table.get(pk, sk).await? {
@@ -108,6 +112,7 @@ impl<'a, T: Table> Draft<'a, T> {
 
     /// Replaces an item read with [`Draft::load`].
     pub fn store(&mut self, pk: &str, sk: &str, value: &impl Serialize) -> Result<(), StoreError> {
+        self.ordered_only()?;
         let data = crate::event_store::to_json(value)?;
         let key = (pk.to_owned(), sk.to_owned());
         match self.touched.get_mut(&key) {
@@ -124,6 +129,19 @@ impl<'a, T: Table> Draft<'a, T> {
             None => Err(StoreError::Failure(format!(
                 "{pk}/{sk} is stored without being loaded first"
             ))),
+        }
+    }
+
+    /// An unordered projection may apply an event twice: what it read and changed would count
+    /// it twice (see [`super::Projection::ORDERED`]).
+    fn ordered_only(&self) -> Result<(), StoreError> {
+        if self.ordered {
+            Ok(())
+        } else {
+            Err(StoreError::Failure(format!(
+                "{} is not ordered: it may only put items keyed by the event",
+                self.name
+            )))
         }
     }
 

@@ -1,10 +1,11 @@
 //! Read models fed from the bus and rebuilt from the event log.
 //!
 //! A [`Projection`] says what an event changes in its read model; the [`Projector`] does the
-//! rest, once for every projection: it applies an aggregate's events strictly in version order
-//! (a gap is filled from the event log, never skipped; when the log cannot be read, the
-//! message is retried later) and records how far each aggregate got (a position item, written
-//! on its version) in the same transaction as the read model's own writes. A redelivered or
+//! rest, once for every projection. For an ordered one (most) it applies an aggregate's events
+//! strictly in version order (a gap is filled from the event log, never skipped; when the log
+//! cannot be read, the message is retried later) and records how far each aggregate got (a
+//! position item, written on its version) in the same transaction as the read model's own
+//! writes. A redelivered or
 //! republished event is behind its position and changes nothing; two deliveries of one event
 //! applied at once race on the position, and one of them fails.
 //!
@@ -41,6 +42,9 @@ pub use draft::Draft;
 pub type Event = Envelope<Box<serde_json::value::RawValue>>;
 pub use rebuild::{Progress, rebuild};
 
+/// The versions of the events given that a projection held back, by stream.
+pub(crate) type Refused = BTreeMap<String, BTreeSet<u64>>;
+
 /// Writes each event costs the projector itself, per generation: its position.
 const OWN_WRITES: usize = 1;
 /// Tries at a batch whose transactions lost a race.
@@ -60,6 +64,8 @@ pub trait Projection: Send + Sync + 'static {
     /// position per aggregate. A projection whose writes are keyed by the event alone (an entry
     /// per event, written with [`Draft::put`]) says `false`: a repeat writes the same items and
     /// order does not matter, so the projector keeps no positions and reads nothing for it.
+    /// Its draft refuses [`Draft::load`] and [`Draft::store`]: what it read could be applied
+    /// twice. Its lag figures count redeliveries too, which it cannot tell apart.
     const ORDERED: bool = true;
 
     /// The events it is sent: its subscription's filter policy.
@@ -329,7 +335,7 @@ impl<T: Table, P: Projection> Projector<T, P> {
         match Box::pin(self.apply_streams(streams, None)).await {
             Ok(refused) if refused.is_empty() => {}
             Ok(refused) => {
-                // Only the refused event and those after it in its stream stay behind.
+                // Only what the projection held back stays behind.
                 for (delivery, verdict) in deliveries.iter().zip(verdicts.iter_mut()) {
                     let event = serde_json::from_str::<Envelope<serde::de::IgnoredAny>>(
                         &delivery.message.body,
@@ -337,7 +343,7 @@ impl<T: Table, P: Projection> Projector<T, P> {
                     let held_back = event.is_ok_and(|e| {
                         refused
                             .get(&e.stream())
-                            .is_some_and(|from| e.aggregate_version >= *from)
+                            .is_some_and(|held| held.contains(&e.aggregate_version))
                     });
                     if held_back {
                         *verdict = Verdict::Poison;
@@ -360,15 +366,17 @@ impl<T: Table, P: Projection> Projector<T, P> {
         verdicts
     }
 
-    /// Brings every stream up to the highest version given for it, in every generation served
-    /// (or only in `only`, for a rebuild). Returns the streams the projection refused an event
-    /// of (a [`StoreError::Failure`] from [`Projection::apply`]), with that event's version:
-    /// they stop there, and the others go on.
+    /// Brings every stream up to the highest version given for it (an unordered projection:
+    /// applies the events given), in every generation served (or only in `only`, for a
+    /// rebuild). Returns what it held back of the events given, by stream, when the projection
+    /// refused one (a [`StoreError::Failure`] from [`Projection::apply`]): an ordered stream
+    /// stops at the refused event, an unordered one holds back only that event; the other
+    /// streams go on.
     pub(crate) async fn apply_streams(
         &self,
         mut streams: BTreeMap<String, Vec<Event>>,
         only: Option<u32>,
-    ) -> Result<BTreeMap<String, u64>, StoreError> {
+    ) -> Result<Refused, StoreError> {
         for events in streams.values_mut() {
             events.sort_by_key(|e| e.aggregate_version);
             events.dedup_by_key(|e| e.aggregate_version);
@@ -415,11 +423,11 @@ impl<T: Table, P: Projection> Projector<T, P> {
         generations: &[u32],
         streams: &BTreeMap<String, Vec<Event>>,
         trusting: bool,
-    ) -> Result<BTreeMap<String, u64>, StoreError> {
+    ) -> Result<Refused, StoreError> {
         if !P::ORDERED {
             return self.apply_unordered(meta, generations, streams).await;
         }
-        let mut chunk = Chunk::new(&self.table, P::NAME, meta);
+        let mut chunk = Chunk::new(&self.table, P::NAME, P::ORDERED, meta);
         let mut refused = BTreeMap::new();
         let mut learned: Vec<(String, (u64, u64))> = Vec::new();
         // What one event may add, in every generation, plus the chunk's generation check.
@@ -467,7 +475,9 @@ impl<T: Table, P: Projection> Projector<T, P> {
                     Err(StoreError::Failure(why)) => {
                         tracing::error!(projection = P::NAME, %stream, version = event.aggregate_version, %why, "event refused; its stream stops here");
                         chunk.rollback(mark, &mut positions);
-                        refused.insert(stream.clone(), event.aggregate_version);
+                        let from = event.aggregate_version;
+                        let held = given.iter().map(|e| e.aggregate_version);
+                        refused.insert(stream.clone(), held.filter(|v| *v >= from).collect());
                         break;
                     }
                     Err(other) => return Err(other),
@@ -494,8 +504,8 @@ impl<T: Table, P: Projection> Projector<T, P> {
         meta: &Meta,
         generations: &[u32],
         streams: &BTreeMap<String, Vec<Event>>,
-    ) -> Result<BTreeMap<String, u64>, StoreError> {
-        let mut chunk = Chunk::new(&self.table, P::NAME, meta);
+    ) -> Result<Refused, StoreError> {
+        let mut chunk = Chunk::new(&self.table, P::NAME, P::ORDERED, meta);
         let mut refused = BTreeMap::new();
         let per_event = generations.len() * P::MAX_WRITES;
         if per_event + 1 > self.table.max_transaction_writes() {
@@ -523,13 +533,12 @@ impl<T: Table, P: Projection> Projector<T, P> {
                         chunk.first_applied(event);
                     }
                     Ok(()) => {}
-                    // As for an ordered projection, the rest of its stream in this batch stays
-                    // behind with it.
+                    // Only this event stays behind: the others do not depend on it.
                     Err(StoreError::Failure(why)) => {
                         tracing::error!(projection = P::NAME, %stream, version = event.aggregate_version, %why, "event refused");
                         chunk.rollback(mark, &mut []);
-                        refused.insert(stream.clone(), event.aggregate_version);
-                        break;
+                        let held: &mut BTreeSet<u64> = refused.entry(stream.clone()).or_default();
+                        held.insert(event.aggregate_version);
                     }
                     Err(other) => return Err(other),
                 }
@@ -666,9 +675,9 @@ struct Chunk<'a, T> {
 }
 
 impl<'a, T: Table> Chunk<'a, T> {
-    fn new(table: &'a T, name: &'static str, meta: &Meta) -> Self {
+    fn new(table: &'a T, name: &'static str, ordered: bool, meta: &Meta) -> Self {
         Self {
-            draft: Draft::new(table, name, meta.generations.active),
+            draft: Draft::new(table, name, ordered, meta.generations.active),
             meta: *meta,
             positions: BTreeMap::new(),
             recorded_at_ms: Vec::new(),

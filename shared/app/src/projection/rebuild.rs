@@ -2,9 +2,10 @@
 //!
 //! The rebuild opens a new generation (the live projector then writes every event to both),
 //! scans every event of the table into it, stream by stream and in order, and finally makes
-//! it the one readers use, in one conditional write. Positions make each step idempotent: a
-//! rebuild that stops half way is resumed by running it again, and the live projector and the
-//! rebuild may apply the same event in either order, once.
+//! it the one readers use, in one conditional write. Each step is idempotent (positions for an
+//! ordered projection; an unordered one writes the same entries again): a rebuild that stops
+//! half way is resumed by running it again, and the live projector and the rebuild may apply
+//! the same event in either order, with the same result.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

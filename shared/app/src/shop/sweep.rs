@@ -147,6 +147,12 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 }
                 let origin = Origin::system(RECONCILER);
                 let given_up = self.give_up(&origin, &mut guard, &attempt).await?;
+                // Giving up deleted the entry where this build puts it; one an earlier build
+                // put in another shard goes too.
+                let shards = self.table.shards(keys::ATTEMPT_SHARDS);
+                if given_up && queue_pk != keys::attempts(keys::attempt_shard(record_pk, shards)) {
+                    self.drop_entry(queue_pk, sk).await?;
+                }
                 if given_up {
                     tracing::warn!(
                         key = record_pk,
@@ -183,8 +189,16 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             let changes = if still_held {
                 let events = reservation.state.expire(self.now_ms())?;
                 let origin = Origin::system(SWEEPER);
-                self.end_hold(&tenant, &origin, &mut reservation, events)
-                    .await?
+                let mut changes = self
+                    .end_hold(&tenant, &origin, &mut reservation, events)
+                    .await?;
+                // Ending the hold deletes its entry where this build puts it; one an earlier
+                // build put in another shard goes in the same commit.
+                let shards = self.table.shards(keys::HOLD_SHARDS);
+                if hold_pk != keys::holds(keys::hold_shard(&id, shards)) {
+                    changes.delete_read_model(hold_pk.to_owned(), hold_sk.to_owned());
+                }
+                changes
             } else {
                 // Ended some other way; only the queue entry is left.
                 let mut changes = Changes::new(Origin::system(SWEEPER));
