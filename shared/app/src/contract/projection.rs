@@ -58,11 +58,50 @@ async fn stream_deliveries<T: Table>(table: &T, pk: &str) -> Vec<Delivery> {
         .collect()
 }
 
-/// Projects every event of the SKU's stream into the audit trail, each done.
-async fn audit_all<T: Table + Clone>(table: &T, sku: &str) {
-    let projector = Projector::<T, Audit>::new(table.clone());
+/// Projects every event of the SKU's stream with `P`, each done.
+async fn project_all<T: Table + Clone, P: Projection>(table: &T, sku: &str) {
+    let projector = Projector::<T, P>::new(table.clone());
     let verdicts = projector.handle(&deliveries(table, sku).await).await;
     assert!(verdicts.iter().all(|v| *v == Verdict::Done), "{verdicts:?}");
+}
+
+/// Rebuilds `P` while each SKU's stream gets four more events, projected live as they come;
+/// then the live projector finishes what it could not during the switch. Each SKU starts with
+/// three events. Returns the generations readers used before and after.
+async fn rebuild_while_events_keep_coming<T: Table + Clone, P: Projection>(
+    table: &T,
+    skus: &'static [&'static str],
+) -> (u32, u32) {
+    for sku in skus {
+        receipts(table, sku, 3).await;
+        project_all::<T, P>(table, sku).await;
+    }
+    let before = active_generation::<P, _>(table).await.unwrap();
+    let live = {
+        let table = table.clone();
+        tokio::spawn(async move {
+            for round in 0..4 {
+                for sku in skus {
+                    receipts(&table, sku, 1).await;
+                    let projector = Projector::<T, P>::new(table.clone());
+                    let verdicts = projector.handle(&deliveries(&table, sku).await).await;
+                    assert!(
+                        verdicts.iter().all(|v| *v != Verdict::Poison),
+                        "round {round}: {verdicts:?}"
+                    );
+                }
+            }
+        })
+    };
+    let progress = rebuild::<P, T>(table, |_| {}).await.unwrap();
+    live.await.unwrap();
+    for sku in skus {
+        project_all::<T, P>(table, sku).await;
+    }
+    let after = active_generation::<P, _>(table).await.unwrap();
+    assert_eq!(after, progress.generation);
+    assert!(after > before, "readers moved to the rebuilt generation");
+    (before, after)
 }
 
 /// The aggregate's audit entries (event versions) in the generation readers use.
@@ -221,42 +260,11 @@ pub async fn racing_projectors_apply_each_event_once<T: Table + Clone>(table: &T
 }
 
 pub async fn a_rebuild_while_events_keep_coming_equals_the_live_model<T: Table + Clone>(table: &T) {
-    let skus = ["r1", "r2", "r3"];
-    for sku in skus {
-        receipts(table, sku, 3).await;
-        audit_all(table, sku).await;
-    }
-    let before = active_generation::<Audit, _>(table).await.unwrap();
-    // Events keep being recorded and projected while the rebuild runs.
-    let live = {
-        let table = table.clone();
-        tokio::spawn(async move {
-            for round in 0..4 {
-                for sku in skus {
-                    receipts(&table, sku, 1).await;
-                    let projector = Projector::<T, Audit>::new(table.clone());
-                    let batch = deliveries(&table, sku).await;
-                    let verdicts = projector.handle(&batch).await;
-                    assert!(
-                        verdicts.iter().all(|v| *v != Verdict::Poison),
-                        "round {round}: {verdicts:?}"
-                    );
-                }
-            }
-        })
-    };
-    let progress = rebuild::<Audit, T>(table, |_| {}).await.unwrap();
-    live.await.unwrap();
-    // Whatever the live projector could not finish during the switch, it finishes now.
-    for sku in skus {
-        audit_all(table, sku).await;
-    }
-    let after = active_generation::<Audit, _>(table).await.unwrap();
-    assert_eq!(after, progress.generation);
-    assert!(after > before, "readers moved to the rebuilt generation");
+    const SKUS: &[&str] = &["r1", "r2", "r3"];
+    let (before, after) = rebuild_while_events_keep_coming::<T, Audit>(table, SKUS).await;
     let mut rebuilt = BTreeMap::new();
     let mut live_model = BTreeMap::new();
-    for sku in skus {
+    for &sku in SKUS {
         rebuilt.insert(sku, audited_in(table, sku, after).await);
         live_model.insert(sku, audited_in(table, sku, before).await);
         assert_eq!(
@@ -266,7 +274,7 @@ pub async fn a_rebuild_while_events_keep_coming_equals_the_live_model<T: Table +
         );
     }
     // The old generation stopped at the switch; what it has, the new one has the same.
-    for sku in skus {
+    for &sku in SKUS {
         let old = &live_model[sku];
         assert_eq!(old[..], rebuilt[sku][..old.len()], "{sku}");
     }
@@ -279,56 +287,11 @@ pub async fn a_rebuild_of_an_ordered_projection_applies_each_event_once_in_order
 >(
     table: &T,
 ) {
-    let skus = ["o1", "o2"];
-    for sku in skus {
-        receipts(table, sku, 3).await;
-        let projector = Projector::<T, Applied>::new(table.clone());
-        assert!(
-            projector
-                .handle(&deliveries(table, sku).await)
-                .await
-                .iter()
-                .all(|v| *v == Verdict::Done)
-        );
-    }
-    let before = active_generation::<Applied, _>(table).await.unwrap();
-    let live = {
-        let table = table.clone();
-        tokio::spawn(async move {
-            for _ in 0..4 {
-                for sku in skus {
-                    receipts(&table, sku, 1).await;
-                    let projector = Projector::<T, Applied>::new(table.clone());
-                    let verdicts = projector.handle(&deliveries(&table, sku).await).await;
-                    assert!(
-                        verdicts.iter().all(|v| *v != Verdict::Poison),
-                        "{verdicts:?}"
-                    );
-                }
-            }
-        })
-    };
-    let progress = rebuild::<Applied, T>(table, |_| {}).await.unwrap();
-    live.await.unwrap();
-    for sku in skus {
-        let projector = Projector::<T, Applied>::new(table.clone());
-        assert!(
-            projector
-                .handle(&deliveries(table, sku).await)
-                .await
-                .iter()
-                .all(|v| *v == Verdict::Done)
-        );
-    }
-    let after = active_generation::<Applied, _>(table).await.unwrap();
-    assert_eq!(after, progress.generation);
-    assert!(after > before, "readers moved to the rebuilt generation");
-    for sku in skus {
-        assert_eq!(
-            applied_in(table, sku, after).await,
-            (1..=7).collect::<Vec<u64>>(),
-            "{sku}"
-        );
+    const SKUS: &[&str] = &["o1", "o2"];
+    let (_, after) = rebuild_while_events_keep_coming::<T, Applied>(table, SKUS).await;
+    for &sku in SKUS {
+        let versions = applied_in(table, sku, after).await;
+        assert_eq!(versions, (1..=7).collect::<Vec<u64>>(), "{sku}");
     }
 }
 
