@@ -5,9 +5,8 @@
 //! strictly in version order (a gap is filled from the event log, never skipped; when the log
 //! cannot be read, the message is retried later) and records how far each aggregate got (a
 //! position item, written on its version) in the same transaction as the read model's own
-//! writes. A redelivered or
-//! republished event is behind its position and changes nothing; two deliveries of one event
-//! applied at once race on the position, and one of them fails.
+//! writes. A redelivered or republished event is behind its position and changes nothing; two
+//! deliveries of one event applied at once race on the position, and one of them fails.
 //!
 //! A read model lives in a generation. A rebuild ([`rebuild`]) fills a fresh one from the
 //! event log while the live projector writes to both, then switches readers over in one
