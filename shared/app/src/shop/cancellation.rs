@@ -23,7 +23,7 @@ use crate::event_store::{Changes, CommitError, Origin, Stream, load};
 use crate::idempotency::Begin;
 use crate::keys;
 use crate::payments::{PaymentError, operation_key};
-use crate::views::{AlertView, OrderSummary, OrderView, timestamp};
+use crate::views::{AlertView, OrderView, timestamp};
 use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
 
 /// A request to cancel an order, or some of its lines.
@@ -661,16 +661,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             .clone()
             .ok_or(AppError::NotFound("order"))?;
         if before != Some(placed.status) {
-            let summary = OrderSummary::from(&placed);
-            let id = placed.id.to_string();
-            changes.put_read_model(
-                keys::customer_orders(tenant, &placed.customer),
-                id.clone(),
-                &summary,
-            )?;
-            let shard =
-                keys::tenant_order_shard(&placed.id, self.table.shards(keys::ORDER_LIST_SHARDS));
-            changes.put_read_model(keys::tenant_orders(tenant, shard), id, &summary)?;
+            self.list_order(changes, tenant, &placed)?;
         }
         Ok(placed)
     }

@@ -11,7 +11,7 @@ mod reservations;
 mod stock;
 mod sweep;
 
-use commerce_domain::{CustomerId, TenantId};
+use commerce_domain::{CustomerId, ReservationId, TenantId};
 use serde::Serialize;
 
 use std::time::Duration;
@@ -187,6 +187,19 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
 
     fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// The expiry queue partition this store keeps the hold's entry in ([`Table::shards`]).
+    fn hold_queue(&self, id: &ReservationId) -> String {
+        let shards = self.table.shards(crate::keys::HOLD_SHARDS);
+        crate::keys::holds(crate::keys::hold_shard(id, shards))
+    }
+
+    /// The reconciler's queue partition this store keeps the attempt's entry in, by the
+    /// partition of its idempotency record.
+    fn attempt_queue(&self, record_pk: &str) -> String {
+        let shards = self.table.shards(crate::keys::ATTEMPT_SHARDS);
+        crate::keys::attempts(crate::keys::attempt_shard(record_pk, shards))
     }
 
     /// One page of a list partition, each item a stored view. Cursors are sealed to the list.

@@ -1,15 +1,36 @@
 //! Reading orders: one order with its contact, and the order lists.
 
-use commerce_domain::{Order, OrderId, TenantId};
+use commerce_domain::{Order, OrderId, PlacedOrder, TenantId};
 
 use super::{Caller, Role, Shop};
-use crate::event_store::load;
+use crate::event_store::{Changes, load};
 use crate::keys;
 use crate::table::StoreError;
 use crate::views::{Contact, ListPage, OrderSummary, OrderView};
 use crate::{AppError, Clock, PaymentGateway, Table};
 
 impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
+    /// Puts the order's summary, as it stands, in its customer's list and in the shop's (in
+    /// the shard the store writes, [`Table::shards`]).
+    pub(super) fn list_order(
+        &self,
+        changes: &mut Changes,
+        tenant: &TenantId,
+        placed: &PlacedOrder,
+    ) -> Result<(), AppError> {
+        let summary = OrderSummary::from(placed);
+        let id = placed.id.to_string();
+        changes.put_read_model(
+            keys::customer_orders(tenant, &placed.customer),
+            id.clone(),
+            &summary,
+        )?;
+        let shard =
+            keys::tenant_order_shard(&placed.id, self.table.shards(keys::ORDER_LIST_SHARDS));
+        changes.put_read_model(keys::tenant_orders(tenant, shard), id, &summary)?;
+        Ok(())
+    }
+
     pub async fn order(&self, caller: &Caller, id: &OrderId) -> Result<OrderView, AppError> {
         caller.require(&[Role::Customer, Role::Ops], "read orders")?;
         let order = load::<Order, _>(&self.table, keys::order(&caller.tenant, id)).await?;

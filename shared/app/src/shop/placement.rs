@@ -30,7 +30,7 @@ use crate::idempotency::{Begin, Guard, IdempotencyKey, Outcome};
 use crate::keys;
 use crate::payments::PaymentError;
 use crate::table::StoreError;
-use crate::views::{Contact, OrderSummary, OrderView};
+use crate::views::{Contact, OrderView};
 use crate::{AppError, Clock, PaymentGateway, Table};
 
 /// An order from a basket (`lines`) or from the caller's own reservation (`reservation_id`).
@@ -279,10 +279,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             && let Some(pk) = guard.record_pk()
         {
             changes.put_read_model(
-                keys::attempts(keys::attempt_shard(
-                    pk,
-                    self.table.shards(keys::ATTEMPT_SHARDS),
-                )),
+                self.attempt_queue(pk),
                 keys::attempt_sk(attempt.check_at, pk),
                 &(),
             )?;
@@ -454,10 +451,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     fn forget_attempt(&self, changes: &mut Changes, guard: &Guard<Attempt>, attempt: &Attempt) {
         if let Some(pk) = guard.record_pk() {
             changes.delete_read_model(
-                keys::attempts(keys::attempt_shard(
-                    pk,
-                    self.table.shards(keys::ATTEMPT_SHARDS),
-                )),
+                self.attempt_queue(pk),
                 keys::attempt_sk(attempt.check_at, pk),
             );
         }
@@ -655,16 +649,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             .placed
             .as_ref()
             .ok_or(AppError::NotFound("order"))?;
-        let summary = OrderSummary::from(placed);
-        let id = attempt.order.to_string();
-        changes.put_read_model(
-            keys::customer_orders(tenant, &caller.subject),
-            id.clone(),
-            &summary,
-        )?;
-        let shard =
-            keys::tenant_order_shard(&attempt.order, self.table.shards(keys::ORDER_LIST_SHARDS));
-        changes.put_read_model(keys::tenant_orders(tenant, shard), id, &summary)?;
+        self.list_order(&mut changes, tenant, placed)?;
         if let Some(contact) = contact {
             changes.put_read_model(
                 keys::order_contact(tenant, &attempt.order),

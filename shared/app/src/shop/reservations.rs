@@ -112,7 +112,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         changes.append(&mut reservation, events, self.now_ms())?;
         let expires_at = reservation.state.held.as_ref().map_or(0, |h| h.expires_at);
         changes.put_read_model(
-            keys::holds(keys::hold_shard(id, self.table.shards(keys::HOLD_SHARDS))),
+            self.hold_queue(id),
             keys::hold_sk(expires_at, &caller.tenant, id),
             &(),
         )?;
@@ -218,10 +218,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             }
         }
         changes.delete_read_model(
-            keys::holds(keys::hold_shard(
-                &held.id,
-                self.table.shards(keys::HOLD_SHARDS),
-            )),
+            self.hold_queue(&held.id),
             keys::hold_sk(held.expires_at, tenant, &held.id),
         );
         Ok(())

@@ -149,8 +149,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 let given_up = self.give_up(&origin, &mut guard, &attempt).await?;
                 // Giving up deleted the entry where this build puts it; one an earlier build
                 // put in another shard goes too.
-                let shards = self.table.shards(keys::ATTEMPT_SHARDS);
-                if given_up && queue_pk != keys::attempts(keys::attempt_shard(record_pk, shards)) {
+                if given_up && queue_pk != self.attempt_queue(record_pk) {
                     self.drop_entry(queue_pk, sk).await?;
                 }
                 if given_up {
@@ -194,8 +193,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     .await?;
                 // Ending the hold deletes its entry where this build puts it; one an earlier
                 // build put in another shard goes in the same commit.
-                let shards = self.table.shards(keys::HOLD_SHARDS);
-                if hold_pk != keys::holds(keys::hold_shard(&id, shards)) {
+                if hold_pk != self.hold_queue(&id) {
                     changes.delete_read_model(hold_pk.to_owned(), hold_sk.to_owned());
                 }
                 changes
