@@ -109,6 +109,11 @@ async fn a_placed_order_reaches_the_audit_trail_and_the_sales_report() {
     )
     .await;
     assert_eq!(story.len(), 1);
+    // The trail is applied in no particular order: the stock's events may land after the order's.
+    eventually(&shop.admin, "/v1/audit?actor=admin-1", |b| {
+        b["items"].as_array().unwrap().len() >= 2
+    })
+    .await;
     let admin_did = all_pages(&shop.admin, "/v1/audit?actor=admin-1").await;
     let types: Vec<&str> = admin_did
         .iter()

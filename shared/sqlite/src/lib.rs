@@ -1,10 +1,10 @@
 //! The table port on one SQLite file: the embedded default.
 //!
 //! SQLite takes one writer at a time, so one thread owns the write connection and commits every
-//! waiting transaction together: each caller's writes run in their own savepoint (rolled back alone
-//! if a condition fails), and the batch shares one `COMMIT` and one fsync. Readers use their own
-//! connections; WAL lets them read while the writer writes. The conditions are the same as
-//! DynamoDB's, so the shop behaves identically on both.
+//! waiting transaction together: each caller's conditions are read before any of its writes (a
+//! failed one writes nothing of it), and the batch shares one `COMMIT` and one fsync. Readers
+//! use their own connections; WAL lets them read while the writer writes. The conditions are
+//! the same as DynamoDB's, so the shop behaves identically on both.
 
 mod bus;
 
@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 /// parsed again (rusqlite keeps 16 by default).
 const STATEMENTS: usize = 64;
 /// Most writes one transaction may hold here (DynamoDB takes 100; commands keep to that).
-/// Larger savepoints hold the writer longer for everyone in the batch; 400 measured best.
+/// Larger transactions hold the writer longer for everyone in the batch; 400 measured best.
 const MAX_WRITES: usize = 400;
 /// Most transactions committed together; bounds the latency one batch adds.
 const MAX_BATCH: usize = 512;
@@ -168,7 +168,7 @@ impl SqliteTable {
                      PRIMARY KEY (pk, sk)
                  );
                  CREATE INDEX IF NOT EXISTS items_expiry ON items (expires_at) WHERE expires_at IS NOT NULL;
-                 -- The change feed: one row per event item, written in the event's own savepoint and
+                 -- The change feed: one row per event item, written in the event's own transaction and
                  -- deleted once acknowledged. AUTOINCREMENT: a position is never handed out twice.
                  CREATE TABLE IF NOT EXISTS feed (
                      seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -451,7 +451,7 @@ impl Table for SqliteTable {
         .map(|n| u64::try_from(n).ok())
     }
 
-    /// One savepoint in the writer's batch, however many writes: a large one costs little more.
+    /// One job in the writer's batch, however many writes: a large one costs little more.
     fn max_transaction_writes(&self) -> usize {
         MAX_WRITES
     }
@@ -676,10 +676,10 @@ fn write_loop(
     }
 }
 
-/// Runs every job in its own savepoint inside one transaction and commits them together. A
-/// failed condition rolls back only its job. An error that aborts the whole transaction
-/// (SQLITE_FULL, an I/O error) fails every job of the batch, those already run included,
-/// and the rest are not run: they would otherwise run outside any transaction.
+/// Runs every job inside one transaction and commits them together. A failed condition
+/// writes nothing of its job. An error that leaves part of a job written, or aborts the whole
+/// transaction (SQLITE_FULL, an I/O error), fails every job of the batch, those already run
+/// included, and the rest are not run: they would otherwise run outside any transaction.
 fn commit_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<usize, StoreError>> {
     let everyone = |why: &str| -> Vec<Result<usize, StoreError>> {
         batch
@@ -694,16 +694,18 @@ fn commit_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<usize, Store
     let now = now_seconds();
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        let outcome = run_job(&mut tx, &job.work, now);
-        if outcome.is_err() && tx.is_autocommit() {
-            let why = match &outcome {
-                Err(e) => e.to_string(),
-                Ok(_) => String::new(),
-            };
-            tracing::error!(error = %why, jobs = batch.len(), "a batch transaction was rolled back");
-            return everyone(&why);
+        match run_job(&mut tx, &job.work, now) {
+            Err(Failed::Batch(why)) => {
+                tracing::error!(error = %why, jobs = batch.len(), "a batch transaction was rolled back");
+                return everyone(&why);
+            }
+            Err(Failed::Job(e)) if tx.is_autocommit() => {
+                tracing::error!(error = %e, jobs = batch.len(), "a batch transaction was rolled back");
+                return everyone(&e.to_string());
+            }
+            Err(Failed::Job(e)) => results.push(Err(e)),
+            Ok(n) => results.push(Ok(n)),
         }
-        results.push(outcome);
     }
     match tx.commit() {
         Ok(()) => results,
@@ -711,85 +713,108 @@ fn commit_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<usize, Store
     }
 }
 
-fn run_job(tx: &mut rusqlite::Transaction<'_>, work: &Work, now: i64) -> Result<usize, StoreError> {
-    let mut sp = tx.savepoint().map_err(failure)?;
+/// How a job failed: alone (nothing of it written), or leaving the batch's transaction unusable.
+enum Failed {
+    Job(StoreError),
+    Batch(String),
+}
+
+fn run_job(tx: &mut rusqlite::Transaction<'_>, work: &Work, now: i64) -> Result<usize, Failed> {
+    let alone = |e: rusqlite::Error| Failed::Job(failure(e));
     match work {
-        Work::Writes(writes, routes) => match apply(&mut sp, writes, routes, now) {
-            Ok(Ok(())) => sp.commit().map(|()| 0).map_err(failure),
-            Ok(Err(failed)) => Err(failed),
-            Err(e) => Err(failure(e)),
+        // No savepoint: conditions are all read before anything is written, so a failed one
+        // needs nothing undone, and the batch skips copying every page it touches aside.
+        Work::Writes(writes, routes) => match unmet_condition(tx, writes, now) {
+            Ok(Some(index)) => Err(Failed::Job(StoreError::ConditionFailed { index })),
+            Ok(None) => apply(tx, writes, routes)
+                .map(|()| 0)
+                .map_err(|e| Failed::Batch(e.to_string())),
+            Err(e) => Err(alone(e)),
         },
-        Work::Task(task) => task(&sp)
-            .and_then(|n| sp.commit().map(|()| n))
-            .map_err(failure),
-        Work::Acknowledge(through) => sp
-            .prepare_cached("DELETE FROM feed WHERE seq <= ?1")
-            .and_then(|mut delete| delete.execute(params![through]))
-            .and_then(|n| sp.commit().map(|()| n))
-            .map_err(failure),
-        Work::PurgeExpired(limit) => purge(&sp, *limit, now)
-            .and_then(|n| sp.commit().map(|()| n))
-            .map_err(failure),
+        Work::Task(task) => {
+            let sp = tx.savepoint().map_err(alone)?;
+            task(&sp)
+                .and_then(|n| sp.commit().map(|()| n))
+                .map_err(alone)
+        }
+        Work::Acknowledge(through) => {
+            let sp = tx.savepoint().map_err(alone)?;
+            sp.prepare_cached("DELETE FROM feed WHERE seq <= ?1")
+                .and_then(|mut delete| delete.execute(params![through]))
+                .and_then(|n| sp.commit().map(|()| n))
+                .map_err(alone)
+        }
+        Work::PurgeExpired(limit) => {
+            let sp = tx.savepoint().map_err(alone)?;
+            purge(&sp, *limit, now)
+                .and_then(|n| sp.commit().map(|()| n))
+                .map_err(alone)
+        }
         #[cfg(test)]
         Work::AbortTransaction => {
             // What SQLite does on some SQLITE_FULL or I/O errors: the whole transaction is gone.
-            sp.execute_batch("ROLLBACK").map_err(failure)?;
-            Err(StoreError::Failure("transaction aborted".into()))
+            tx.execute_batch("ROLLBACK").map_err(alone)?;
+            Err(Failed::Job(StoreError::Failure(
+                "transaction aborted".into(),
+            )))
         }
     }
 }
 
-/// Runs one transaction's writes. The outer error is SQLite's; the inner one a failed condition.
-fn apply(
-    tx: &mut rusqlite::Savepoint<'_>,
+/// The first write whose condition does not hold, read before anything is written. The
+/// writer is the only one writing and a transaction never writes one key twice, so what it
+/// reads here holds until it writes.
+fn unmet_condition(
+    tx: &rusqlite::Transaction<'_>,
     writes: &[Write],
-    routes: &[Route],
     now: i64,
-) -> rusqlite::Result<Result<(), StoreError>> {
-    let mut routes = routes.iter();
+) -> rusqlite::Result<Option<usize>> {
     for (index, write) in writes.iter().enumerate() {
-        let held = match write {
-            Write::Put { item, condition } => put(tx, item, condition, now)?,
-            Write::Delete { pk, sk, condition } => match condition {
-                Condition::None => {
-                    tx.prepare_cached("DELETE FROM items WHERE pk = ?1 AND sk = ?2")?.execute(params![pk, sk])?;
-                    true
-                }
-                Condition::VersionIs(v) => {
-                    tx.prepare_cached("DELETE FROM items WHERE pk = ?1 AND sk = ?2 AND version = ?3 AND (expires_at IS NULL OR expires_at > ?4)")?
-                        .execute(params![pk, sk, to_i64(*v), now])?
-                        == 1
-                }
-                Condition::OwnerIs(token) => {
-                    tx.prepare_cached("DELETE FROM items WHERE pk = ?1 AND sk = ?2 AND owner = ?3 AND (expires_at IS NULL OR expires_at > ?4)")?
-                        .execute(params![pk, sk, token, now])?
-                        == 1
-                }
-                Condition::Absent => check(tx, pk, sk, &Condition::Absent, now)?,
-            },
-            Write::Check { pk, sk, condition } => check(tx, pk, sk, condition, now)?,
-            Write::Event { item } => {
-                let route = routes.next();
-                let added = put(tx, item, &Condition::Absent, now)?;
-                if added {
-                    tx.prepare_cached(
-                        "INSERT INTO feed (pk, sk, message_id, attributes) VALUES (?1, ?2, ?3, ?4)",
-                    )?
-                    .execute(params![
-                        item.pk,
-                        item.sk,
-                        route.map(|r| &r.message_id),
-                        route.map(|r| &r.attributes)
-                    ])?;
-                }
-                added
+        let holds = match write {
+            Write::Put { item, condition } => check(tx, &item.pk, &item.sk, condition, now)?,
+            Write::Delete { pk, sk, condition } | Write::Check { pk, sk, condition } => {
+                check(tx, pk, sk, condition, now)?
             }
+            Write::Event { item } => check(tx, &item.pk, &item.sk, &Condition::Absent, now)?,
         };
-        if !held {
-            return Ok(Err(StoreError::ConditionFailed { index }));
+        if !holds {
+            return Ok(Some(index));
         }
     }
-    Ok(Ok(()))
+    Ok(None)
+}
+
+/// Writes a transaction whose conditions all hold. An event's item goes to the change feed too.
+fn apply(
+    tx: &rusqlite::Transaction<'_>,
+    writes: &[Write],
+    routes: &[Route],
+) -> rusqlite::Result<()> {
+    let mut routes = routes.iter();
+    for write in writes {
+        match write {
+            Write::Put { item, .. } => put(tx, item)?,
+            Write::Delete { pk, sk, .. } => {
+                tx.prepare_cached("DELETE FROM items WHERE pk = ?1 AND sk = ?2")?
+                    .execute(params![pk, sk])?;
+            }
+            Write::Check { .. } => {}
+            Write::Event { item } => {
+                let route = routes.next();
+                put(tx, item)?;
+                tx.prepare_cached(
+                    "INSERT INTO feed (pk, sk, message_id, attributes) VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    item.pk,
+                    item.sk,
+                    route.map(|r| &r.message_id),
+                    route.map(|r| &r.attributes)
+                ])?;
+            }
+        }
+    }
+    Ok(())
 }
 
 fn purge(tx: &rusqlite::Savepoint<'_>, limit: usize, now: i64) -> rusqlite::Result<usize> {
@@ -800,50 +825,26 @@ fn purge(tx: &rusqlite::Savepoint<'_>, limit: usize, now: i64) -> rusqlite::Resu
     .execute(params![now, i64::try_from(limit).unwrap_or(i64::MAX)])
 }
 
-fn put(
-    tx: &rusqlite::Savepoint<'_>,
-    item: &Item,
-    condition: &Condition,
-    now: i64,
-) -> rusqlite::Result<bool> {
-    let version = to_i64(item.version);
-    let changed = match condition {
-        Condition::None => tx
-            .prepare_cached(
-                "INSERT INTO items (pk, sk, version, data, expires_at, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (pk, sk) DO UPDATE SET version = excluded.version, data = excluded.data, expires_at = excluded.expires_at, owner = excluded.owner",
-            )?
-            .execute(params![item.pk, item.sk, version, item.data, item.expires_at, item.owner])?,
-        Condition::Absent => tx
-            .prepare_cached(
-                "INSERT INTO items (pk, sk, version, data, expires_at, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-                 ON CONFLICT (pk, sk) DO UPDATE SET version = excluded.version, data = excluded.data, expires_at = excluded.expires_at, owner = excluded.owner
-                 WHERE items.expires_at IS NOT NULL AND items.expires_at <= ?7",
-            )?
-            .execute(params![item.pk, item.sk, version, item.data, item.expires_at, item.owner, now])?,
-        Condition::VersionIs(expected) => tx
-            .prepare_cached(
-                "UPDATE items SET version = ?3, data = ?4, expires_at = ?5, owner = ?6
-                 WHERE pk = ?1 AND sk = ?2 AND version = ?7 AND (expires_at IS NULL OR expires_at > ?8)",
-            )?
-            .execute(params![item.pk, item.sk, version, item.data, item.expires_at, item.owner, to_i64(*expected), now])?,
-        Condition::OwnerIs(token) => tx
-            .prepare_cached(
-                "UPDATE items SET version = ?3, data = ?4, expires_at = ?5, owner = ?6
-                 WHERE pk = ?1 AND sk = ?2 AND owner = ?7 AND (expires_at IS NULL OR expires_at > ?8)",
-            )?
-            .execute(params![item.pk, item.sk, version, item.data, item.expires_at, item.owner, token, now])?,
-    };
-    Ok(changed == 1)
+/// Puts the item, replacing whatever is there (its condition was checked already).
+fn put(tx: &rusqlite::Transaction<'_>, item: &Item) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO items (pk, sk, version, data, expires_at, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT (pk, sk) DO UPDATE SET version = excluded.version, data = excluded.data, expires_at = excluded.expires_at, owner = excluded.owner",
+    )?
+    .execute(params![item.pk, item.sk, to_i64(item.version), item.data, item.expires_at, item.owner])?;
+    Ok(())
 }
 
 fn check(
-    tx: &rusqlite::Savepoint<'_>,
+    tx: &rusqlite::Transaction<'_>,
     pk: &str,
     sk: &str,
     condition: &Condition,
     now: i64,
 ) -> rusqlite::Result<bool> {
+    if *condition == Condition::None {
+        return Ok(true);
+    }
     let found: Option<(i64, Option<String>)> = tx
         .prepare_cached("SELECT version, owner FROM items WHERE pk = ?1 AND sk = ?2 AND (expires_at IS NULL OR expires_at > ?3)")?
         .query_row(params![pk, sk, now], |row| Ok((row.get(0)?, row.get(1)?)))
@@ -885,6 +886,90 @@ mod tests {
             Vec::new(),
         );
         (Job { work, done }, result)
+    }
+
+    fn job(writes: Vec<Write>) -> (Job, oneshot::Receiver<Result<usize, StoreError>>) {
+        let (done, result) = oneshot::channel();
+        (
+            Job {
+                work: Work::Writes(writes, Vec::new()),
+                done,
+            },
+            result,
+        )
+    }
+
+    fn put(pk: &str, bytes: usize, condition: Condition) -> Write {
+        Write::Put {
+            item: Item {
+                pk: pk.into(),
+                sk: "s".into(),
+                version: 1,
+                data: vec![b'x'; bytes],
+                expires_at: None,
+                owner: None,
+            },
+            condition,
+        }
+    }
+
+    fn rows(conn: &Connection) -> Vec<String> {
+        conn.prepare("SELECT pk FROM items ORDER BY pk")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// Jobs run without savepoints, so a failed condition must be found before its job writes.
+    #[test]
+    fn a_failed_condition_writes_nothing_of_its_job_and_the_others_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(SqliteTable::open(&path).unwrap());
+        let mut conn = Connection::open(&path).unwrap();
+        let (first, _) = job(vec![put("taken", 10, Condition::Absent)]);
+        // Its second write's condition fails: its first, checked fine, must not be written.
+        let (second, _) = job(vec![
+            put("fresh", 10, Condition::Absent),
+            put("taken", 10, Condition::Absent),
+        ]);
+        let (third, _) = job(vec![put("after", 10, Condition::Absent)]);
+        let results = commit_batch(&mut conn, &[first, second, third]);
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        assert!(matches!(
+            results[1],
+            Err(StoreError::ConditionFailed { index: 1 })
+        ));
+        assert_eq!(rows(&conn), ["after", "taken"]);
+    }
+
+    /// A job that fails part way through its writes, its conditions having held, cannot be
+    /// undone alone: the whole batch fails, and none of it is stored. SQLite's own statement
+    /// rollback (a trigger's `RAISE(ABORT)` here, as on some full-disk errors) keeps the
+    /// transaction open with the job's first write in it.
+    #[test]
+    fn a_job_failing_part_way_through_its_writes_fails_the_batch_and_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(SqliteTable::open(&path).unwrap());
+        let mut conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TRIGGER refuse BEFORE INSERT ON items WHEN NEW.pk = 'refused'
+             BEGIN SELECT RAISE(ABORT, 'refused'); END;",
+        )
+        .unwrap();
+        let (before, _) = job(vec![put("before", 10, Condition::Absent)]);
+        let (failing, _) = job(vec![
+            put("written", 10, Condition::Absent),
+            put("refused", 10, Condition::Absent),
+        ]);
+        let (after, _) = job(vec![put("after", 10, Condition::Absent)]);
+        let results = commit_batch(&mut conn, &[before, failing, after]);
+        assert!(results.iter().all(Result::is_err), "{results:?}");
+        assert!(rows(&conn).is_empty(), "{:?}", rows(&conn));
+        assert!(conn.is_autocommit());
     }
 
     #[test]
