@@ -26,6 +26,10 @@ use crate::SqliteTable;
 const IDLE_LOOK: Duration = Duration::from_millis(100);
 /// Log rows read per look, at most.
 const LOG_PAGE: i64 = 500;
+/// The log after a position (`?1`), at most `?2` rows. `+?2`: a bare `LIMIT ?2` has SQLite
+/// parse the statement again each time it runs.
+pub(crate) const READ_LOG: &str = "SELECT seq, message_id, attributes, body, pk, sk FROM bus_log
+                                   WHERE seq > ?1 ORDER BY seq LIMIT +?2";
 
 const SCHEMA: &str = "
     CREATE TABLE IF NOT EXISTS bus_log (
@@ -237,7 +241,7 @@ impl SqliteBus {
             .run_task(Box::new(move |sp| {
                 let upto: Option<i64> = sp
                     .prepare_cached(
-                        "SELECT max(seq) FROM (SELECT seq FROM feed ORDER BY seq LIMIT ?1)",
+                        "SELECT max(seq) FROM (SELECT seq FROM feed ORDER BY seq LIMIT +?1)",
                     )?
                     .query_row(params![limit], |row| row.get(0))?;
                 let Some(upto) = upto else { return Ok(0) };
@@ -346,7 +350,7 @@ impl SqliteQueue {
             .read_with(|c| {
                 c.prepare_cached(
                     "SELECT message_id, attributes, body, receives FROM bus_held
-                     WHERE queue = ?1 ORDER BY seq LIMIT ?2",
+                     WHERE queue = ?1 ORDER BY seq LIMIT +?2",
                 )?
                 .query_map(params![name, limit], |row| {
                     Ok(((row.get(0)?, row.get(1)?, row.get(2)?), row.get(3)?))
@@ -390,10 +394,7 @@ impl SqliteQueue {
             .table
             .read_with(|c| {
                 let rows: Vec<LogRow> = c
-                    .prepare_cached(
-                        "SELECT seq, message_id, attributes, body, pk, sk FROM bus_log
-                         WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-                    )?
+                    .prepare_cached(READ_LOG)?
                     .query_map(params![after, limit], |row| {
                         let pk: Option<String> = row.get(4)?;
                         let sk: Option<String> = row.get(5)?;
@@ -544,7 +545,7 @@ impl SqliteQueue {
             let due: Vec<(i64, Stored, u32)> = sp
                 .prepare_cached(
                     "SELECT seq, message_id, attributes, body, receives FROM bus_held
-                         WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, seq LIMIT ?3",
+                         WHERE queue = ?1 AND visible_at <= ?2 ORDER BY visible_at, seq LIMIT +?3",
                 )?
                 .query_map(params![name, now, limit], |row| {
                     Ok((
