@@ -26,10 +26,9 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use tokio::sync::oneshot;
 
 /// Prepared statements kept per connection: more than the table and the bus use, so none is
-/// parsed again (rusqlite keeps 16 by default).
+/// parsed again (rusqlite keeps 16 by default). Every `LIMIT` is bound as `+?N` for the same
+/// reason: SQLite parses a statement with a bare `LIMIT ?N` again each time it runs.
 const STATEMENTS: usize = 64;
-/// Every `LIMIT` here is written `+?N`: SQLite parses a statement with a bare `LIMIT ?N` again
-/// each time it runs.
 /// Most writes one transaction may hold here (DynamoDB takes 100; commands keep to that).
 /// Larger transactions hold the writer longer for everyone in the batch; 400 measured best.
 const MAX_WRITES: usize = 400;
