@@ -700,18 +700,20 @@ fn commit_batch(conn: &mut Connection, batch: &[Job]) -> Vec<Result<usize, Store
     let now = now_seconds();
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
-        match run_job(&mut tx, &job.work, now) {
-            Err(Failed::Batch(why)) => {
-                tracing::error!(error = %why, jobs = batch.len(), "a batch transaction was rolled back");
-                return everyone(&why);
+        let why = match run_job(&mut tx, &job.work, now) {
+            Ok(n) => {
+                results.push(Ok(n));
+                continue;
             }
-            Err(Failed::Job(e)) if tx.is_autocommit() => {
-                tracing::error!(error = %e, jobs = batch.len(), "a batch transaction was rolled back");
-                return everyone(&e.to_string());
+            Err(Failed::Job(e)) if !tx.is_autocommit() => {
+                results.push(Err(e));
+                continue;
             }
-            Err(Failed::Job(e)) => results.push(Err(e)),
-            Ok(n) => results.push(Ok(n)),
-        }
+            Err(Failed::Job(e)) => e.to_string(),
+            Err(Failed::Batch(why)) => why,
+        };
+        tracing::error!(error = %why, jobs = batch.len(), "a batch transaction was rolled back");
+        return everyone(&why);
     }
     match tx.commit() {
         Ok(()) => results,
@@ -874,26 +876,6 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
-    fn put_job(pk: &str) -> (Job, oneshot::Receiver<Result<usize, StoreError>>) {
-        let (done, result) = oneshot::channel();
-        let item = Item {
-            pk: pk.into(),
-            sk: "s".into(),
-            version: 1,
-            data: b"{}".to_vec(),
-            expires_at: None,
-            owner: None,
-        };
-        let work = Work::Writes(
-            vec![Write::Put {
-                item,
-                condition: Condition::Absent,
-            }],
-            Vec::new(),
-        );
-        (Job { work, done }, result)
-    }
-
     fn job(writes: Vec<Write>) -> (Job, oneshot::Receiver<Result<usize, StoreError>>) {
         let (done, result) = oneshot::channel();
         (
@@ -919,6 +901,15 @@ mod tests {
         }
     }
 
+    /// A new table's file, opened on a connection of the test's own.
+    fn fresh_store() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        drop(SqliteTable::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        (dir, conn)
+    }
+
     fn rows(conn: &Connection) -> Vec<String> {
         conn.prepare("SELECT pk FROM items ORDER BY pk")
             .unwrap()
@@ -931,10 +922,7 @@ mod tests {
     /// Jobs run without savepoints, so a failed condition must be found before its job writes.
     #[test]
     fn a_failed_condition_writes_nothing_of_its_job_and_the_others_commit() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        drop(SqliteTable::open(&path).unwrap());
-        let mut conn = Connection::open(&path).unwrap();
+        let (_dir, mut conn) = fresh_store();
         let (first, _) = job(vec![put("taken", 10, Condition::Absent)]);
         // Its second write's condition fails: its first, checked fine, must not be written.
         let (second, _) = job(vec![
@@ -957,10 +945,7 @@ mod tests {
     /// transaction open with the job's first write in it.
     #[test]
     fn a_job_failing_part_way_through_its_writes_fails_the_batch_and_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        drop(SqliteTable::open(&path).unwrap());
-        let mut conn = Connection::open(&path).unwrap();
+        let (_dir, mut conn) = fresh_store();
         conn.execute_batch(
             "CREATE TRIGGER refuse BEFORE INSERT ON items WHEN NEW.pk = 'refused'
              BEGIN SELECT RAISE(ABORT, 'refused'); END;",
@@ -1007,12 +992,9 @@ mod tests {
 
     #[test]
     fn a_batch_whose_transaction_aborts_fails_every_job_and_writes_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("t.db");
-        drop(SqliteTable::open(&path).unwrap());
-        let mut conn = Connection::open(&path).unwrap();
-        let (before, _) = put_job("before");
-        let (after, _) = put_job("after");
+        let (_dir, mut conn) = fresh_store();
+        let (before, _) = job(vec![put("before", 2, Condition::Absent)]);
+        let (after, _) = job(vec![put("after", 2, Condition::Absent)]);
         let (abort, _) = oneshot::channel();
         let batch = [
             before,
