@@ -159,6 +159,7 @@ fn item(sk: &str, version: u64) -> Item {
         data: br#"{"n":1}"#.to_vec(),
         expires_at: None,
         owner: None,
+        index: None,
     }
 }
 

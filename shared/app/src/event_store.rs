@@ -358,6 +358,7 @@ impl Changes {
                         data: to_json(&envelope)?,
                         expires_at: None,
                         owner: None,
+                        index: None,
                     },
                 },
             );
@@ -374,6 +375,7 @@ impl Changes {
             data: to_json(&stream.state)?,
             expires_at: None,
             owner: None,
+            index: None,
         };
         if let Some(at) = self
             .writes
@@ -411,6 +413,7 @@ impl Changes {
             data: to_json(data)?,
             expires_at: None,
             owner: None,
+            index: None,
         };
         self.push(
             Purpose::ReadModel,
@@ -438,6 +441,7 @@ impl Changes {
                     data: to_json(&item.state)?,
                     expires_at: None,
                     owner: None,
+                    index: None,
                 },
                 condition,
             },

@@ -890,6 +890,7 @@ fn item(
         data: to_json(data)?,
         expires_at: None,
         owner: owner.map(str::to_owned),
+        index: None,
     })
 }
 

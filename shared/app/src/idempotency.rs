@@ -496,6 +496,7 @@ impl<P: Serialize> Guard<P> {
                 data: to_json(&record)?,
                 expires_at: Some(now_ms / 1000 + KEEP_SECONDS),
                 owner,
+                index: None,
             };
             changes.push(Purpose::IdempotencyKey, Write::Put { item, condition });
         }

@@ -256,6 +256,7 @@ impl<T: crate::Table> SandboxLedger for TableLedger<T> {
                 data,
                 expires_at: None,
                 owner: None,
+                index: None,
             },
             condition: match version {
                 0 => crate::Condition::Absent,

@@ -18,6 +18,17 @@ pub struct Item {
     pub expires_at: Option<i64>,
     /// The token of whoever holds a claim on this item, for [`Condition::OwnerIs`].
     pub owner: Option<String>,
+    /// Where the table's one secondary index lists the item, if it does ([`Table::query_index`]).
+    pub index: Option<IndexKey>,
+}
+
+/// A second key an item is listed under, in the table's one secondary index. The audit trail
+/// lists a shop's events by time this way instead of copying each event. Sort keys are unique
+/// within an index partition, as a page resumes after the last one it returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexKey {
+    pub pk: String,
+    pub sk: String,
 }
 
 impl Item {
@@ -99,6 +110,22 @@ impl Page {
     /// A page that stopped with more to come hides what lies past where it stopped, so nothing
     /// past the nearest such stop is served yet; `next` is where the merged page stopped.
     pub fn merge(pages: Vec<Page>, limit: usize, descending: bool) -> Page {
+        Self::merge_by(pages, limit, descending, |item| &item.sk)
+    }
+
+    /// [`Page::merge`] for pages of an index ([`Table::query_index`]), sorted by index key.
+    pub fn merge_index(pages: Vec<Page>, limit: usize, descending: bool) -> Page {
+        Self::merge_by(pages, limit, descending, |item| {
+            item.index.as_ref().map_or("", |key| key.sk.as_str())
+        })
+    }
+
+    fn merge_by(
+        pages: Vec<Page>,
+        limit: usize,
+        descending: bool,
+        key: impl Fn(&Item) -> &str,
+    ) -> Page {
         let before = |a: &str, b: &str| if descending { a > b } else { a < b };
         // The nearest point where a page stopped short of its partition's end.
         let stop = pages
@@ -110,17 +137,17 @@ impl Page {
             .into_iter()
             .enumerate()
             .flat_map(|(n, page)| page.items.into_iter().map(move |item| (n, item)))
-            .filter(|(_, item)| stop.as_deref().is_none_or(|stop| !before(stop, &item.sk)))
+            .filter(|(_, item)| stop.as_deref().is_none_or(|stop| !before(stop, key(item))))
             .collect();
         found.sort_unstable_by(|(a_page, a), (b_page, b)| {
             let order = if descending {
-                b.sk.cmp(&a.sk)
+                key(b).cmp(key(a))
             } else {
-                a.sk.cmp(&b.sk)
+                key(a).cmp(key(b))
             };
             order.then(a_page.cmp(b_page))
         });
-        found.dedup_by(|(_, later), (_, first)| later.sk == first.sk);
+        found.dedup_by(|(_, later), (_, first)| key(later) == key(first));
         let mut items: Vec<Item> = found.into_iter().map(|(_, item)| item).collect();
         let mut more = stop.is_some();
         if items.len() > limit {
@@ -128,7 +155,7 @@ impl Page {
             more = true;
         }
         let next = match items.last() {
-            Some(last) if more => Some(last.sk.clone()),
+            Some(last) if more => Some(key(last).to_owned()),
             _ => stop,
         };
         Page { items, next }
@@ -176,6 +203,15 @@ pub trait Table: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Option<Item>, StoreError>> + Send;
 
     fn query(&self, query: Query<'_>) -> impl Future<Output = Result<Page, StoreError>> + Send;
+
+    /// Items the secondary index lists in one of its partitions, in its sort-key order: the
+    /// query's `pk`, `prefix` and `after` are index keys, and a page's `next` is the last
+    /// item's index sort key. Each item comes back under its own key, with `index` set. On
+    /// DynamoDB the index is a global secondary index, so it may lag the table a little.
+    fn query_index(
+        &self,
+        query: Query<'_>,
+    ) -> impl Future<Output = Result<Page, StoreError>> + Send;
 
     /// Applies every write or none. Two writes to one key in a transaction are refused, as in DynamoDB.
     fn transact(&self, writes: Vec<Write>) -> impl Future<Output = Result<(), StoreError>> + Send;
@@ -280,6 +316,7 @@ mod tests {
                     data: Vec::new(),
                     expires_at: None,
                     owner: None,
+                    index: None,
                 })
                 .collect(),
             next: next.map(str::to_owned),

@@ -1,9 +1,9 @@
 //! The table port on one DynamoDB table.
 //!
 //! Items keep the port's shape: `pk` and `sk` (the key), `v` (version), `d` (JSON data),
-//! `ttl` (epoch seconds; the table's TTL attribute), `o` (a claim's owner token) and `e`
-//! (true on event items: the outbox marker the stream's event source mapping filters on, see
-//! [`STREAM_FILTER`]). A lone unconditional write is a plain `PutItem`/`DeleteItem`; anything
+//! `ttl` (epoch seconds; the table's TTL attribute), `o` (a claim's owner token), `gpk` and
+//! `gsk` (the item's key in the secondary index [`INDEX`]) and `e` (true on event items: the
+//! outbox marker the stream's event source mapping filters on, see [`STREAM_FILTER`]). A lone unconditional write is a plain `PutItem`/`DeleteItem`; anything
 //! with a condition goes in one `TransactWriteItems` with a client token, so a retry of a call
 //! whose success was lost succeeds again instead of failing its own condition. The
 //! cancellation reasons say which write's condition failed. Every call counts its capacity
@@ -15,13 +15,15 @@ use std::collections::HashMap;
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, KeySchemaElement,
-    KeyType, Put, ReturnConsumedCapacity, ScalarAttributeType, StreamSpecification, StreamViewType,
-    TimeToLiveSpecification, TransactWriteItem,
+    AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ReturnConsumedCapacity,
+    ScalarAttributeType, StreamSpecification, StreamViewType, TimeToLiveSpecification,
+    TransactWriteItem,
 };
 use commerce_app::clock::now_seconds;
 use commerce_app::table::{
-    Condition, Item, Page, Query, StoreError, Table, Write, check_transaction, is_personal,
+    Condition, IndexKey, Item, Page, Query, StoreError, Table, Write, check_transaction,
+    is_personal, prefix_end,
 };
 
 pub mod capacity;
@@ -39,6 +41,11 @@ const DATA: &str = "d";
 const TTL: &str = "ttl";
 const OWNER: &str = "o";
 const EVENT: &str = "e";
+/// The main table's one global secondary index ([`Table::query_index`]), keyed by `gpk` and
+/// `gsk`, projecting whole items. `template.yaml` declares the same.
+pub const INDEX: &str = "gsi1";
+const INDEX_PK: &str = "gpk";
+const INDEX_SK: &str = "gsk";
 
 /// Waits before repeating a transaction still running under its token, or one that timed out.
 const RESENDS: [std::time::Duration; 2] = [
@@ -113,7 +120,7 @@ impl DynamoTable {
     }
 
     /// Creates both tables as `template.yaml` declares them (key, on-demand billing, TTL; a
-    /// stream on the main table only). For tests and local emulators; deployments create them
+    /// stream and the secondary index on the main table only). For tests and local emulators; deployments create them
     /// from the template.
     pub async fn create(&self) -> Result<(), StoreError> {
         self.create_one(&self.table, true).await?;
@@ -145,6 +152,22 @@ impl DynamoTable {
             .attribute_definitions(attribute(SK)?)
             .billing_mode(BillingMode::PayPerRequest);
         if stream {
+            create = create
+                .attribute_definitions(attribute(INDEX_PK)?)
+                .attribute_definitions(attribute(INDEX_SK)?)
+                .global_secondary_indexes(
+                    GlobalSecondaryIndex::builder()
+                        .index_name(INDEX)
+                        .key_schema(key(INDEX_PK, KeyType::Hash)?)
+                        .key_schema(key(INDEX_SK, KeyType::Range)?)
+                        .projection(
+                            Projection::builder()
+                                .projection_type(ProjectionType::All)
+                                .build(),
+                        )
+                        .build()
+                        .map_err(build_failure)?,
+                );
             create = create.stream_specification(
                 StreamSpecification::builder()
                     .stream_enabled(true)
@@ -243,6 +266,85 @@ impl Table for DynamoTable {
             Some(AttributeValue::S(sk)) => Some(sk.clone()),
             _ => None,
         });
+        Ok(Page { items, next })
+    }
+
+    /// Reads the index, which DynamoDB keeps eventually consistent. It takes no start key
+    /// without the table's key too, so a page resumes with a key condition on `gsk` instead;
+    /// index sort keys are unique in their partition, so nothing is skipped or repeated.
+    async fn query_index(&self, q: Query<'_>) -> Result<Page, StoreError> {
+        self.capacity.called("dynamodb:Query", q.pk);
+        let Some(sort) = index_range(&q) else {
+            return Ok(Page::default());
+        };
+        let mut request = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .index_name(INDEX)
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .scan_index_forward(!q.descending)
+            .limit(i32::try_from(q.limit).unwrap_or(i32::MAX))
+            .expression_attribute_names("#gpk", INDEX_PK)
+            .expression_attribute_values(":pk", AttributeValue::S(q.pk.into()));
+        let condition = match sort {
+            IndexRange::All => "#gpk = :pk",
+            IndexRange::Prefix(prefix) => {
+                request = request.expression_attribute_values(":a", AttributeValue::S(prefix));
+                "#gpk = :pk AND begins_with(#gsk, :a)"
+            }
+            IndexRange::After(after) => {
+                request = request.expression_attribute_values(":a", AttributeValue::S(after));
+                if q.descending {
+                    "#gpk = :pk AND #gsk < :a"
+                } else {
+                    "#gpk = :pk AND #gsk > :a"
+                }
+            }
+            IndexRange::Between(low, high) => {
+                request = request
+                    .expression_attribute_values(":a", AttributeValue::S(low))
+                    .expression_attribute_values(":b", AttributeValue::S(high));
+                "#gpk = :pk AND #gsk BETWEEN :a AND :b"
+            }
+        };
+        if condition.contains("#gsk") {
+            request = request.expression_attribute_names("#gsk", INDEX_SK);
+        }
+        let output = request
+            .key_condition_expression(condition)
+            .send()
+            .await
+            .map_err(sdk_failure)?;
+        let size = output.items().iter().map(item_size).sum();
+        self.read(
+            Operation::Query,
+            size,
+            false,
+            output.consumed_capacity.iter(),
+        );
+        let now = now_seconds();
+        let items = output
+            .items
+            .unwrap_or_default()
+            .into_iter()
+            .map(from_attributes)
+            .filter(|item| item.as_ref().map_or(true, |item| item.is_live(now)))
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            // BETWEEN takes its bounds in; the page wants neither.
+            .filter(|item| {
+                item.index.as_ref().is_some_and(|key| {
+                    key.sk.starts_with(q.prefix) && q.after.is_none_or(|after| key.sk != after)
+                })
+            })
+            .collect();
+        let next = output
+            .last_evaluated_key
+            .and_then(|key| match key.get(INDEX_SK) {
+                Some(AttributeValue::S(sk)) => Some(sk.clone()),
+                _ => None,
+            });
         Ok(Page { items, next })
     }
 
@@ -513,6 +615,36 @@ fn transact_units(item: &TransactWriteItem) -> f64 {
     write_units(size, true)
 }
 
+/// The sort-key condition of an index query: DynamoDB takes one, so a prefix and a start
+/// together become a range whose ends the page leaves out.
+#[derive(Debug, PartialEq, Eq)]
+enum IndexRange {
+    All,
+    Prefix(String),
+    After(String),
+    Between(String, String),
+}
+
+/// `None`: nothing can be in range.
+fn index_range(q: &Query<'_>) -> Option<IndexRange> {
+    Some(match (q.prefix, q.after) {
+        ("", None) => IndexRange::All,
+        (prefix, None) => IndexRange::Prefix(prefix.to_owned()),
+        ("", Some(after)) => IndexRange::After(after.to_owned()),
+        (prefix, Some(after)) => {
+            let (low, high) = if q.descending {
+                (prefix.to_owned(), after.to_owned())
+            } else {
+                (after.to_owned(), prefix_end(prefix)?)
+            };
+            if low > high {
+                return None;
+            }
+            IndexRange::Between(low, high)
+        }
+    })
+}
+
 type Names = Option<HashMap<String, String>>;
 type Values = Option<HashMap<String, AttributeValue>>;
 
@@ -628,6 +760,10 @@ fn to_attributes(item: &Item) -> Result<HashMap<String, AttributeValue>, StoreEr
     if let Some(owner) = &item.owner {
         attributes.insert(OWNER.into(), AttributeValue::S(owner.clone()));
     }
+    if let Some(index) = &item.index {
+        attributes.insert(INDEX_PK.into(), AttributeValue::S(index.pk.clone()));
+        attributes.insert(INDEX_SK.into(), AttributeValue::S(index.sk.clone()));
+    }
     Ok(attributes)
 }
 
@@ -664,6 +800,10 @@ fn from_attributes(mut attributes: HashMap<String, AttributeValue>) -> Result<It
         Some(AttributeValue::S(owner)) => Some(owner),
         _ => None,
     };
+    let index = match (attributes.remove(INDEX_PK), attributes.remove(INDEX_SK)) {
+        (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) => Some(IndexKey { pk, sk }),
+        _ => None,
+    };
     Ok(Item {
         pk,
         sk,
@@ -671,6 +811,7 @@ fn from_attributes(mut attributes: HashMap<String, AttributeValue>) -> Result<It
         data: data.into_bytes(),
         expires_at: number(attributes.remove(TTL))?,
         owner,
+        index,
     })
 }
 
@@ -731,6 +872,39 @@ fn sdk_failure<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fm
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn range(prefix: &str, after: Option<&str>, descending: bool) -> Option<IndexRange> {
+        index_range(&Query {
+            pk: "ix",
+            prefix,
+            after,
+            limit: 10,
+            descending,
+        })
+    }
+
+    #[test]
+    fn an_index_page_asks_for_one_sort_key_range() {
+        assert_eq!(range("", None, false), Some(IndexRange::All));
+        assert_eq!(range("k", None, true), Some(IndexRange::Prefix("k".into())));
+        assert_eq!(
+            range("", Some("k2"), true),
+            Some(IndexRange::After("k2".into()))
+        );
+        // A prefix and a start: from the start to the prefix's end, or from the prefix's
+        // start down to the start; the page drops the bounds.
+        assert_eq!(
+            range("k", Some("k2"), false),
+            Some(IndexRange::Between("k2".into(), "l".into()))
+        );
+        assert_eq!(
+            range("k", Some("k2"), true),
+            Some(IndexRange::Between("k".into(), "k2".into()))
+        );
+        // Started past the prefix's range: nothing left to read.
+        assert_eq!(range("k", Some("m"), false), None);
+        assert_eq!(range("k", Some("a"), true), None);
+    }
 
     #[test]
     fn a_cancelled_transaction_means_what_its_reasons_say() {

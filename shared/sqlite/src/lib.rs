@@ -19,7 +19,7 @@ use std::time::Duration;
 use commerce_app::clock::now_seconds;
 use commerce_app::outbox::{ChangeFeed, FeedEvent};
 use commerce_app::table::{
-    Condition, Item, Page, Query, StoreError, Submitted, Table, Write, check_transaction,
+    Condition, IndexKey, Item, Page, Query, StoreError, Submitted, Table, Write, check_transaction,
     prefix_end,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -166,6 +166,8 @@ impl SqliteTable {
                      data BLOB NOT NULL,
                      expires_at INTEGER,
                      owner TEXT,
+                     ipk TEXT,
+                     isk TEXT,
                      PRIMARY KEY (pk, sk)
                  );
                  CREATE INDEX IF NOT EXISTS items_expiry ON items (expires_at) WHERE expires_at IS NOT NULL;
@@ -183,6 +185,7 @@ impl SqliteTable {
             ))
             .map_err(failure)?;
         add_owner_column(&writer)?;
+        add_index_columns(&writer)?;
         add_feed_routing(&writer)?;
         if let Some(bytes) = limits.max_size_bytes {
             let page_size: i64 = writer
@@ -325,6 +328,58 @@ impl SqliteTable {
     }
 }
 
+/// How a range of one partition is read: in the table's key, or in the secondary index's.
+struct Range {
+    ascending: &'static str,
+    descending: &'static str,
+    /// The sort key a page resumes after.
+    sort_key: fn(&Item) -> Option<&str>,
+}
+
+const BY_KEY: Range = Range {
+    ascending: "SELECT pk, sk, version, data, expires_at, owner, ipk, isk FROM items WHERE pk = ?1 AND sk >= ?2 AND sk < ?3 AND sk > ?4 AND (expires_at IS NULL OR expires_at > ?5) ORDER BY sk ASC LIMIT +?6",
+    descending: "SELECT pk, sk, version, data, expires_at, owner, ipk, isk FROM items WHERE pk = ?1 AND sk >= ?2 AND sk < ?3 AND sk < ?4 AND (expires_at IS NULL OR expires_at > ?5) ORDER BY sk DESC LIMIT +?6",
+    sort_key: |item| Some(&item.sk),
+};
+
+const BY_INDEX: Range = Range {
+    ascending: "SELECT pk, sk, version, data, expires_at, owner, ipk, isk FROM items WHERE ipk = ?1 AND isk >= ?2 AND isk < ?3 AND isk > ?4 AND (expires_at IS NULL OR expires_at > ?5) ORDER BY isk ASC LIMIT +?6",
+    descending: "SELECT pk, sk, version, data, expires_at, owner, ipk, isk FROM items WHERE ipk = ?1 AND isk >= ?2 AND isk < ?3 AND isk < ?4 AND (expires_at IS NULL OR expires_at > ?5) ORDER BY isk DESC LIMIT +?6",
+    sort_key: |item| item.index.as_ref().map(|key| key.sk.as_str()),
+};
+
+impl SqliteTable {
+    /// One page of a partition, in the table's key or the index's ([`Range`]).
+    fn range(&self, q: Query<'_>, range: &Range) -> Result<Page, StoreError> {
+        let upper = if q.prefix.is_empty() {
+            TOP.to_owned()
+        } else {
+            prefix_end(q.prefix).unwrap_or_else(|| TOP.to_owned())
+        };
+        let fetch = i64::try_from(q.limit.saturating_add(1)).unwrap_or(i64::MAX);
+        let mut items = self.with_reader(|c| {
+            let (sql, after) = if q.descending {
+                (range.descending, q.after.unwrap_or(&upper))
+            } else {
+                (range.ascending, q.after.unwrap_or(""))
+            };
+            c.prepare_cached(sql)?
+                .query_map(
+                    params![q.pk, q.prefix, upper, after, now_seconds(), fetch],
+                    row_to_item,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
+        let next = if items.len() > q.limit {
+            items.truncate(q.limit);
+            items.last().and_then(range.sort_key).map(str::to_owned)
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+}
+
 /// Events in commit order, as the in-process publisher tails them. A position is the feed
 /// row's sequence number; acknowledged rows are deleted, so what is left is what is unpublished.
 impl ChangeFeed for SqliteTable {
@@ -362,39 +417,18 @@ impl ChangeFeed for SqliteTable {
 impl Table for SqliteTable {
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
         self.with_reader(|c| {
-            c.prepare_cached("SELECT pk, sk, version, data, expires_at, owner FROM items WHERE pk = ?1 AND sk = ?2 AND (expires_at IS NULL OR expires_at > ?3)")?
+            c.prepare_cached("SELECT pk, sk, version, data, expires_at, owner, ipk, isk FROM items WHERE pk = ?1 AND sk = ?2 AND (expires_at IS NULL OR expires_at > ?3)")?
                 .query_row(params![pk, sk, now_seconds()], row_to_item)
                 .optional()
         })
     }
 
     async fn query(&self, q: Query<'_>) -> Result<Page, StoreError> {
-        let upper = if q.prefix.is_empty() {
-            TOP.to_owned()
-        } else {
-            prefix_end(q.prefix).unwrap_or_else(|| TOP.to_owned())
-        };
-        let fetch = i64::try_from(q.limit.saturating_add(1)).unwrap_or(i64::MAX);
-        let mut items = self.with_reader(|c| {
-            let (sql, after) = if q.descending {
-                ("SELECT pk, sk, version, data, expires_at, owner FROM items WHERE pk = ?1 AND sk >= ?2 AND sk < ?3 AND sk < ?4 AND (expires_at IS NULL OR expires_at > ?5) ORDER BY sk DESC LIMIT +?6", q.after.unwrap_or(&upper))
-            } else {
-                ("SELECT pk, sk, version, data, expires_at, owner FROM items WHERE pk = ?1 AND sk >= ?2 AND sk < ?3 AND sk > ?4 AND (expires_at IS NULL OR expires_at > ?5) ORDER BY sk ASC LIMIT +?6", q.after.unwrap_or(""))
-            };
-            c.prepare_cached(sql)?
-                .query_map(
-                    params![q.pk, q.prefix, upper, after, now_seconds(), fetch],
-                    row_to_item,
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })?;
-        let next = if items.len() > q.limit {
-            items.truncate(q.limit);
-            items.last().map(|item| item.sk.clone())
-        } else {
-            None
-        };
-        Ok(Page { items, next })
+        self.range(q, &BY_KEY)
+    }
+
+    async fn query_index(&self, q: Query<'_>) -> Result<Page, StoreError> {
+        self.range(q, &BY_INDEX)
     }
 
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
@@ -430,7 +464,7 @@ impl Table for SqliteTable {
         let fetch = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
         let mut items = self.with_reader(|c| {
             c.prepare_cached(
-                "SELECT i.pk, i.sk, i.version, i.data, i.expires_at, i.owner FROM items i
+                "SELECT i.pk, i.sk, i.version, i.data, i.expires_at, i.owner, i.ipk, i.isk FROM items i
                  WHERE (i.pk, i.sk) > (?1, ?2) AND i.sk >= 'event#' AND i.sk < 'event$'
                  ORDER BY i.pk, i.sk LIMIT +?3",
             )?
@@ -484,6 +518,29 @@ fn add_owner_column(conn: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The secondary index ([`Table::query_index`]): two columns, set on few items, and a
+/// partial index over the items that have them. Added to files made before it.
+fn add_index_columns(conn: &Connection) -> Result<(), StoreError> {
+    let has_index: bool = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('items') WHERE name = 'ipk'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)
+        .map_err(failure)?;
+    if !has_index {
+        conn.execute_batch(
+            "ALTER TABLE items ADD COLUMN ipk TEXT; ALTER TABLE items ADD COLUMN isk TEXT;",
+        )
+        .map_err(failure)?;
+    }
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS items_index ON items (ipk, isk) WHERE ipk IS NOT NULL",
+    )
+    .map_err(failure)
+}
+
 /// Feed rows carry their event's message id and routing attributes (`NULL` in rows written
 /// before they did: those are filled in here, from their envelopes). One transaction, so an
 /// interrupted upgrade leaves the old schema, and a process opening the file beside it waits.
@@ -532,6 +589,7 @@ fn add_feed_routing(conn: &Connection) -> Result<(), StoreError> {
                 data,
                 expires_at: None,
                 owner: None,
+                index: None,
             });
             tx.prepare_cached("UPDATE feed SET message_id = ?2, attributes = ?3 WHERE seq = ?1")
                 .and_then(|mut update| {
@@ -576,6 +634,10 @@ fn row_to_item(row: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         data: row.get(3)?,
         expires_at: row.get(4)?,
         owner: row.get(5)?,
+        index: match (row.get(6)?, row.get(7)?) {
+            (Some(pk), Some(sk)) => Some(IndexKey { pk, sk }),
+            _ => None,
+        },
     })
 }
 
@@ -836,10 +898,19 @@ fn purge(tx: &rusqlite::Savepoint<'_>, limit: usize, now: i64) -> rusqlite::Resu
 /// Puts the item, replacing whatever is there (its condition was checked already).
 fn put(tx: &rusqlite::Transaction<'_>, item: &Item) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO items (pk, sk, version, data, expires_at, owner) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (pk, sk) DO UPDATE SET version = excluded.version, data = excluded.data, expires_at = excluded.expires_at, owner = excluded.owner",
+        "INSERT INTO items (pk, sk, version, data, expires_at, owner, ipk, isk) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (pk, sk) DO UPDATE SET version = excluded.version, data = excluded.data, expires_at = excluded.expires_at, owner = excluded.owner, ipk = excluded.ipk, isk = excluded.isk",
     )?
-    .execute(params![item.pk, item.sk, to_i64(item.version), item.data, item.expires_at, item.owner])?;
+    .execute(params![
+        item.pk,
+        item.sk,
+        to_i64(item.version),
+        item.data,
+        item.expires_at,
+        item.owner,
+        item.index.as_ref().map(|k| &k.pk),
+        item.index.as_ref().map(|k| &k.sk)
+    ])?;
     Ok(())
 }
 
@@ -896,6 +967,7 @@ mod tests {
                 data: vec![b'x'; bytes],
                 expires_at: None,
                 owner: None,
+                index: None,
             },
             condition,
         }

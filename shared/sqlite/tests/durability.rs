@@ -16,6 +16,7 @@ fn item(n: usize, size: usize) -> Item {
         data: format!("\"{}\"", "x".repeat(size)).into_bytes(),
         expires_at: None,
         owner: None,
+        index: None,
     }
 }
 

@@ -223,6 +223,7 @@ async fn an_event_item_that_is_no_envelope_is_refused_downstream_and_stops_nothi
                 data: b"not an envelope".to_vec(),
                 expires_at: None,
                 owner: None,
+                index: None,
             },
         }])
         .await
@@ -351,6 +352,7 @@ async fn an_event_item_that_is_not_text_holds_up_no_other_message() {
                 data: vec![0xff, 0xfe, 0x00],
                 expires_at: None,
                 owner: None,
+                index: None,
             },
         }])
         .await

@@ -242,6 +242,7 @@ impl<T: Table> StripePayments<T> {
                 .map_err(|e| StoreError::Failure(format!("cannot encode: {e}")))?,
             expires_at: None,
             owner: None,
+            index: None,
         };
         let condition = match version {
             0 => Condition::Absent,

@@ -101,6 +101,7 @@ pub async fn a_failed_transaction_reaches_no_feed<T: Table, F: ChangeFeed>(table
         data: br#"{"id":"x"}"#.to_vec(),
         expires_at: None,
         owner: None,
+        index: None,
     };
     let failed = table
         .transact(vec![
@@ -156,6 +157,7 @@ pub async fn only_events_reach_the_feed<T: Table, F: ChangeFeed>(table: &T, feed
         data: b"{}".to_vec(),
         expires_at: None,
         owner: None,
+        index: None,
     };
     let contact = Item {
         pk: "personal#acme#contact#order#o1".into(),

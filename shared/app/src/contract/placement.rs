@@ -191,6 +191,10 @@ impl<T: Table> Table for CutTable<T> {
         self.cut.call(self.inner.query(query)).await
     }
 
+    async fn query_index(&self, query: Query<'_>) -> Result<Page, StoreError> {
+        self.cut.call(self.inner.query_index(query)).await
+    }
+
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         if self.cut.store_fails() {
             if self.cut.conflicting {
@@ -1230,6 +1234,7 @@ pub async fn a_bad_queue_entry_is_counted_and_skipped<T: Table + Clone>(table: &
             data: b"null".to_vec(),
             expires_at: None,
             owner: None,
+            index: None,
         },
         condition: crate::table::Condition::None,
     };

@@ -510,6 +510,7 @@ pub async fn a_refused_event_holds_back_only_its_own_stream<T: Table + Clone>(ta
                     data: serde_json::to_vec(envelope).unwrap(),
                     expires_at: None,
                     owner: None,
+                    index: None,
                 },
             }])
             .await

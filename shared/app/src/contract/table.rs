@@ -9,7 +9,7 @@ use commerce_domain::{Inventory, InventoryEvent, Quantity, ReservationId, Sku};
 
 use crate::clock::now_seconds;
 use crate::event_store::{Changes, CommitError, Origin, load, read_events, rebuild};
-use crate::table::{Condition, Item, Query, StoreError, Table, Write};
+use crate::table::{Condition, IndexKey, Item, Page, Query, StoreError, Table, Write};
 
 fn item(pk: &str, sk: &str, version: u64) -> Item {
     Item {
@@ -19,6 +19,7 @@ fn item(pk: &str, sk: &str, version: u64) -> Item {
         data: format!("{{\"v\":{version}}}").into_bytes(),
         expires_at: None,
         owner: None,
+        index: None,
     }
 }
 
@@ -446,6 +447,114 @@ pub async fn queries_page_through_one_partition<T: Table>(table: &T) {
         .unwrap();
     assert_eq!(all.items.len(), 8);
     assert_eq!(all.next, None);
+}
+
+fn listed(pk: &str, index_pk: &str, index_sk: &str) -> Item {
+    Item {
+        index: Some(IndexKey {
+            pk: index_pk.into(),
+            sk: index_sk.into(),
+        }),
+        ..item(pk, "e", 1)
+    }
+}
+
+/// Every page of an index partition, `limit` at a time, from `after`: index sort keys in order.
+async fn index_keys<T: Table>(
+    table: &T,
+    pk: &str,
+    prefix: &str,
+    mut after: Option<String>,
+    descending: bool,
+) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let page: Page = table
+            .query_index(Query {
+                pk,
+                prefix,
+                after: after.as_deref(),
+                limit: 3,
+                descending,
+            })
+            .await
+            .unwrap();
+        assert!(page.items.len() <= 3);
+        for found in &page.items {
+            let key = found
+                .index
+                .clone()
+                .expect("a listed item has its index key");
+            assert_eq!(key.pk, pk);
+            assert_eq!(found.sk, "e", "an item comes back under its own key");
+            seen.push(key.sk);
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return seen,
+        }
+    }
+}
+
+/// The secondary index lists items from many partitions in one, by their index keys; an item
+/// that moves or goes leaves it, and one without an index key is never in it.
+pub async fn the_index_lists_items_by_their_index_key<T: Table>(table: &T) {
+    let mut writes: Vec<Write> = [4, 0, 6, 2, 5, 1, 3]
+        .into_iter()
+        .map(|n| {
+            put(
+                listed(&format!("stream#{n}"), "ix", &format!("k{n}")),
+                Condition::None,
+            )
+        })
+        .collect();
+    writes.push(put(listed("stream#other", "ix", "other"), Condition::None));
+    writes.push(put(
+        listed("stream#elsewhere", "ix#2", "k1"),
+        Condition::None,
+    ));
+    writes.push(put(item("stream#plain", "e", 1), Condition::None));
+    table.transact(writes).await.unwrap();
+    let ks = |range: std::ops::RangeInclusive<u32>| -> Vec<String> {
+        range.map(|n| format!("k{n}")).collect()
+    };
+
+    assert_eq!(index_keys(table, "ix", "k", None, false).await, ks(0..=6));
+    let mut newest = ks(0..=6);
+    newest.reverse();
+    assert_eq!(index_keys(table, "ix", "k", None, true).await, newest);
+    assert_eq!(
+        index_keys(table, "ix", "k", Some("k2".into()), false).await,
+        ks(3..=6)
+    );
+    assert_eq!(
+        index_keys(table, "ix", "k", Some("k2".into()), true).await,
+        vec!["k1", "k0"]
+    );
+    assert_eq!(index_keys(table, "ix", "", None, false).await.len(), 8);
+    assert_eq!(index_keys(table, "ix#2", "", None, false).await, vec!["k1"]);
+
+    // Moved to another index partition, deleted, or stored without an index key: gone from it.
+    table
+        .transact(vec![
+            put(listed("stream#3", "ix#2", "k3"), Condition::VersionIs(1)),
+            Write::Delete {
+                pk: "stream#5".into(),
+                sk: "e".into(),
+                condition: Condition::None,
+            },
+            put(item("stream#6", "e", 2), Condition::VersionIs(1)),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        index_keys(table, "ix", "k", None, false).await,
+        vec!["k0", "k1", "k2", "k4"]
+    );
+    assert_eq!(
+        index_keys(table, "ix#2", "", None, false).await,
+        vec!["k1", "k3"]
+    );
 }
 
 fn sku() -> Sku {

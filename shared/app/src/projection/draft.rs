@@ -160,6 +160,7 @@ impl<'a, T: Table> Draft<'a, T> {
             data: crate::event_store::to_json(value)?,
             expires_at: None,
             owner: None,
+            index: None,
         });
         Ok(())
     }
@@ -195,6 +196,7 @@ impl<'a, T: Table> Draft<'a, T> {
                     data: t.data.clone(),
                     expires_at: None,
                     owner: None,
+                    index: None,
                 },
                 condition: match t.version {
                     0 => Condition::Absent,

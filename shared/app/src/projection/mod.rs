@@ -161,6 +161,7 @@ async fn load_meta_copy<T: Table>(table: &T, name: &str, copy: u32) -> Result<Me
                     data: crate::event_store::to_json(&Generations::default())?,
                     expires_at: None,
                     owner: None,
+                    index: None,
                 },
                 condition: Condition::Absent,
             };
@@ -189,6 +190,7 @@ async fn load_meta_copy<T: Table>(table: &T, name: &str, copy: u32) -> Result<Me
                     data: crate::event_store::to_json(&record.generations)?,
                     expires_at: None,
                     owner: None,
+                    index: None,
                 },
                 condition: match found {
                     Some(stale) => Condition::VersionIs(stale.version),
@@ -705,6 +707,7 @@ impl<'a, T: Table> Chunk<'a, T> {
                     data: format!(r#"{{"applied":{}}}"#, position.applied).into_bytes(),
                     expires_at: None,
                     owner: None,
+                    index: None,
                 },
                 condition,
             },

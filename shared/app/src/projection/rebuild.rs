@@ -193,6 +193,7 @@ async fn write_meta<P: Projection, T: Table>(
                     data: data.clone(),
                     expires_at: None,
                     owner: None,
+                    index: None,
                 },
                 condition,
             }
