@@ -10,8 +10,8 @@
 //!
 //! While orders are placed, the event pipeline runs: events go from the change feed to the
 //! bus to the projectors. Its throughput and commit-to-consume latency come from the server's
-//! `/metrics` (the audit projection sees every event), taken at the start and end of the
-//! measured window. `--no-bus` runs the same load with the pipeline off, for comparison.
+//! `/metrics` (the sales projection, which sees every order event), taken at the start and end
+//! of the measured window. `--no-bus` runs the same load with the pipeline off, for comparison.
 //!
 //! Prints a summary, then one JSON line: orders_per_s, p50_ms, p95_ms, p99_ms, oversold,
 //! wal_peak_mb, events_per_s, p99_commit_to_consume_ms.
@@ -57,7 +57,7 @@ struct Args {
     server: Option<std::path::PathBuf>,
 }
 
-/// What the server's `/metrics` says about the audit projection (which every event reaches).
+/// What the server's `/metrics` says about the sales projection (which every order event reaches).
 #[derive(Debug, Clone, Default)]
 struct Pipeline {
     applied: u64,
@@ -82,10 +82,10 @@ impl Pipeline {
                 continue;
             };
             let value: f64 = value.parse().unwrap_or(0.0);
-            if name == "commerce_events_applied_total{projection=\"audit\"}" {
+            if name == "commerce_events_applied_total{projection=\"sales\"}" {
                 pipeline.applied = value as u64;
             } else if let Some(bound) = name
-                .strip_prefix("commerce_commit_to_apply_ms_bucket{projection=\"audit\",le=\"")
+                .strip_prefix("commerce_commit_to_apply_ms_bucket{projection=\"sales\",le=\"")
                 .and_then(|rest| rest.strip_suffix("\"}"))
             {
                 let bound = if bound == "+Inf" {
@@ -385,7 +385,7 @@ async fn main() {
         Some((applied, p99)) => {
             let rate = applied as f64 / elapsed.as_secs_f64();
             println!(
-                "event pipeline: {applied} events applied ({rate:.0} events/s), 99 % within {} ms of their commit",
+                "event pipeline: {applied} order events applied ({rate:.0} events/s), 99 % within {} ms of their commit",
                 p99.map_or("?".to_owned(), |p| p.to_string())
             );
             (Some(rate.round()), p99)

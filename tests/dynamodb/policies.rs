@@ -39,9 +39,24 @@ fn block(function: &str) -> String {
 /// The DynamoDB actions `template.yaml` grants the function named `function` on `table`
 /// (`Table` or `PersonalTable`).
 fn granted(function: &str, table: &str) -> BTreeSet<String> {
+    actions_on(function, &format!("Resource: !GetAtt {table}.Arn\n"))
+}
+
+/// The DynamoDB actions `template.yaml` grants the function named `function` on the main
+/// table's index.
+fn granted_on_index(function: &str) -> BTreeSet<String> {
+    let index = commerce_dynamodb::INDEX;
+    actions_on(
+        function,
+        &format!("Resource: !Sub \"${{Table.Arn}}/index/{index}\"\n"),
+    )
+}
+
+/// The actions of the function's statements on the resource that `resource` (a line) names.
+fn actions_on(function: &str, resource: &str) -> BTreeSet<String> {
     block(function)
         .split("- Effect: Allow")
-        .filter(|statement| statement.contains(&format!("Resource: !GetAtt {table}.Arn\n")))
+        .filter(|statement| statement.contains(resource))
         .flat_map(|statement| {
             statement
                 .lines()
@@ -522,6 +537,17 @@ async fn each_function_is_granted_exactly_the_dynamodb_actions_its_work_uses() {
                     "{function} on {on}: granted {granted:?}, used {used:?}"
                 ));
             }
+        }
+        let on_index: BTreeSet<String> = table
+            .actions_on_index()
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let granted = granted_on_index(function);
+        if granted != on_index {
+            mismatched.push(format!(
+                "{function} on the index: granted {granted:?}, used {on_index:?}"
+            ));
         }
         for key in table.keys() {
             let on = if key.starts_with("personal#") {

@@ -1,5 +1,5 @@
-//! Events leave the store and reach the read models fed from the bus: the audit trail and the
-//! sales report, over HTTP on the real server.
+//! Events reach the audit trail (through the table's index) and the sales report (fed from the
+//! bus), over HTTP on the real server.
 
 use std::time::{Duration, Instant};
 

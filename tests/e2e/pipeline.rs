@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -15,26 +15,23 @@ use crate::{order_body, shop};
 use commerce_tests::{Client, Server, key, server_binary, token};
 
 /// The audit trail and the sales report as an operator reads them, once the pipeline is idle:
-/// every published event applied, and nothing changing any more.
+/// the report counts every unit the trail's placed orders sold, and nothing changes any more.
 async fn settled(ops: &Client) -> (Vec<Value>, Vec<Value>) {
     let mut last: Option<(Vec<Value>, Vec<Value>)> = None;
     loop {
-        let metrics = ops.get("/metrics").await.body;
-        let text = metrics.as_str().unwrap_or_default().to_owned();
-        let figure = |name: &str| -> u64 {
-            text.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(0)
-        };
-        let published = figure("commerce_events_published_total");
-        let applied = figure("commerce_events_applied_total{projection=\"audit\"}");
         let now = (
             all_pages(ops, "/v1/audit").await,
             all_pages(ops, "/v1/reports/sales").await,
         );
-        if published > 0 && applied == published && last.as_ref() == Some(&now) {
+        let ordered: u64 = now
+            .0
+            .iter()
+            .filter(|e| e["type"] == "OrderPlaced")
+            .flat_map(|e| e["data"]["lines"].as_array().cloned().unwrap_or_default())
+            .filter_map(|line| line["quantity"].as_u64())
+            .sum();
+        let reported: u64 = now.1.iter().filter_map(|row| row["units"].as_u64()).sum();
+        if ordered > 0 && reported == ordered && last.as_ref() == Some(&now) {
             return now;
         }
         last = Some(now);
@@ -134,7 +131,7 @@ async fn a_replay_while_serving_rebuilds_read_models_equal_to_the_live_ones() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2, "one summary per projection: {lines:?}");
+    assert_eq!(lines.len(), 1, "one summary per projection: {lines:?}");
     for line in &lines {
         assert_eq!(line["generation"], 2, "{line}");
         assert_eq!(line["events"].as_u64(), Some(live.0.len() as u64), "{line}");
@@ -148,7 +145,7 @@ async fn a_replay_while_serving_rebuilds_read_models_equal_to_the_live_ones() {
     let rebuilt = settled(&shop.ops).await;
     assert_eq!(
         rebuilt.0, live.0,
-        "the rebuilt audit trail equals the live one"
+        "the audit trail is the events, unchanged"
     );
     assert_eq!(
         rebuilt.1, live.1,
@@ -240,15 +237,8 @@ async fn kill_9_under_load_loses_no_event_and_applies_none_twice() {
         orders >= acknowledged.len() as u64
     })
     .await;
-    // The audit trail has a consumer of its own, which may still be behind the sales report.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let trail = loop {
-        let trail = all_pages(&ops, "/v1/audit?event_type=OrderPlaced").await;
-        if trail.len() >= acknowledged.len() || Instant::now() > deadline {
-            break trail;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    // The audit trail lists events through the table's index, as they commit: nothing to wait for.
+    let trail = all_pages(&ops, "/v1/audit?event_type=OrderPlaced").await;
     let mut audited: BTreeMap<String, usize> = BTreeMap::new();
     for entry in trail {
         *audited
@@ -257,7 +247,7 @@ async fn kill_9_under_load_loses_no_event_and_applies_none_twice() {
     }
     assert!(
         audited.values().all(|n| *n == 1),
-        "no event applied twice: {:?}",
+        "no event listed twice: {:?}",
         audited.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
     );
     assert_eq!(

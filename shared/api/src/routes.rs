@@ -18,7 +18,7 @@ use crate::extract::{
 use crate::openapi;
 use crate::openapi::IdempotencyKeyHeader;
 use crate::problem::{ApiError, json_response};
-use commerce_app::projection::audit::AuditFilter;
+use commerce_app::audit::AuditFilter;
 use commerce_app::projection::sales::SalesRow;
 use commerce_app::shop::{AuditQuery, Role};
 use commerce_app::views::{

@@ -5,6 +5,7 @@
 //! models are built on it here, once, so the SQLite and DynamoDB adapters only translate items and
 //! conditions, and one [`contract`] suite proves both behave the same.
 
+pub mod audit;
 pub mod bus;
 pub mod clock;
 #[cfg(any(test, feature = "contract"))]

@@ -49,6 +49,8 @@ struct Counts {
     units: BTreeMap<Operation, Units>,
     /// The IAM actions needed, each with whether it was on the personal-data table.
     actions: BTreeSet<(&'static str, bool)>,
+    /// The IAM actions needed on the main table's index (its resource is the index's own).
+    index_actions: BTreeSet<&'static str>,
     /// The partition keys called on, once asked for: a test's, never a serving process's,
     /// whose set would only grow.
     keys: Option<BTreeSet<String>>,
@@ -69,6 +71,19 @@ impl Counter {
         if let Some(keys) = counts.keys.as_mut() {
             keys.insert(pk.to_owned());
         }
+    }
+
+    /// Notes a call on the main table's index about to be made: the IAM action it needs. Its
+    /// partition key is the index's, which no `dynamodb:LeadingKeys` of the table covers.
+    pub(crate) fn called_on_index(&self, action: &'static str) {
+        let mut counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.index_actions.insert(action);
+    }
+
+    /// The IAM actions the calls so far needed on the main table's index.
+    pub fn actions_on_index(&self) -> BTreeSet<&'static str> {
+        let counts = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        counts.index_actions.clone()
     }
 
     /// The IAM actions the calls so far needed, on the personal-data table or on the main one.

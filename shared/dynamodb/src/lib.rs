@@ -94,6 +94,11 @@ impl DynamoTable {
         self.capacity.actions_on(personal)
     }
 
+    /// The IAM actions the calls so far needed on the main table's index ([`INDEX`]).
+    pub fn actions_on_index(&self) -> std::collections::BTreeSet<&'static str> {
+        self.capacity.actions_on_index()
+    }
+
     /// From now on, notes the partition key of every call through this handle and its clones
     /// (for tests: the set only grows).
     pub fn note_keys(&self) {
@@ -273,7 +278,7 @@ impl Table for DynamoTable {
     /// without the table's key too, so a page resumes with a key condition on `gsk` instead;
     /// index sort keys are unique in their partition, so nothing is skipped or repeated.
     async fn query_index(&self, q: Query<'_>) -> Result<Page, StoreError> {
-        self.capacity.called("dynamodb:Query", q.pk);
+        self.capacity.called_on_index("dynamodb:Query");
         let Some(sort) = index_range(&q) else {
             return Ok(Page::default());
         };
@@ -526,7 +531,8 @@ impl DynamoTable {
                     Ok(attributes) => attributes,
                     Err(e) => return Some(Err(e)),
                 };
-                let sized = write_units(item_size(&attributes), false);
+                let copies = if item.index.is_some() { 2.0 } else { 1.0 };
+                let sized = copies * write_units(item_size(&attributes), false);
                 let result = self
                     .client
                     .put_item()
@@ -610,9 +616,19 @@ impl DynamoTable {
 
 /// Write units of one action of a transaction, sized from the item it writes; a delete or a
 /// check is sized at the 1 KB floor.
+/// A transaction's action counts twice; a put the index lists adds the index's own write, at
+/// the standard rate (the index projects whole items, so it is as large).
 fn transact_units(item: &TransactWriteItem) -> f64 {
     let size = item.put().map_or(0, |put| item_size(put.item()));
+    let listed = item
+        .put()
+        .is_some_and(|put| put.item().contains_key(INDEX_PK));
     write_units(size, true)
+        + if listed {
+            write_units(size, false)
+        } else {
+            0.0
+        }
 }
 
 /// The sort-key condition of an index query: DynamoDB takes one, so a prefix and a start

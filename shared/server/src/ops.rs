@@ -7,7 +7,6 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use commerce_app::bus::{Message, Queue, redrive};
-use commerce_app::projection::audit::Audit;
 use commerce_app::projection::sales::Sales;
 use commerce_app::projection::{Progress, Projection, rebuild};
 use commerce_app::table::Table;
@@ -55,7 +54,7 @@ pub struct DlqArgs {
 
 #[derive(Args, Debug)]
 pub struct Replay {
-    /// The read model to rebuild (`audit`, `sales`); default every one.
+    /// The read model to rebuild (`sales`); default every one.
     #[arg(long)]
     pub projection: Option<String>,
     #[command(flatten)]
@@ -64,7 +63,7 @@ pub struct Replay {
 
 /// The projections a command names, or all of them.
 pub fn projections(name: Option<&str>) -> anyhow::Result<Vec<&'static str>> {
-    let all = [Audit::NAME, Sales::NAME];
+    let all = [Sales::NAME];
     match name {
         None => Ok(all.to_vec()),
         Some(name) => match all.iter().find(|n| **n == name) {
@@ -109,7 +108,6 @@ pub async fn redrive_one<D: Queue, Q: Queue>(
 pub async fn replay_one<T: Table + Clone>(table: &T, name: &str) -> anyhow::Result<()> {
     let report = |p: &Progress| progress_line(name, p);
     let done = match name {
-        Audit::NAME => rebuild::<Audit, T>(table, report).await,
         Sales::NAME => rebuild::<Sales, T>(table, report).await,
         other => bail!("no projection {other}"),
     }

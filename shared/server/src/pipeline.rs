@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use commerce_app::projection::audit::Audit;
 use commerce_app::projection::sales::Sales;
 use commerce_app::projection::{Projection, Projector, consume_once};
 use commerce_app::saga;
@@ -22,11 +21,10 @@ const WORKERS: usize = 2;
 /// Pause after a failure before trying again.
 const BACKOFF: Duration = Duration::from_millis(200);
 
-/// Starts the publisher, one consumer per projection and the saga starter; they run until
-/// the process ends.
+/// Starts the publisher, one consumer per projection (the sales report) and the saga starter;
+/// they run until the process ends.
 pub fn start(table: &SqliteTable, bus: &SqliteBus, executions: &crate::executions::Local) {
     tokio::spawn(publish(table.clone(), bus.clone()));
-    consume::<Audit>(table, bus);
     consume::<Sales>(table, bus);
     start_sagas(bus, executions.clone());
 }

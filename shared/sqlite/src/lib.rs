@@ -519,26 +519,69 @@ fn add_owner_column(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// The secondary index ([`Table::query_index`]): two columns, set on few items, and a
-/// partial index over the items that have them. Added to files made before it.
+/// partial index over the items that have them. A file made before them gets them, and its
+/// events get the keys this build gives them (their audit trail's day), in one transaction, so
+/// an interrupted upgrade leaves the old schema to upgrade again.
 fn add_index_columns(conn: &Connection) -> Result<(), StoreError> {
-    let has_index: bool = conn
+    /// Events keyed per step, so memory stays bounded however many there are.
+    const CHUNK: i64 = 1000;
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
+        .map_err(failure)?;
+    let has_index: i64 = tx
         .query_row(
             "SELECT count(*) FROM pragma_table_info('items') WHERE name = 'ipk'",
             [],
-            |row| row.get::<_, i64>(0),
+            |row| row.get(0),
         )
-        .map(|n| n > 0)
         .map_err(failure)?;
-    if !has_index {
-        conn.execute_batch(
+    if has_index == 0 {
+        tx.execute_batch(
             "ALTER TABLE items ADD COLUMN ipk TEXT; ALTER TABLE items ADD COLUMN isk TEXT;",
         )
         .map_err(failure)?;
+        let mut after = 0i64;
+        loop {
+            let events: Vec<(i64, Vec<u8>)> = tx
+                .prepare_cached(
+                    "SELECT rowid, data FROM items
+                     WHERE rowid > ?1 AND sk >= 'event#' AND sk < 'event$'
+                     ORDER BY rowid LIMIT +?2",
+                )
+                .and_then(|mut q| {
+                    q.query_map(params![after, CHUNK], |row| Ok((row.get(0)?, row.get(1)?)))?
+                        .collect()
+                })
+                .map_err(failure)?;
+            let Some(&(last, _)) = events.last() else {
+                break;
+            };
+            for (rowid, data) in events {
+                let Ok(envelope) = serde_json::from_slice::<
+                    commerce_app::event_store::Envelope<serde_json::Value>,
+                >(&data) else {
+                    continue;
+                };
+                let Some(at) = envelope.occurred_at_ms() else {
+                    continue;
+                };
+                let key = commerce_app::audit::index_key(
+                    &envelope.tenant,
+                    at,
+                    &envelope.id.to_string(),
+                    1,
+                );
+                tx.prepare_cached("UPDATE items SET ipk = ?2, isk = ?3 WHERE rowid = ?1")
+                    .and_then(|mut update| update.execute(params![rowid, key.pk, key.sk]))
+                    .map_err(failure)?;
+            }
+            after = last;
+        }
     }
-    conn.execute_batch(
+    tx.execute_batch(
         "CREATE INDEX IF NOT EXISTS items_index ON items (ipk, isk) WHERE ipk IS NOT NULL",
     )
-    .map_err(failure)
+    .map_err(failure)?;
+    tx.commit().map_err(failure)
 }
 
 /// Feed rows carry their event's message id and routing attributes (`NULL` in rows written

@@ -6,17 +6,17 @@
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
+use commerce_app::bus::Subscription;
 use commerce_app::bus::{FilterPolicy, Queue, redrive};
 use commerce_app::event_store::{Changes, Envelope, Origin, load};
 use commerce_app::outbox::publish_pending;
-use commerce_app::projection::audit::Audit;
 use commerce_app::projection::{Draft, Event, Projection, Projector, consume_once, subscription};
 use commerce_app::table::{Query, StoreError, Table};
 use commerce_domain::{Inventory, Quantity};
 use commerce_sqlite::{SqliteBus, SqliteTable};
 use serde_json::Value;
 
-/// The audit trail, failing while `BROKEN` is set.
+/// A copy of each event, failing while `BROKEN` is set.
 struct Flaky;
 
 static BROKEN: AtomicBool = AtomicBool::new(true);
@@ -37,8 +37,34 @@ impl Projection for Flaky {
                 "the consumer is broken for the test".into(),
             ));
         }
-        Audit::apply(draft, event).await
+        let pk = draft.partition(&event.tenant, "events");
+        draft.put(pk, event.id.to_string(), event)
     }
+}
+
+/// A copy of each event, keyed by the event: a queue that takes everything published.
+struct Everything;
+
+impl Projection for Everything {
+    const NAME: &'static str = "everything";
+    const MAX_WRITES: usize = 1;
+    const ORDERED: bool = false;
+
+    fn filter() -> FilterPolicy {
+        FilterPolicy::default()
+    }
+
+    async fn apply<T: Table>(draft: &mut Draft<'_, T>, event: &Event) -> Result<(), StoreError> {
+        let pk = draft.partition(&event.tenant, "events");
+        draft.put(pk, event.id.to_string(), event)
+    }
+}
+
+/// The shop's subscriptions, and one that takes everything.
+fn subscriptions() -> Vec<Subscription> {
+    let mut all = commerce_app::projection::subscriptions();
+    all.push(subscription::<Everything>(5));
+    all
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,28 +159,28 @@ async fn stock_received(table: &SqliteTable, sku: &str, quantity: u32) {
     changes.commit(table).await.unwrap();
 }
 
-/// The versions of the mug's stream in the flaky audit trail's day (generation 1), sorted; a
+/// The versions of the mug's stream the flaky projection copied (generation 1), sorted; a
 /// version there twice shows twice.
 async fn applied(table: &SqliteTable) -> Vec<u64> {
-    let day = commerce_app::views::day(1_800_000_000_000);
-    let mut versions = Vec::new();
-    for shard in commerce_app::projection::audit::day_partitions(&day) {
-        let page = table
-            .query(Query {
-                pk: &format!("acme#flaky@1#{shard}"),
-                prefix: "",
-                after: None,
-                limit: 100,
-                descending: false,
-            })
-            .await
-            .unwrap();
-        versions.extend(page.items.iter().map(|item| {
+    let page = table
+        .query(Query {
+            pk: "acme#flaky@1#events",
+            prefix: "",
+            after: None,
+            limit: 100,
+            descending: false,
+        })
+        .await
+        .unwrap();
+    let mut versions: Vec<u64> = page
+        .items
+        .iter()
+        .map(|item| {
             serde_json::from_slice::<Envelope<Value>>(&item.data)
                 .unwrap()
                 .aggregate_version
-        }));
-    }
+        })
+        .collect();
     versions.sort_unstable();
     versions
 }
@@ -164,7 +190,6 @@ async fn applied(table: &SqliteTable) -> Vec<u64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_local_publisher_moves_each_event_once() {
     use commerce_app::bus::Queue;
-    use commerce_app::projection::subscriptions;
     let dir = tempfile::tempdir().unwrap();
     let table = SqliteTable::open(dir.path().join("shop.db")).unwrap();
     let bus = SqliteBus::open(&table, subscriptions()).await.unwrap();
@@ -179,8 +204,8 @@ async fn the_local_publisher_moves_each_event_once() {
         bus.publish_feed(100).await.unwrap().is_empty(),
         "the feed is empty now"
     );
-    let audit = bus.queue("audit").unwrap();
-    let got = audit
+    let everything = bus.queue("everything").unwrap();
+    let got = everything
         .receive(10, Duration::from_secs(30), Duration::from_secs(1))
         .await
         .unwrap();
@@ -209,7 +234,7 @@ async fn the_local_publisher_moves_each_event_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_item_that_is_no_envelope_is_refused_downstream_and_stops_nothing() {
     use commerce_app::bus::Queue;
-    use commerce_app::projection::{Verdict, subscriptions};
+    use commerce_app::projection::Verdict;
     use commerce_app::table::{Item, Write};
     let dir = tempfile::tempdir().unwrap();
     let table = SqliteTable::open(dir.path().join("shop.db")).unwrap();
@@ -236,8 +261,8 @@ async fn an_event_item_that_is_no_envelope_is_refused_downstream_and_stops_nothi
         2,
         "both published"
     );
-    let audit = bus.queue("audit").unwrap();
-    let got = audit
+    let everything = bus.queue("everything").unwrap();
+    let got = everything
         .receive(10, Duration::from_secs(30), Duration::from_secs(1))
         .await
         .unwrap();
@@ -245,7 +270,7 @@ async fn an_event_item_that_is_no_envelope_is_refused_downstream_and_stops_nothi
     assert_eq!(got[0].message.id, "acme#inventory#junk/event#000000000001");
     assert_eq!(got[0].message.body, "not an envelope");
     assert!(got[0].message.attributes.is_empty());
-    let projector = Projector::<SqliteTable, Audit>::new(table.clone());
+    let projector = Projector::<SqliteTable, Everything>::new(table.clone());
     assert_eq!(
         projector.handle(&got).await,
         vec![Verdict::Poison, Verdict::Done],
@@ -259,7 +284,6 @@ async fn an_event_item_that_is_no_envelope_is_refused_downstream_and_stops_nothi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_an_older_build_left_in_the_feed_and_on_the_bus_is_delivered_after_an_upgrade() {
     use commerce_app::bus::Queue;
-    use commerce_app::projection::subscriptions;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shop.db");
     {
@@ -280,7 +304,7 @@ async fn what_an_older_build_left_in_the_feed_and_on_the_bus_is_delivered_after_
                body TEXT NOT NULL
            );
            CREATE TABLE bus_cursors (queue TEXT PRIMARY KEY, seq INTEGER NOT NULL);
-           INSERT INTO bus_cursors VALUES ('audit', 0), ('sales', 0);
+           INSERT INTO bus_cursors VALUES ('everything', 0), ('sales', 0);
            INSERT INTO bus_log (message_id, attributes, body)
            VALUES ('before', '{"tenant":"acme"}', '{"old":true}');"#,
     )
@@ -294,7 +318,7 @@ async fn what_an_older_build_left_in_the_feed_and_on_the_bus_is_delivered_after_
         vec![("acme".to_owned(), 1)]
     );
     let got = bus
-        .queue("audit")
+        .queue("everything")
         .unwrap()
         .receive(10, Duration::from_secs(30), Duration::from_secs(1))
         .await
@@ -312,7 +336,6 @@ async fn what_an_older_build_left_in_the_feed_and_on_the_bus_is_delivered_after_
 /// two statements could be) is finished at the next open, and events are written and published.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_upgrade_interrupted_halfway_is_finished_at_the_next_open() {
-    use commerce_app::projection::subscriptions;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shop.db");
     drop(SqliteTable::open(&path).unwrap());
@@ -338,7 +361,6 @@ async fn a_feed_upgrade_interrupted_halfway_is_finished_at_the_next_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_item_that_is_not_text_holds_up_no_other_message() {
     use commerce_app::bus::Queue;
-    use commerce_app::projection::subscriptions;
     use commerce_app::table::{Item, Write};
     let dir = tempfile::tempdir().unwrap();
     let table = SqliteTable::open(dir.path().join("shop.db")).unwrap();
@@ -360,7 +382,7 @@ async fn an_event_item_that_is_not_text_holds_up_no_other_message() {
     stock_received(&table, "cup", 2).await;
     bus.publish_feed(100).await.unwrap();
     let got = bus
-        .queue("audit")
+        .queue("everything")
         .unwrap()
         .receive(10, Duration::from_secs(30), Duration::from_secs(1))
         .await
@@ -374,7 +396,6 @@ async fn an_event_item_that_is_not_text_holds_up_no_other_message() {
 /// its key for an id and no attributes, instead of stopping every publish behind it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_feed_row_without_routing_does_not_stop_the_publisher() {
-    use commerce_app::projection::subscriptions;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("shop.db");
     let table = SqliteTable::open(&path).unwrap();
@@ -397,4 +418,47 @@ async fn a_feed_row_without_routing_does_not_stop_the_publisher() {
         .map(|(_, n)| n)
         .sum();
     assert_eq!(published, 2);
+}
+
+/// A file from a build before the secondary index: opening it adds the index, and lists every
+/// event it already held under its audit trail's day, as this build lists new ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_an_older_build_recorded_are_listed_by_day_after_an_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shop.db");
+    {
+        let table = SqliteTable::open(&path).unwrap();
+        stock_received(&table, "cup", 2).await;
+    }
+    let old = rusqlite::Connection::open(&path).unwrap();
+    old.execute_batch(
+        "DROP INDEX items_index;
+         ALTER TABLE items DROP COLUMN ipk;
+         ALTER TABLE items DROP COLUMN isk;",
+    )
+    .unwrap();
+    drop(old);
+
+    let table = SqliteTable::open(&path).unwrap();
+    stock_received(&table, "pot", 3).await;
+    let day = commerce_app::views::day(1_800_000_000_000);
+    let mut listed = Vec::new();
+    for pk in commerce_app::audit::day_partitions("acme", &day) {
+        let page = table
+            .query_index(Query {
+                pk: &pk,
+                prefix: "",
+                after: None,
+                limit: 10,
+                descending: false,
+            })
+            .await
+            .unwrap();
+        listed.extend(page.items.into_iter().map(|item| item.pk));
+    }
+    assert_eq!(
+        listed,
+        ["acme#inventory#cup", "acme#inventory#pot"],
+        "the old event and the new, in time order"
+    );
 }

@@ -71,7 +71,7 @@ macro_rules! table_contract {
             racing_projectors_apply_each_event_once,
             a_rebuild_while_events_keep_coming_equals_the_live_model,
             a_rebuild_of_an_ordered_projection_applies_each_event_once_in_order,
-            an_event_the_audit_refuses_holds_back_only_itself,
+            an_event_refused_where_order_does_not_matter_holds_back_only_itself,
             a_projector_on_any_copy_of_the_generation_record_follows_a_rebuild,
             a_batch_of_large_orders_keeps_each_transaction_within_the_store,
             a_refused_event_holds_back_only_its_own_stream,

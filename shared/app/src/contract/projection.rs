@@ -1,8 +1,8 @@
 //! Consumers as the shop relies on them, on each store: a redelivered or republished event
 //! changes nothing, an ordered projection applies an aggregate's events in version order
-//! whatever order they arrive in (the audit trail, not ordered, records each as it comes),
-//! racing projectors apply each event once, and a rebuild run while events keep coming ends
-//! equal to the live read model.
+//! whatever order they arrive in (one keyed by the event itself, not ordered, records each as
+//! it comes), racing projectors apply each event once, and a rebuild run while events keep
+//! coming ends equal to the live read model.
 
 use std::collections::BTreeMap;
 
@@ -12,7 +12,6 @@ use serde_json::Value;
 use crate::bus::FilterPolicy;
 use crate::bus::{Delivery, Message};
 use crate::event_store::{Changes, Envelope, Origin, load, read_events};
-use crate::projection::audit::{Audit, day_partitions};
 use crate::projection::{
     Draft, Event, Projection, Projector, Verdict, active_generation, partition, rebuild,
 };
@@ -104,39 +103,58 @@ async fn rebuild_while_events_keep_coming<T: Table + Clone, P: Projection>(
     (before, after)
 }
 
-/// The aggregate's audit entries (event versions) in the generation readers use.
-async fn audited<T: Table>(table: &T, sku: &str) -> Vec<u64> {
-    let generation = active_generation::<Audit, _>(table).await.unwrap();
-    audited_in(table, sku, generation).await
+/// A projection that is not ordered, for these cases: a copy of each event, keyed by the event
+/// itself, so a repeat writes the same item again. An event without a readable time is refused.
+#[derive(Debug, Clone, Copy, Default)]
+struct Copies;
+
+impl Projection for Copies {
+    const NAME: &'static str = "copies";
+    const MAX_WRITES: usize = 1;
+    const ORDERED: bool = false;
+
+    fn filter() -> FilterPolicy {
+        FilterPolicy::default()
+    }
+
+    async fn apply<T: Table>(draft: &mut Draft<'_, T>, event: &Event) -> Result<(), StoreError> {
+        let at = event
+            .occurred_at_ms()
+            .ok_or_else(|| StoreError::Failure(format!("event {} has no valid time", event.id)))?;
+        let pk = draft.partition(&event.tenant, &event.aggregate_id);
+        draft.put(pk, format!("{at:013}#{}", event.id), event)?;
+        Ok(())
+    }
 }
 
-/// The SKU's event versions in the audit trail's generation, in version order; a version
-/// there twice shows twice.
-async fn audited_in<T: Table>(table: &T, sku: &str, generation: u32) -> Vec<u64> {
-    let today = now_ms();
-    let mut versions = Vec::new();
-    // Yesterday too, for a run that crosses midnight.
-    for day in [today - 86_400_000, today] {
-        for shard in day_partitions(&crate::views::day(day)) {
-            let pk = partition("acme", Audit::NAME, generation, &shard);
-            let page = table
-                .query(Query {
-                    pk: &pk,
-                    prefix: "",
-                    after: None,
-                    limit: 1000,
-                    descending: false,
-                })
-                .await
-                .unwrap();
-            for item in &page.items {
-                let e: Envelope<Value> = serde_json::from_slice(&item.data).unwrap();
-                if e.aggregate_id == sku {
-                    versions.push(e.aggregate_version);
-                }
-            }
-        }
-    }
+/// The aggregate's copied events (their versions) in the generation readers use.
+async fn copied<T: Table>(table: &T, sku: &str) -> Vec<u64> {
+    let generation = active_generation::<Copies, _>(table).await.unwrap();
+    copied_in(table, sku, generation).await
+}
+
+/// The SKU's copied event versions in a generation, in version order; a version there twice
+/// shows twice.
+async fn copied_in<T: Table>(table: &T, sku: &str, generation: u32) -> Vec<u64> {
+    let pk = partition("acme", Copies::NAME, generation, sku);
+    let page = table
+        .query(Query {
+            pk: &pk,
+            prefix: "",
+            after: None,
+            limit: 1000,
+            descending: false,
+        })
+        .await
+        .unwrap();
+    let mut versions: Vec<u64> = page
+        .items
+        .iter()
+        .map(|item| {
+            let e: Envelope<Value> = serde_json::from_slice(&item.data).unwrap();
+            e.aggregate_version
+        })
+        .collect();
     versions.sort_unstable();
     versions
 }
@@ -181,8 +199,8 @@ async fn both_handle<T: Table + Clone>(table: &T, batch: &[Delivery]) {
     let done = vec![Verdict::Done; batch.len()];
     let ordered = Projector::<T, Applied>::new(table.clone());
     assert_eq!(ordered.handle(batch).await, done, "ordered");
-    let audit = Projector::<T, Audit>::new(table.clone());
-    assert_eq!(audit.handle(batch).await, done, "audit");
+    let copies = Projector::<T, Copies>::new(table.clone());
+    assert_eq!(copies.handle(batch).await, done, "not ordered");
 }
 
 pub async fn a_redelivered_event_is_applied_once<T: Table + Clone>(table: &T) {
@@ -196,7 +214,7 @@ pub async fn a_redelivered_event_is_applied_once<T: Table + Clone>(table: &T) {
     let doubled: Vec<Delivery> = all.iter().chain(all.iter()).cloned().collect();
     both_handle(table, &doubled).await;
     assert_eq!(applied(table, "dup").await, vec![1, 2, 3], "each once");
-    assert_eq!(audited(table, "dup").await, vec![1, 2, 3], "each once");
+    assert_eq!(copied(table, "dup").await, vec![1, 2, 3], "each once");
 }
 
 pub async fn events_out_of_order_apply_in_version_order<T: Table + Clone>(table: &T) {
@@ -209,16 +227,16 @@ pub async fn events_out_of_order_apply_in_version_order<T: Table + Clone>(table:
         vec![1, 2, 3],
         "a gap is filled from the log, not skipped"
     );
-    // The audit trail is not ordered: it records what came, and the rest when it comes.
-    assert_eq!(audited(table, "late").await, vec![3]);
+    // A projection that is not ordered: it records what came, and the rest when it comes.
+    assert_eq!(copied(table, "late").await, vec![3]);
     // Then the rest, oldest last.
     let rest = vec![all[3].clone(), all[1].clone(), all[0].clone()];
     both_handle(table, &rest).await;
     assert_eq!(applied(table, "late").await, vec![1, 2, 3, 4]);
-    assert_eq!(audited(table, "late").await, vec![1, 2, 3, 4]);
-    // The audit kept no positions for it.
-    let generation = active_generation::<Audit, _>(table).await.unwrap();
-    let position = partition("acme", Audit::NAME, generation, "position#inventory#late");
+    assert_eq!(copied(table, "late").await, vec![1, 2, 3, 4]);
+    // It kept no positions for it.
+    let generation = active_generation::<Copies, _>(table).await.unwrap();
+    let position = partition("acme", Copies::NAME, generation, "position#inventory#late");
     assert_eq!(table.get(&position, "position").await.unwrap(), None);
 }
 
@@ -254,19 +272,19 @@ pub async fn racing_projectors_apply_each_event_once<T: Table + Clone>(table: &T
     receipts(table, "race", 6).await;
     let all = deliveries(table, "race").await;
     race::<T, Applied>(table, &all).await;
-    race::<T, Audit>(table, &all).await;
+    race::<T, Copies>(table, &all).await;
     assert_eq!(applied(table, "race").await, vec![1, 2, 3, 4, 5, 6]);
-    assert_eq!(audited(table, "race").await, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(copied(table, "race").await, vec![1, 2, 3, 4, 5, 6]);
 }
 
 pub async fn a_rebuild_while_events_keep_coming_equals_the_live_model<T: Table + Clone>(table: &T) {
     const SKUS: &[&str] = &["r1", "r2", "r3"];
-    let (before, after) = rebuild_while_events_keep_coming::<T, Audit>(table, SKUS).await;
+    let (before, after) = rebuild_while_events_keep_coming::<T, Copies>(table, SKUS).await;
     let mut rebuilt = BTreeMap::new();
     let mut live_model = BTreeMap::new();
     for &sku in SKUS {
-        rebuilt.insert(sku, audited_in(table, sku, after).await);
-        live_model.insert(sku, audited_in(table, sku, before).await);
+        rebuilt.insert(sku, copied_in(table, sku, after).await);
+        live_model.insert(sku, copied_in(table, sku, before).await);
         assert_eq!(
             rebuilt[sku],
             (1..=7).collect::<Vec<u64>>(),
@@ -295,9 +313,13 @@ pub async fn a_rebuild_of_an_ordered_projection_applies_each_event_once_in_order
     }
 }
 
-/// An event the audit trail cannot take (no valid time) is held back alone: the audit is not
-/// ordered, so the event after it in its stream is recorded.
-pub async fn an_event_the_audit_refuses_holds_back_only_itself<T: Table + Clone>(table: &T) {
+/// An event a projection that is not ordered cannot take (no valid time) is held back alone:
+/// the event after it in its stream is recorded.
+pub async fn an_event_refused_where_order_does_not_matter_holds_back_only_itself<
+    T: Table + Clone,
+>(
+    table: &T,
+) {
     receipts(table, "refused", 2).await;
     let events: Vec<Envelope<Value>> = read_events(table, &stream("refused")).await.unwrap();
     let mut unreadable = events[0].clone();
@@ -310,12 +332,12 @@ pub async fn an_event_the_audit_refuses_holds_back_only_itself<T: Table + Clone>
             receive_count: 1,
         })
         .collect();
-    let projector = Projector::<T, Audit>::new(table.clone());
+    let projector = Projector::<T, Copies>::new(table.clone());
     assert_eq!(
         projector.handle(&batch).await,
         vec![Verdict::Poison, Verdict::Done]
     );
-    assert_eq!(audited(table, "refused").await, vec![2]);
+    assert_eq!(copied(table, "refused").await, vec![2]);
 }
 
 /// A projector checks its own copy of the generation record, brought in step with the record
@@ -330,12 +352,12 @@ pub async fn a_projector_on_any_copy_of_the_generation_record_follows_a_rebuild<
 ) {
     let sku = "copies";
     receipts(table, sku, 2).await;
-    let projector = Projector::<T, Audit>::on_copy(table.clone(), 3);
+    let projector = Projector::<T, Copies>::on_copy(table.clone(), 3);
     let verdicts = projector.handle(&deliveries(table, sku).await).await;
     assert!(verdicts.iter().all(|v| *v == Verdict::Done), "{verdicts:?}");
-    let record = table.get("projection#audit", "generations").await.unwrap();
+    let record = table.get("projection#copies", "generations").await.unwrap();
     let copy = table
-        .get("projection#audit#3", "generations")
+        .get("projection#copies#3", "generations")
         .await
         .unwrap();
     let (record, copy) = (
@@ -343,16 +365,16 @@ pub async fn a_projector_on_any_copy_of_the_generation_record_follows_a_rebuild<
         copy.expect("the copy, written"),
     );
     assert_eq!((copy.version, &copy.data), (record.version, &record.data));
-    let first = active_generation::<Audit, _>(table).await.unwrap();
-    assert_eq!(audited_in(table, sku, first).await, vec![1, 2]);
+    let first = active_generation::<Copies, _>(table).await.unwrap();
+    assert_eq!(copied_in(table, sku, first).await, vec![1, 2]);
     for round in 0..2u64 {
-        let progress = rebuild::<Audit, T>(table, |_| {}).await.unwrap();
+        let progress = rebuild::<Copies, T>(table, |_| {}).await.unwrap();
         receipts(table, sku, 1).await;
         // The projector still knows the record as it was before this rebuild.
         let verdicts = projector.handle(&deliveries(table, sku).await).await;
         assert!(verdicts.iter().all(|v| *v == Verdict::Done), "{verdicts:?}");
         assert_eq!(
-            audited_in(table, sku, progress.generation).await,
+            copied_in(table, sku, progress.generation).await,
             (1..=3 + round).collect::<Vec<u64>>(),
             "round {round}: every event in the generation readers use"
         );
@@ -360,7 +382,7 @@ pub async fn a_projector_on_any_copy_of_the_generation_record_follows_a_rebuild<
     // A switch to generation 9 written to the record alone, as a build from before copies
     // would: a projector starting on copy 3 follows the record, not its stale copy.
     let record = table
-        .get("projection#audit", "generations")
+        .get("projection#copies", "generations")
         .await
         .unwrap()
         .unwrap();
@@ -374,10 +396,10 @@ pub async fn a_projector_on_any_copy_of_the_generation_record_follows_a_rebuild<
     };
     table.transact(vec![switched]).await.unwrap();
     receipts(table, sku, 1).await;
-    let restarted = Projector::<T, Audit>::on_copy(table.clone(), 3);
+    let restarted = Projector::<T, Copies>::on_copy(table.clone(), 3);
     let verdicts = restarted.handle(&deliveries(table, sku).await).await;
     assert!(verdicts.iter().all(|v| *v == Verdict::Done), "{verdicts:?}");
-    assert_eq!(audited_in(table, sku, 9).await, vec![1, 2, 3, 4, 5]);
+    assert_eq!(copied_in(table, sku, 9).await, vec![1, 2, 3, 4, 5]);
 }
 
 /// Places an order of `lines` single units (SKU `L0`, `L1`, …, prefixed by `tag`) in a commit.
@@ -535,9 +557,6 @@ pub async fn an_audit_cursor_goes_on_however_late_the_next_page<T: Table + Clone
     use crate::{Caller, Role, SandboxPayments, Shop, ShopConfig};
     use commerce_domain::{CustomerId, TenantId};
     receipts(table, "night", 3).await;
-    let projector = Projector::<T, Audit>::new(table.clone());
-    let delivered = projector.handle(&deliveries(table, "night").await).await;
-    assert_eq!(delivered, vec![Verdict::Done; 3]);
     let clock = HandClock::new();
     let shop = Shop::new(
         table.clone(),
@@ -575,7 +594,7 @@ pub async fn an_audit_cursor_goes_on_however_late_the_next_page<T: Table + Clone
     // A cursor is bound to its filters too.
     let other = AuditQuery {
         cursor: first.next_cursor,
-        filter: crate::projection::audit::AuditFilter {
+        filter: crate::audit::AuditFilter {
             actor: Some("someone".into()),
             ..Default::default()
         },

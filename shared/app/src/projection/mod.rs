@@ -13,11 +13,10 @@
 //! conditional write; every projector transaction checks the generation record, so none
 //! lands in a generation it no longer serves.
 //!
-//! A projection that writes only items keyed by the event itself (the audit trail) is not
+//! A projection that writes only items keyed by the event itself is not
 //! ordered ([`Projection::ORDERED`]): a repeat or a late event writes the same items, so it
 //! needs no positions, and its projector reads nothing but the generation record.
 
-pub mod audit;
 mod draft;
 pub mod rebuild;
 pub mod sales;
@@ -837,8 +836,5 @@ pub const MAX_RECEIVES: u32 = 5;
 
 /// Every projection's subscription on the topic, as the local bus and the template set them up.
 pub fn subscriptions() -> Vec<Subscription> {
-    vec![
-        subscription::<audit::Audit>(MAX_RECEIVES),
-        subscription::<sales::Sales>(MAX_RECEIVES),
-    ]
+    vec![subscription::<sales::Sales>(MAX_RECEIVES)]
 }

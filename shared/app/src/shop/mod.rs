@@ -230,7 +230,14 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             .map(|c| self.config.cursors.open(list, c))
             .transpose()?;
         let page = self
-            .query_merged(shards, "", after.as_deref(), page_limit(limit), descending)
+            .query_merged(
+                shards,
+                "",
+                after.as_deref(),
+                page_limit(limit),
+                descending,
+                false,
+            )
             .await?;
         let items = page
             .items
@@ -256,6 +263,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         after: Option<&str>,
         limit: usize,
         descending: bool,
+        index: bool,
     ) -> Result<crate::table::Page, StoreError> {
         let query = |pk| Query {
             pk,
@@ -264,13 +272,22 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             limit,
             descending,
         };
+        let read = |pk| async move {
+            if index {
+                self.table.query_index(query(pk)).await
+            } else {
+                self.table.query(query(pk)).await
+            }
+        };
         if let [pk] = pks {
-            return self.table.query(query(pk)).await;
+            return read(pk).await;
         }
-        let pages =
-            futures_util::future::try_join_all(pks.iter().map(|pk| self.table.query(query(pk))))
-                .await?;
-        Ok(crate::table::Page::merge(pages, limit, descending))
+        let pages = futures_util::future::try_join_all(pks.iter().map(|pk| read(pk))).await?;
+        Ok(if index {
+            crate::table::Page::merge_index(pages, limit, descending)
+        } else {
+            crate::table::Page::merge(pages, limit, descending)
+        })
     }
 
     /// What an earlier use of `key` means for this request (see [`idempotency`]).

@@ -1,10 +1,11 @@
-//! Reading the read models the bus feeds: the audit trail and the sales report. Both read the
-//! generation readers are on now, page by page with sealed cursors, oldest first.
+//! Reading the audit trail (events, through the table's index) and the sales report (the read
+//! model the bus feeds, in the generation readers are on now), page by page with sealed
+//! cursors, oldest first.
 
 use serde::de::DeserializeOwned;
 
 use super::{Caller, Role, Shop};
-use crate::projection::audit::{Audit, AuditEntry, AuditFilter, day_partitions, entries_from};
+use crate::audit::{AuditEntry, AuditFilter, day_partitions, entries_from};
 use crate::projection::sales::{self, Sales, SalesRow};
 use crate::projection::{Projection, active_generation, partition};
 use crate::table::StoreError;
@@ -42,6 +43,8 @@ struct Source {
     /// Sorted by time (an audit day), so reading may start at a time and stop past one; an
     /// event stream is sorted by version instead.
     by_time: bool,
+    /// Read through the table's secondary index (an audit day).
+    index: bool,
 }
 
 /// The aggregate types whose streams the audit trail reads.
@@ -77,8 +80,6 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         if from >= to {
             return Err(AppError::BadRequest("from must be before to".into()));
         }
-        let generation = active_generation::<Audit, _>(&self.table).await?;
-        let at = |rest: &str| partition(tenant, Audit::NAME, generation, rest);
         if let Some(kind) = &query.filter.aggregate_type
             && !AGGREGATE_TYPES.contains(&kind.as_str())
         {
@@ -98,6 +99,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                     pks: vec![crate::keys::stream(tenant, kind, id)],
                     prefix: crate::keys::EVENT_PREFIX,
                     by_time: false,
+                    index: false,
                 }]
             }
             (None, Some(_)) => {
@@ -114,10 +116,11 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 days(from, to - 1)
                     .into_iter()
                     .map(|date| Source {
-                        pks: day_partitions(&date).iter().map(|day| at(day)).collect(),
+                        pks: day_partitions(tenant, &date),
                         label: date,
                         prefix: "",
                         by_time: true,
+                        index: true,
                     })
                     .collect()
             }
@@ -193,6 +196,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 label: date,
                 prefix: "",
                 by_time: true,
+                index: false,
             })
             .collect();
         let scope = format!("{from}:{to}");
@@ -271,6 +275,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                         after.as_deref(),
                         (limit - items.len()).clamp(1, 100),
                         false,
+                        source.index,
                     )
                     .await?;
                 for item in &page.items {
@@ -278,14 +283,18 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                         StoreError::Failure(format!("corrupt item in {}: {e}", item.pk))
                     })?;
                     budget = budget.saturating_sub(1);
-                    after = Some(item.sk.clone());
+                    let sk = match (&item.index, source.index) {
+                        (Some(key), true) => key.sk.as_str(),
+                        _ => item.sk.as_str(),
+                    };
+                    after = Some(sk.to_owned());
                     match keep(&value, source.by_time) {
                         Keep::Take(true) => items.push(value),
                         Keep::Take(false) => {}
                         Keep::Stop => break 'source,
                     }
                     if items.len() == limit || budget == 0 {
-                        let position = format!("{scope}\u{1f}{}\u{1f}{}", source.label, item.sk);
+                        let position = format!("{scope}\u{1f}{}\u{1f}{sk}", source.label);
                         return Ok(ListPage {
                             items,
                             next_cursor: Some(self.config.cursors.seal(list, &position)),
