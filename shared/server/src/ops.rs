@@ -39,7 +39,7 @@ pub enum Dlq {
 
 #[derive(Args, Debug)]
 pub struct DlqArgs {
-    /// The consumer (`audit`, `sales`); default every one. With --aws: the dead-letter queue's URL.
+    /// The consumer (`sales`); default every one. With --aws: the dead-letter queue's URL.
     #[arg(long)]
     pub queue: Option<String>,
     /// With --aws and redrive: the URL of the queue to move the messages back to.
