@@ -282,6 +282,11 @@ impl Table for DynamoTable {
         let Some(sort) = index_range(&q) else {
             return Ok(Page::default());
         };
+        // A range may hold its start, which the page leaves out: one more to make up for it.
+        let fetch = match sort {
+            IndexRange::Between(..) => q.limit.saturating_add(1),
+            _ => q.limit,
+        };
         let mut request = self
             .client
             .query()
@@ -289,7 +294,7 @@ impl Table for DynamoTable {
             .index_name(INDEX)
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .scan_index_forward(!q.descending)
-            .limit(i32::try_from(q.limit).unwrap_or(i32::MAX))
+            .limit(i32::try_from(fetch).unwrap_or(i32::MAX))
             .expression_attribute_names("#gpk", INDEX_PK)
             .expression_attribute_values(":pk", AttributeValue::S(q.pk.into()));
         let condition = match sort {
@@ -329,7 +334,7 @@ impl Table for DynamoTable {
             output.consumed_capacity.iter(),
         );
         let now = now_seconds();
-        let items = output
+        let mut items: Vec<Item> = output
             .items
             .unwrap_or_default()
             .into_iter()
@@ -344,12 +349,20 @@ impl Table for DynamoTable {
                 })
             })
             .collect();
-        let next = output
-            .last_evaluated_key
-            .and_then(|key| match key.get(INDEX_SK) {
-                Some(AttributeValue::S(sk)) => Some(sk.clone()),
-                _ => None,
-            });
+        let next = if items.len() > q.limit {
+            items.truncate(q.limit);
+            items
+                .last()
+                .and_then(|item| item.index.as_ref())
+                .map(|key| key.sk.clone())
+        } else {
+            output
+                .last_evaluated_key
+                .and_then(|key| match key.get(INDEX_SK) {
+                    Some(AttributeValue::S(sk)) => Some(sk.clone()),
+                    _ => None,
+                })
+        };
         Ok(Page { items, next })
     }
 
@@ -648,10 +661,11 @@ fn index_range(q: &Query<'_>) -> Option<IndexRange> {
         (prefix, None) => IndexRange::Prefix(prefix.to_owned()),
         ("", Some(after)) => IndexRange::After(after.to_owned()),
         (prefix, Some(after)) => {
+            let end = prefix_end(prefix)?;
             let (low, high) = if q.descending {
-                (prefix.to_owned(), after.to_owned())
+                (prefix.to_owned(), after.min(end.as_str()).to_owned())
             } else {
-                (after.to_owned(), prefix_end(prefix)?)
+                (after.max(prefix).to_owned(), end)
             };
             if low > high {
                 return None;
@@ -916,6 +930,15 @@ mod tests {
         assert_eq!(
             range("k", Some("k2"), true),
             Some(IndexRange::Between("k".into(), "k2".into()))
+        );
+        // Started before the prefix's range (or after it, newest first): all of it.
+        assert_eq!(
+            range("k", Some("a"), false),
+            Some(IndexRange::Between("k".into(), "l".into()))
+        );
+        assert_eq!(
+            range("k", Some("z"), true),
+            Some(IndexRange::Between("k".into(), "l".into()))
         );
         // Started past the prefix's range: nothing left to read.
         assert_eq!(range("k", Some("m"), false), None);
