@@ -519,12 +519,16 @@ fn add_owner_column(conn: &Connection) -> Result<(), StoreError> {
 }
 
 /// The secondary index ([`Table::query_index`]): two columns, set on few items, and a
-/// partial index over the items that have them. A file made before them gets them, and its
-/// events get the keys this build gives them (their audit trail's day), in one transaction, so
-/// an interrupted upgrade leaves the old schema to upgrade again.
+/// partial index over the items that have them. A file made before them gets them, and every
+/// event stored without a key (written before the upgrade, or since by an older build) gets
+/// the key this build gives it, its audit trail's day. Each step is a short transaction of its
+/// own, so an interrupted upgrade resumes at the next open and a process opening the file beside
+/// it waits at most one step; a second partial index finds what is left to key at once.
 fn add_index_columns(conn: &Connection) -> Result<(), StoreError> {
-    /// Events keyed per step, so memory stays bounded however many there are.
+    /// Events keyed per step: memory and the lock held stay bounded however many there are.
     const CHUNK: i64 = 1000;
+    /// Steps between truncating the WAL, which no writer thread bounds yet.
+    const STEPS_PER_CHECKPOINT: u32 = 20;
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
         .map_err(failure)?;
     let has_index: i64 = tx
@@ -539,49 +543,61 @@ fn add_index_columns(conn: &Connection) -> Result<(), StoreError> {
             "ALTER TABLE items ADD COLUMN ipk TEXT; ALTER TABLE items ADD COLUMN isk TEXT;",
         )
         .map_err(failure)?;
-        let mut after = 0i64;
-        loop {
-            let events: Vec<(i64, Vec<u8>)> = tx
-                .prepare_cached(
-                    "SELECT rowid, data FROM items
-                     WHERE rowid > ?1 AND sk >= 'event#' AND sk < 'event$'
-                     ORDER BY rowid LIMIT +?2",
-                )
-                .and_then(|mut q| {
-                    q.query_map(params![after, CHUNK], |row| Ok((row.get(0)?, row.get(1)?)))?
-                        .collect()
-                })
-                .map_err(failure)?;
-            let Some(&(last, _)) = events.last() else {
-                break;
-            };
-            for (rowid, data) in events {
-                let Ok(envelope) = serde_json::from_slice::<
-                    commerce_app::event_store::Envelope<serde_json::Value>,
-                >(&data) else {
-                    continue;
-                };
-                let Some(at) = envelope.occurred_at_ms() else {
-                    continue;
-                };
-                let key = commerce_app::audit::index_key(
+    }
+    tx.execute_batch(
+        "CREATE INDEX IF NOT EXISTS items_index ON items (ipk, isk) WHERE ipk IS NOT NULL;
+         CREATE INDEX IF NOT EXISTS items_unindexed_events ON items (sk)
+             WHERE ipk IS NULL AND sk >= 'event#' AND sk < 'event$';",
+    )
+    .map_err(failure)?;
+    tx.commit().map_err(failure)?;
+    for step in 1u32.. {
+        let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
+            .map_err(failure)?;
+        let events: Vec<(i64, Vec<u8>)> = tx
+            .prepare_cached(
+                "SELECT rowid, data FROM items INDEXED BY items_unindexed_events
+                 WHERE ipk IS NULL AND sk >= 'event#' AND sk < 'event$' LIMIT +?1",
+            )
+            .and_then(|mut q| {
+                q.query_map(params![CHUNK], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect()
+            })
+            .map_err(failure)?;
+        if events.is_empty() {
+            return tx.commit().map_err(failure);
+        }
+        for (rowid, data) in events {
+            // An event that is no envelope with a time goes under the empty partition, which no
+            // reader asks for, so it is not looked at again.
+            let key = serde_json::from_slice::<
+                commerce_app::event_store::Envelope<serde_json::Value>,
+            >(&data)
+            .ok()
+            .and_then(|envelope| {
+                let at = envelope.occurred_at_ms()?;
+                Some(commerce_app::audit::index_key(
                     &envelope.tenant,
                     at,
                     &envelope.id.to_string(),
                     1,
-                );
-                tx.prepare_cached("UPDATE items SET ipk = ?2, isk = ?3 WHERE rowid = ?1")
-                    .and_then(|mut update| update.execute(params![rowid, key.pk, key.sk]))
-                    .map_err(failure)?;
-            }
-            after = last;
+                ))
+            })
+            .unwrap_or_else(|| IndexKey {
+                pk: String::new(),
+                sk: format!("{rowid}"),
+            });
+            tx.prepare_cached("UPDATE items SET ipk = ?2, isk = ?3 WHERE rowid = ?1")
+                .and_then(|mut update| update.execute(params![rowid, key.pk, key.sk]))
+                .map_err(failure)?;
+        }
+        tx.commit().map_err(failure)?;
+        if step % STEPS_PER_CHECKPOINT == 0 {
+            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(failure)?;
         }
     }
-    tx.execute_batch(
-        "CREATE INDEX IF NOT EXISTS items_index ON items (ipk, isk) WHERE ipk IS NOT NULL",
-    )
-    .map_err(failure)?;
-    tx.commit().map_err(failure)
+    Ok(())
 }
 
 /// Feed rows carry their event's message id and routing attributes (`NULL` in rows written

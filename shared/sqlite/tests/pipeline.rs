@@ -433,6 +433,7 @@ async fn events_an_older_build_recorded_are_listed_by_day_after_an_upgrade() {
     let old = rusqlite::Connection::open(&path).unwrap();
     old.execute_batch(
         "DROP INDEX items_index;
+         DROP INDEX items_unindexed_events;
          ALTER TABLE items DROP COLUMN ipk;
          ALTER TABLE items DROP COLUMN isk;",
     )
@@ -441,6 +442,32 @@ async fn events_an_older_build_recorded_are_listed_by_day_after_an_upgrade() {
 
     let table = SqliteTable::open(&path).unwrap();
     stock_received(&table, "pot", 3).await;
+    drop(table);
+    // An older build run again on the upgraded file writes its event without a key (as its
+    // upsert did), beside one that is no envelope; the next open keys the first.
+    let old = rusqlite::Connection::open(&path).unwrap();
+    let pan: Vec<u8> = old
+        .query_row(
+            "SELECT data FROM items WHERE pk = 'acme#inventory#pot' AND sk LIKE 'event#%'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    let mut pan: Envelope<Value> = serde_json::from_slice(&pan).unwrap();
+    pan.id = uuid::Uuid::now_v7();
+    pan.aggregate_id = "pan".into();
+    old.execute(
+        "INSERT INTO items (pk, sk, version, data) VALUES ('acme#inventory#pan', 'event#000000000001', 1, ?1)",
+        [serde_json::to_vec(&pan).unwrap()],
+    )
+    .unwrap();
+    old.execute(
+        "INSERT INTO items (pk, sk, version, data) VALUES ('acme#inventory#junk', 'event#000000000001', 1, x'00')",
+        [],
+    )
+    .unwrap();
+    drop(old);
+    let table = SqliteTable::open(&path).unwrap();
     let day = commerce_app::views::day(1_800_000_000_000);
     let mut listed = Vec::new();
     for pk in commerce_app::audit::day_partitions("acme", &day) {
@@ -458,7 +485,11 @@ async fn events_an_older_build_recorded_are_listed_by_day_after_an_upgrade() {
     }
     assert_eq!(
         listed,
-        ["acme#inventory#cup", "acme#inventory#pot"],
-        "the old event and the new, in time order"
+        [
+            "acme#inventory#cup",
+            "acme#inventory#pot",
+            "acme#inventory#pan"
+        ],
+        "the old events and the new, in time order"
     );
 }
