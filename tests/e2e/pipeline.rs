@@ -131,11 +131,17 @@ async fn a_replay_while_serving_rebuilds_read_models_equal_to_the_live_ones() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 1, "one summary per projection: {lines:?}");
+    assert_eq!(lines.len(), 2, "one summary each: {lines:?}");
     for line in &lines {
-        assert_eq!(line["generation"], 2, "{line}");
         assert_eq!(line["events"].as_u64(), Some(live.0.len() as u64), "{line}");
     }
+    assert_eq!(lines[0]["projection"], "audit");
+    assert_eq!(
+        lines[0]["listed"], 0,
+        "every event was listed as it was recorded"
+    );
+    assert_eq!(lines[1]["projection"], "sales");
+    assert_eq!(lines[1]["generation"], 2, "{}", lines[1]);
     let progress = String::from_utf8_lossy(&replay.stderr);
     assert!(
         progress.contains("events/s") || progress.contains("/s"),

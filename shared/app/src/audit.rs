@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::event_store::Envelope;
-use crate::table::IndexKey;
+use crate::table::{IndexKey, StoreError, Table};
 
 /// One event as the audit trail shows it: its envelope.
 pub type AuditEntry = Envelope<Value>;
@@ -66,6 +66,52 @@ fn day_shard(event_id: &str, shards: u32) -> u32 {
         .bytes()
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(u32::from(b)))
         % shards.max(1)
+}
+
+/// What listing the events stored before the audit trail was an index did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Listed {
+    /// Event items read.
+    pub events: u64,
+    /// Of them, listed now (the rest were listed already, or are no envelope with a time).
+    pub listed: u64,
+}
+
+/// Lists every event the index does not list yet under its day, as `Changes` lists new ones:
+/// for a store whose events were recorded before the audit trail was an index. It reads the
+/// whole table, page by page; run again, it lists nothing twice. `progress` hears after each
+/// page.
+pub async fn list_unlisted_events<T: Table>(
+    table: &T,
+    mut progress: impl FnMut(&Listed),
+) -> Result<Listed, StoreError> {
+    let shards = table.shards(DAY_SHARDS);
+    let mut done = Listed::default();
+    let mut after: Option<String> = None;
+    loop {
+        let page = table.scan_events(after.as_deref(), 500).await?;
+        for item in &page.items {
+            done.events += 1;
+            if item.index.is_some() {
+                continue;
+            }
+            let Ok(envelope) = serde_json::from_slice::<AuditEntry>(&item.data) else {
+                continue;
+            };
+            let Some(at) = envelope.occurred_at_ms() else {
+                continue;
+            };
+            let key = index_key(&envelope.tenant, at, &envelope.id.to_string(), shards);
+            if table.list_in_index(&item.pk, &item.sk, key).await? {
+                done.listed += 1;
+            }
+        }
+        progress(&done);
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(done),
+        }
+    }
 }
 
 /// What an operator asks the trail for.

@@ -213,6 +213,17 @@ pub trait Table: Send + Sync + 'static {
         query: Query<'_>,
     ) -> impl Future<Output = Result<Page, StoreError>> + Send;
 
+    /// Lists a stored item under `key` in the secondary index if the index lists it nowhere
+    /// yet: for items stored before they were given index keys (events recorded before the
+    /// audit trail was an index). `false`: no such item, or it is listed already. Repeating it
+    /// changes nothing.
+    fn list_in_index(
+        &self,
+        pk: &str,
+        sk: &str,
+        key: IndexKey,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Applies every write or none. Two writes to one key in a transaction are refused, as in DynamoDB.
     fn transact(&self, writes: Vec<Write>) -> impl Future<Output = Result<(), StoreError>> + Send;
 

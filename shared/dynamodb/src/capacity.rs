@@ -17,6 +17,7 @@ pub enum Operation {
     Query,
     Scan,
     PutItem,
+    UpdateItem,
     DeleteItem,
     TransactWriteItems,
 }

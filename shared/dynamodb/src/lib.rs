@@ -366,6 +366,44 @@ impl Table for DynamoTable {
         Ok(Page { items, next })
     }
 
+    /// One conditional `UpdateItem`. The SDK repeats a call whose answer was lost; the repeat
+    /// then finds the item listed and answers `false`, which changes nothing.
+    async fn list_in_index(&self, pk: &str, sk: &str, key: IndexKey) -> Result<bool, StoreError> {
+        self.capacity.called("dynamodb:UpdateItem", pk);
+        let result = self
+            .client
+            .update_item()
+            .table_name(self.table_of(pk))
+            .set_key(Some(self::key(pk, sk)))
+            .update_expression("SET #gpk = :gpk, #gsk = :gsk")
+            .condition_expression("attribute_exists(#pk) AND attribute_not_exists(#gpk)")
+            .expression_attribute_names("#pk", PK)
+            .expression_attribute_names("#gpk", INDEX_PK)
+            .expression_attribute_names("#gsk", INDEX_SK)
+            .expression_attribute_values(":gpk", AttributeValue::S(key.pk))
+            .expression_attribute_values(":gsk", AttributeValue::S(key.sk))
+            .return_consumed_capacity(ReturnConsumedCapacity::Total)
+            .send()
+            .await;
+        // Sized as the floor: the item's size is not known here; the index adds its copy.
+        let sized = 2.0 * write_units(0, false);
+        match result {
+            Ok(output) => {
+                self.wrote(
+                    Operation::UpdateItem,
+                    sized,
+                    output.consumed_capacity.as_slice(),
+                );
+                Ok(true)
+            }
+            Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
+                self.wrote(Operation::UpdateItem, sized, &[]);
+                Ok(false)
+            }
+            Err(e) => Err(sdk_failure(e)),
+        }
+    }
+
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         check_transaction(&writes, self.max_transaction_writes())?;
         let now = now_seconds();

@@ -312,7 +312,7 @@ async fn replay(command: ops::Replay) -> anyhow::Result<()> {
         return ops::aws_replay(&command).await;
     }
     let (table, _bus) = local(&command.target.data_dir).await?;
-    for name in ops::projections(command.projection.as_deref())? {
+    for name in ops::replayable(command.projection.as_deref())? {
         ops::replay_one(&table, name).await?;
     }
     Ok(())

@@ -54,7 +54,8 @@ pub struct DlqArgs {
 
 #[derive(Args, Debug)]
 pub struct Replay {
-    /// The read model to rebuild (`sales`); default every one.
+    /// The read model to rebuild (`sales`), or `audit`: list in the index the events stored
+    /// before the audit trail was one. Default both.
     #[arg(long)]
     pub projection: Option<String>,
     #[command(flatten)]
@@ -63,12 +64,16 @@ pub struct Replay {
 
 /// The projections a command names, or all of them.
 pub fn projections(name: Option<&str>) -> anyhow::Result<Vec<&'static str>> {
-    let all = [Sales::NAME];
+    pick(&[Sales::NAME], name)
+}
+
+/// `name` among `all`, or all of them.
+fn pick(all: &[&'static str], name: Option<&str>) -> anyhow::Result<Vec<&'static str>> {
     match name {
         None => Ok(all.to_vec()),
         Some(name) => match all.iter().find(|n| **n == name) {
             Some(found) => Ok(vec![*found]),
-            None => bail!("no projection {name}; there are {}", all.join(", ")),
+            None => bail!("nothing named {name}; there are {}", all.join(", ")),
         },
     }
 }
@@ -104,8 +109,50 @@ pub async fn redrive_one<D: Queue, Q: Queue>(
     Ok(())
 }
 
-/// Rebuilds one projection with a progress line on stderr, and prints the figures on stdout.
+/// What `commerce replay` takes: the audit trail's index, then every projection.
+pub fn replayable(name: Option<&str>) -> anyhow::Result<Vec<&'static str>> {
+    pick(&[AUDIT, Sales::NAME], name)
+}
+
+/// The audit trail, as `commerce replay` names it.
+const AUDIT: &str = "audit";
+
+/// Lists in the index the events stored before the audit trail was one, with a progress line
+/// on stderr, and prints the figures on stdout.
+async fn list_audit<T: Table>(table: &T) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let done = commerce_app::audit::list_unlisted_events(table, |p| {
+        let mut err = std::io::stderr().lock();
+        let _ = write!(
+            err,
+            "\rreplay {AUDIT}: {} events, {} listed now    ",
+            p.events, p.listed
+        );
+        let _ = err.flush();
+    })
+    .await
+    .context("listing events failed; run the command again to resume")?;
+    eprintln!();
+    let elapsed = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({
+            "projection": AUDIT,
+            "events": done.events,
+            "listed": done.listed,
+            "seconds": elapsed,
+            "events_per_s": (done.events as f64 / elapsed.max(1e-9)).round(),
+        })
+    );
+    Ok(())
+}
+
+/// Rebuilds one projection (or lists the audit trail's events) with a progress line on
+/// stderr, and prints the figures on stdout.
 pub async fn replay_one<T: Table + Clone>(table: &T, name: &str) -> anyhow::Result<()> {
+    if name == AUDIT {
+        return list_audit(table).await;
+    }
     let report = |p: &Progress| progress_line(name, p);
     let done = match name {
         Sales::NAME => rebuild::<Sales, T>(table, report).await,
@@ -206,7 +253,7 @@ pub async fn aws_replay(command: &Replay) -> anyhow::Result<()> {
         table,
         personal,
     );
-    for name in projections(command.projection.as_deref())? {
+    for name in replayable(command.projection.as_deref())? {
         replay_one(&table, name).await?;
     }
     Ok(())

@@ -431,6 +431,19 @@ impl Table for SqliteTable {
         self.range(q, &BY_INDEX)
     }
 
+    async fn list_in_index(&self, pk: &str, sk: &str, key: IndexKey) -> Result<bool, StoreError> {
+        let (pk, sk) = (pk.to_owned(), sk.to_owned());
+        let listed = self
+            .run_task(Box::new(move |sp| {
+                sp.prepare_cached(
+                    "UPDATE items SET ipk = ?3, isk = ?4 WHERE pk = ?1 AND sk = ?2 AND ipk IS NULL",
+                )?
+                .execute(params![pk, sk, key.pk, key.sk])
+            }))
+            .await?;
+        Ok(listed > 0)
+    }
+
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         self.queue_writes(writes).await
     }

@@ -45,6 +45,7 @@ macro_rules! table_contract {
             expired_items_are_gone,
             queries_page_through_one_partition,
             the_index_lists_items_by_their_index_key,
+            events_stored_before_the_index_are_listed_when_asked,
             racing_appends_keep_versions_gapless,
             a_stale_stream_stops_the_whole_commit,
             scan_events_gives_each_stream_in_version_order,

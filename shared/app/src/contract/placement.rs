@@ -195,6 +195,15 @@ impl<T: Table> Table for CutTable<T> {
         self.cut.call(self.inner.query_index(query)).await
     }
 
+    async fn list_in_index(
+        &self,
+        pk: &str,
+        sk: &str,
+        key: crate::table::IndexKey,
+    ) -> Result<bool, StoreError> {
+        self.cut.call(self.inner.list_in_index(pk, sk, key)).await
+    }
+
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         if self.cut.store_fails() {
             if self.cut.conflicting {

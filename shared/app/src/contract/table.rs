@@ -587,6 +587,96 @@ pub async fn the_index_lists_items_by_their_index_key<T: Table>(table: &T) {
     );
 }
 
+/// Events stored before they were given index keys (an older build's) are listed under their
+/// day when asked, each once however often it is asked; one listed already stays as it is.
+pub async fn events_stored_before_the_index_are_listed_when_asked<T: Table>(table: &T) {
+    let now = crate::Clock::now_ms(&crate::SystemClock);
+    let event = |stream: &str, listed: bool| {
+        let envelope = crate::event_store::Envelope {
+            id: uuid::Uuid::now_v7(),
+            event_type: "StockReceived".to_owned(),
+            schema_version: 1,
+            tenant: "acme".to_owned(),
+            aggregate_type: "inventory".to_owned(),
+            aggregate_id: stream.to_owned(),
+            aggregate_version: 1,
+            occurred_at: crate::views::timestamp(now),
+            actor: "system:contract".to_owned(),
+            correlation_id: "c".to_owned(),
+            causation_id: None,
+            data: serde_json::json!({"type": "StockReceived"}),
+        };
+        let index = listed.then(|| {
+            crate::audit::index_key("acme", now, &envelope.id.to_string(), table.shards(16))
+        });
+        Write::Event {
+            item: Item {
+                pk: format!("acme#inventory#{stream}"),
+                sk: crate::keys::event_sk(1),
+                version: 1,
+                data: serde_json::to_vec(&envelope).unwrap(),
+                expires_at: None,
+                owner: None,
+                index,
+            },
+        }
+    };
+    table
+        .transact(vec![
+            event("old-1", false),
+            event("old-2", false),
+            event("new", true),
+        ])
+        .await
+        .unwrap();
+    let listed_today = || async {
+        let mut streams = Vec::new();
+        for pk in crate::audit::day_partitions("acme", &crate::views::day(now)) {
+            let page = table
+                .query_index(Query {
+                    pk: &pk,
+                    prefix: "",
+                    after: None,
+                    limit: 100,
+                    descending: false,
+                })
+                .await
+                .unwrap();
+            streams.extend(page.items.into_iter().map(|item| item.pk));
+        }
+        streams.sort();
+        streams
+    };
+    assert_eq!(listed_today().await, vec!["acme#inventory#new"]);
+
+    let done = crate::audit::list_unlisted_events(table, |_| {})
+        .await
+        .unwrap();
+    assert_eq!((done.events, done.listed), (3, 2));
+    assert_eq!(
+        listed_today().await,
+        vec![
+            "acme#inventory#new",
+            "acme#inventory#old-1",
+            "acme#inventory#old-2"
+        ]
+    );
+    let again = crate::audit::list_unlisted_events(table, |_| {})
+        .await
+        .unwrap();
+    assert_eq!((again.events, again.listed), (3, 0), "nothing listed twice");
+    let missing = crate::table::IndexKey {
+        pk: "ix".into(),
+        sk: "k".into(),
+    };
+    assert!(
+        !table
+            .list_in_index("acme#inventory#none", "event#000000000001", missing)
+            .await
+            .unwrap()
+    );
+}
+
 fn sku() -> Sku {
     Sku::parse("HOT").unwrap_or_else(|_| unreachable!())
 }
