@@ -279,7 +279,7 @@ impl Table for DynamoTable {
     /// index sort keys are unique in their partition, so nothing is skipped or repeated.
     async fn query_index(&self, q: Query<'_>) -> Result<Page, StoreError> {
         self.capacity.called_on_index("dynamodb:Query");
-        let Some(sort) = index_range(&q) else {
+        let Some(sort) = index_range(&q).filter(|_| q.limit > 0) else {
             return Ok(Page::default());
         };
         // A range may hold its start, which the page leaves out: one more to make up for it.
@@ -385,19 +385,20 @@ impl Table for DynamoTable {
             .return_consumed_capacity(ReturnConsumedCapacity::Total)
             .send()
             .await;
-        // Sized as the floor: the item's size is not known here; the index adds its copy.
-        let sized = 2.0 * write_units(0, false);
+        // Sized as the floor, the item's size not being known here; the index adds its copy
+        // when the update is made.
+        let floor = write_units(0, false);
         match result {
             Ok(output) => {
                 self.wrote(
                     Operation::UpdateItem,
-                    sized,
+                    2.0 * floor,
                     output.consumed_capacity.as_slice(),
                 );
                 Ok(true)
             }
             Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {
-                self.wrote(Operation::UpdateItem, sized, &[]);
+                self.wrote(Operation::UpdateItem, floor, &[]);
                 Ok(false)
             }
             Err(e) => Err(sdk_failure(e)),

@@ -54,8 +54,8 @@ pub struct DlqArgs {
 
 #[derive(Args, Debug)]
 pub struct Replay {
-    /// The read model to rebuild (`sales`), or `audit`: list in the index the events stored
-    /// before the audit trail was one. Default both.
+    /// The read model to rebuild (`sales`; default every one), or `audit`: list in the index
+    /// the events stored before the audit trail was one (once, after upgrading).
     #[arg(long)]
     pub projection: Option<String>,
     #[command(flatten)]
@@ -109,9 +109,13 @@ pub async fn redrive_one<D: Queue, Q: Queue>(
     Ok(())
 }
 
-/// What `commerce replay` takes: the audit trail's index, then every projection.
+/// What `commerce replay` takes: every projection, or the audit trail's index when named (a
+/// one-off after an upgrade, so not by default: it scans the whole table).
 pub fn replayable(name: Option<&str>) -> anyhow::Result<Vec<&'static str>> {
-    pick(&[AUDIT, Sales::NAME], name)
+    match name {
+        Some(AUDIT) => Ok(vec![AUDIT]),
+        name => pick(&[Sales::NAME], name),
+    }
 }
 
 /// The audit trail, as `commerce replay` names it.

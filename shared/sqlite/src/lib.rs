@@ -534,14 +534,16 @@ fn add_owner_column(conn: &Connection) -> Result<(), StoreError> {
 /// The secondary index ([`Table::query_index`]): two columns, set on few items, and a
 /// partial index over the items that have them. A file made before them gets them, and every
 /// event stored without a key (written before the upgrade, or since by an older build) gets
-/// the key this build gives it, its audit trail's day. Each step is a short transaction of its
-/// own, so an interrupted upgrade resumes at the next open and a process opening the file beside
-/// it waits at most one step; a second partial index finds what is left to key at once.
+/// the key this build gives it, its audit trail's day. The first open after the upgrade builds
+/// the two indexes in one transaction (a scan of the table); after that each step is a short
+/// transaction of its own, so an interrupted upgrade resumes at the next open and a process
+/// opening the file beside it waits one step; the second partial index finds what is left.
 fn add_index_columns(conn: &Connection) -> Result<(), StoreError> {
     /// Events keyed per step: memory and the lock held stay bounded however many there are.
     const CHUNK: i64 = 1000;
-    /// Steps between truncating the WAL, which no writer thread bounds yet.
-    const STEPS_PER_CHECKPOINT: u32 = 20;
+    /// Steps between passive checkpoints, which let the WAL start over (no writer thread
+    /// bounds it yet) without waiting on another process's readers or holding up its writer.
+    const STEPS_PER_CHECKPOINT: u32 = 4;
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
         .map_err(failure)?;
     let has_index: i64 = tx
@@ -606,7 +608,7 @@ fn add_index_columns(conn: &Connection) -> Result<(), StoreError> {
         }
         tx.commit().map_err(failure)?;
         if step % STEPS_PER_CHECKPOINT == 0 {
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
                 .map_err(failure)?;
         }
     }
