@@ -259,14 +259,7 @@ impl Table for DynamoTable {
             true,
             output.consumed_capacity.iter(),
         );
-        let now = now_seconds();
-        let items = output
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .map(from_attributes)
-            .filter(|item| item.as_ref().map_or(true, |item| item.is_live(now)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let items = live_items(output.items)?;
         let next = output.last_evaluated_key.and_then(|key| match key.get(SK) {
             Some(AttributeValue::S(sk)) => Some(sk.clone()),
             _ => None,
@@ -333,14 +326,7 @@ impl Table for DynamoTable {
             false,
             output.consumed_capacity.iter(),
         );
-        let now = now_seconds();
-        let mut items: Vec<Item> = output
-            .items
-            .unwrap_or_default()
-            .into_iter()
-            .map(from_attributes)
-            .filter(|item| item.as_ref().map_or(true, |item| item.is_live(now)))
-            .collect::<Result<Vec<_>, _>>()?
+        let mut items: Vec<Item> = live_items(output.items)?
             .into_iter()
             // BETWEEN takes its bounds in; the page wants neither.
             .filter(|item| {
@@ -882,6 +868,19 @@ fn from_attributes(mut attributes: HashMap<String, AttributeValue>) -> Result<It
         owner,
         index,
     })
+}
+
+/// The items of a page that have not expired (TTL deletes lazily).
+fn live_items(
+    items: Option<Vec<HashMap<String, AttributeValue>>>,
+) -> Result<Vec<Item>, StoreError> {
+    let now = now_seconds();
+    items
+        .unwrap_or_default()
+        .into_iter()
+        .map(from_attributes)
+        .filter(|item| item.as_ref().map_or(true, |item| item.is_live(now)))
+        .collect()
 }
 
 fn build_failure(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {

@@ -37,8 +37,7 @@ impl Projection for Flaky {
                 "the consumer is broken for the test".into(),
             ));
         }
-        let pk = draft.partition(&event.tenant, "events");
-        draft.put(pk, event.id.to_string(), event)
+        Everything::apply(draft, event).await
     }
 }
 
