@@ -32,7 +32,7 @@ pub use error::AppError;
 pub use idempotency::{IdempotencyKey, Outcome, Reply};
 pub use payments::{PaymentError, PaymentGateway, SandboxPayments};
 pub use shop::{Caller, PlaceOrder, Role, Shop, ShopConfig};
-pub use table::{Condition, Item, Page, Query, StoreError, Table, Write};
+pub use table::{Condition, Expect, Item, Page, Query, StoreError, Table, Write};
 
 /// Every consumer's queue on the topic: the projections' and the saga starter's.
 pub fn subscriptions() -> Vec<bus::Subscription> {

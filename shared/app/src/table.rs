@@ -73,13 +73,36 @@ pub enum Write {
     Event {
         item: Item,
     },
+    /// Adds to the numbers kept on an item, all at once, if every `expect` holds: a counter
+    /// that needs no read first, as the store checks the bound when it applies the add. The
+    /// item's `data` then reads as the JSON object of its numbers. Without [`Expect::Absent`]
+    /// the item must exist; a number it lacks counts as 0 for the add, and fails any bound.
+    Add {
+        pk: String,
+        sk: String,
+        add: Vec<(String, i64)>,
+        expect: Vec<Expect>,
+    },
+}
+
+/// A bound an [`Write::Add`] is applied under, checked before it adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// There is no such item: the add creates it with `add` as its numbers.
+    Absent,
+    /// The number is at least this.
+    AtLeast(String, i64),
+    /// The number is exactly this.
+    Is(String, i64),
 }
 
 impl Write {
     pub fn key(&self) -> (&str, &str) {
         match self {
             Write::Put { item, .. } | Write::Event { item } => (&item.pk, &item.sk),
-            Write::Delete { pk, sk, .. } | Write::Check { pk, sk, .. } => (pk, sk),
+            Write::Delete { pk, sk, .. }
+            | Write::Check { pk, sk, .. }
+            | Write::Add { pk, sk, .. } => (pk, sk),
         }
     }
 }

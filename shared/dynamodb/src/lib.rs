@@ -18,11 +18,11 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, ConditionCheck, Delete, GlobalSecondaryIndex,
     KeySchemaElement, KeyType, Projection, ProjectionType, Put, ReturnConsumedCapacity,
     ScalarAttributeType, StreamSpecification, StreamViewType, TimeToLiveSpecification,
-    TransactWriteItem,
+    TransactWriteItem, Update,
 };
 use commerce_app::clock::now_seconds;
 use commerce_app::table::{
-    Condition, IndexKey, Item, Page, Query, StoreError, Table, Write, check_transaction,
+    Condition, Expect, IndexKey, Item, Page, Query, StoreError, Table, Write, check_transaction,
     is_personal, prefix_end,
 };
 
@@ -41,6 +41,8 @@ const DATA: &str = "d";
 const TTL: &str = "ttl";
 const OWNER: &str = "o";
 const EVENT: &str = "e";
+/// Before the name of each number an add keeps on an item.
+const NUMBER: &str = "n_";
 /// The main table's one global secondary index ([`Table::query_index`]), keyed by `gpk` and
 /// `gsk`, projecting whole items. `template.yaml` declares the same.
 pub const INDEX: &str = "gsi1";
@@ -409,6 +411,8 @@ impl Table for DynamoTable {
                 "dynamodb:PutItem"
             } else if item.delete().is_some() {
                 "dynamodb:DeleteItem"
+            } else if item.update().is_some() {
+                "dynamodb:UpdateItem"
             } else {
                 "dynamodb:ConditionCheckItem"
             };
@@ -793,7 +797,73 @@ fn transact_item(table: &str, write: &Write, now: i64) -> Result<TransactWriteIt
                 .map_err(build_failure)?;
             TransactWriteItem::builder().condition_check(check).build()
         }
+        Write::Add {
+            pk,
+            sk,
+            add,
+            expect,
+        } => {
+            let (expression, condition, names, values) = add_parts(add, expect)?;
+            let update = Update::builder()
+                .table_name(table)
+                .set_key(Some(key(pk, sk)))
+                .update_expression(expression)
+                .condition_expression(condition)
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values))
+                .build()
+                .map_err(build_failure)?;
+            TransactWriteItem::builder().update(update).build()
+        }
     })
+}
+
+/// An update expression, its condition, and the names and values they use.
+type AddParts = (
+    String,
+    String,
+    HashMap<String, String>,
+    HashMap<String, AttributeValue>,
+);
+
+/// An add as one `ADD` of every number, under a condition: the item exists (or, with
+/// `Expect::Absent`, does not) and every bound holds. A number is stored as an attribute of
+/// its own, named with [`NUMBER`] before it.
+fn add_parts(add: &[(String, i64)], expect: &[Expect]) -> Result<AddParts, StoreError> {
+    if add.is_empty() {
+        return Err(StoreError::Failure(
+            "an add adds at least one number".into(),
+        ));
+    }
+    let mut names = HashMap::from([("#pk".to_owned(), PK.to_owned())]);
+    let mut values = HashMap::new();
+    let mut adds = Vec::with_capacity(add.len());
+    for (i, (name, delta)) in add.iter().enumerate() {
+        names.insert(format!("#a{i}"), format!("{NUMBER}{name}"));
+        values.insert(format!(":a{i}"), AttributeValue::N(delta.to_string()));
+        adds.push(format!("#a{i} :a{i}"));
+    }
+    let mut conditions = vec![if expect.contains(&Expect::Absent) {
+        "attribute_not_exists(#pk)".to_owned()
+    } else {
+        "attribute_exists(#pk)".to_owned()
+    }];
+    for (j, bound) in expect.iter().enumerate() {
+        let (name, operator, value) = match bound {
+            Expect::Absent => continue,
+            Expect::AtLeast(name, value) => (name, ">=", value),
+            Expect::Is(name, value) => (name, "=", value),
+        };
+        names.insert(format!("#b{j}"), format!("{NUMBER}{name}"));
+        values.insert(format!(":b{j}"), AttributeValue::N(value.to_string()));
+        conditions.push(format!("#b{j} {operator} :b{j}"));
+    }
+    Ok((
+        format!("ADD {}", adds.join(", ")),
+        conditions.join(" AND "),
+        names,
+        values,
+    ))
 }
 
 fn key(pk: &str, sk: &str) -> HashMap<String, AttributeValue> {
@@ -822,6 +892,19 @@ fn to_attributes(item: &Item) -> Result<HashMap<String, AttributeValue>, StoreEr
     Ok(attributes)
 }
 
+fn numbers_as_json(attributes: &HashMap<String, AttributeValue>) -> Result<String, StoreError> {
+    let mut numbers = serde_json::Map::new();
+    for (name, value) in attributes {
+        if let (Some(name), AttributeValue::N(n)) = (name.strip_prefix(NUMBER), value) {
+            let n: i64 = n
+                .parse()
+                .map_err(|_| StoreError::Failure(format!("bad number {n}")))?;
+            numbers.insert(name.to_owned(), n.into());
+        }
+    }
+    serde_json::to_string(&numbers).map_err(|e| StoreError::Failure(e.to_string()))
+}
+
 /// An event item carries the outbox marker; events never expire.
 fn event_attributes(item: &Item) -> Result<HashMap<String, AttributeValue>, StoreError> {
     let mut attributes = to_attributes(item)?;
@@ -837,7 +920,13 @@ fn from_attributes(mut attributes: HashMap<String, AttributeValue>) -> Result<It
             "item without string attribute {name}"
         ))),
     };
-    let (pk, sk, data) = (text(PK)?, text(SK)?, text(DATA)?);
+    let (pk, sk) = (text(PK)?, text(SK)?);
+    let data = match attributes.remove(DATA) {
+        Some(AttributeValue::S(data)) => data,
+        Some(_) => return Err(StoreError::Failure("item data of another type".into())),
+        // An item of numbers ([`Write::Add`]) reads as their JSON object.
+        None => numbers_as_json(&attributes)?,
+    };
     let number = |value: Option<AttributeValue>| -> Result<Option<i64>, StoreError> {
         match value {
             Some(AttributeValue::N(n)) => n

@@ -19,8 +19,8 @@ use std::time::Duration;
 use commerce_app::clock::now_seconds;
 use commerce_app::outbox::{ChangeFeed, FeedEvent};
 use commerce_app::table::{
-    Condition, IndexKey, Item, Page, Query, StoreError, Submitted, Table, Write, check_transaction,
-    prefix_end,
+    Condition, Expect, IndexKey, Item, Page, Query, StoreError, Submitted, Table, Write,
+    check_transaction, prefix_end,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
@@ -920,6 +920,17 @@ fn unmet_condition(
                 check(tx, pk, sk, condition, now)?
             }
             Write::Event { item } => check(tx, &item.pk, &item.sk, &Condition::Absent, now)?,
+            Write::Add { pk, sk, expect, .. } => {
+                let numbers = numbers(tx, pk, sk, now)?;
+                expect.iter().all(|bound| match (bound, &numbers) {
+                    (Expect::Absent, found) => found.is_none(),
+                    (Expect::AtLeast(name, least), Some(found)) => {
+                        number(found, name).is_some_and(|n| n >= *least)
+                    }
+                    (Expect::Is(name, value), Some(found)) => number(found, name) == Some(*value),
+                    (_, None) => false,
+                }) && (numbers.is_some() || expect.contains(&Expect::Absent))
+            }
         };
         if !holds {
             return Ok(Some(index));
@@ -943,6 +954,21 @@ fn apply(
                     .execute(params![pk, sk])?;
             }
             Write::Check { .. } => {}
+            Write::Add { pk, sk, add, .. } => {
+                // Its bounds held, so it is there unless it is to be created.
+                let mut numbers = numbers(tx, pk, sk, now_seconds())?.unwrap_or_default();
+                for (name, delta) in add {
+                    let sum = number(&numbers, name).unwrap_or(0).saturating_add(*delta);
+                    numbers.insert(name.clone(), sum.into());
+                }
+                let data = serde_json::to_vec(&numbers)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                tx.prepare_cached(
+                    "INSERT INTO items (pk, sk, version, data) VALUES (?1, ?2, 0, ?3)
+                     ON CONFLICT (pk, sk) DO UPDATE SET data = excluded.data, expires_at = NULL, owner = NULL, ipk = NULL, isk = NULL",
+                )?
+                .execute(params![pk, sk, data])?;
+            }
             Write::Event { item } => {
                 let route = routes.next();
                 put(tx, item)?;
@@ -1010,6 +1036,25 @@ fn check(
             found.is_some_and(|(_, owner)| owner.as_deref() == Some(token.as_str()))
         }
     })
+}
+
+/// The numbers a live item keeps ([`Write::Add`]); `None` if there is no such item. An item
+/// whose data is not an object of numbers holds none.
+fn numbers(
+    tx: &rusqlite::Transaction<'_>,
+    pk: &str,
+    sk: &str,
+    now: i64,
+) -> rusqlite::Result<Option<serde_json::Map<String, serde_json::Value>>> {
+    let data: Option<Vec<u8>> = tx
+        .prepare_cached("SELECT data FROM items WHERE pk = ?1 AND sk = ?2 AND (expires_at IS NULL OR expires_at > ?3)")?
+        .query_row(params![pk, sk, now], |row| row.get(0))
+        .optional()?;
+    Ok(data.map(|data| serde_json::from_slice(&data).unwrap_or_default()))
+}
+
+fn number(numbers: &serde_json::Map<String, serde_json::Value>, name: &str) -> Option<i64> {
+    numbers.get(name).and_then(serde_json::Value::as_i64)
 }
 
 fn to_i64(v: u64) -> i64 {

@@ -46,6 +46,8 @@ macro_rules! table_contract {
             queries_page_through_one_partition,
             the_index_lists_items_by_their_index_key,
             events_stored_before_the_index_are_listed_when_asked,
+            adds_apply_only_within_their_bounds,
+            racing_adds_take_exactly_what_there_is,
             racing_appends_keep_versions_gapless,
             a_stale_stream_stops_the_whole_commit,
             scan_events_gives_each_stream_in_version_order,

@@ -9,7 +9,7 @@ use commerce_domain::{Inventory, InventoryEvent, Quantity, ReservationId, Sku};
 
 use crate::clock::now_seconds;
 use crate::event_store::{Changes, CommitError, Origin, load, read_events, rebuild};
-use crate::table::{Condition, IndexKey, Item, Page, Query, StoreError, Table, Write};
+use crate::table::{Condition, Expect, IndexKey, Item, Page, Query, StoreError, Table, Write};
 
 fn item(pk: &str, sk: &str, version: u64) -> Item {
     Item {
@@ -682,6 +682,140 @@ fn sku() -> Sku {
 }
 
 /// Racing writers on one stream: every append either lands at the next version or is refused.
+fn add(pk: &str, numbers: &[(&str, i64)], expect: Vec<Expect>) -> Write {
+    Write::Add {
+        pk: pk.into(),
+        sk: "n".into(),
+        add: numbers.iter().map(|(n, d)| ((*n).to_owned(), *d)).collect(),
+        expect,
+    }
+}
+
+async fn numbers<T: Table>(table: &T, pk: &str) -> Option<serde_json::Value> {
+    let item = table.get(pk, "n").await.unwrap()?;
+    Some(serde_json::from_slice(&item.data).unwrap())
+}
+
+pub async fn adds_apply_only_within_their_bounds<T: Table>(table: &T) {
+    let at_least = |n: &str, v| Expect::AtLeast(n.into(), v);
+    let missing = table
+        .transact(vec![add("c", &[("a", 1)], vec![at_least("a", 0)])])
+        .await;
+    assert!(
+        matches!(missing, Err(StoreError::ConditionFailed { index: 0 })),
+        "an add needs its item unless it creates it: {missing:?}"
+    );
+    assert_eq!(numbers(table, "c").await, None);
+    table
+        .transact(vec![add("c", &[("a", 5), ("b", -2)], vec![Expect::Absent])])
+        .await
+        .unwrap();
+    assert_eq!(
+        numbers(table, "c").await,
+        Some(serde_json::json!({"a": 5, "b": -2}))
+    );
+    let twice = table
+        .transact(vec![add("c", &[("a", 1)], vec![Expect::Absent])])
+        .await;
+    assert!(matches!(
+        twice,
+        Err(StoreError::ConditionFailed { index: 0 })
+    ));
+    table
+        .transact(vec![add(
+            "c",
+            &[("a", -5), ("b", 3), ("c", 7)],
+            vec![at_least("a", 5), Expect::Is("b".into(), -2)],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        numbers(table, "c").await,
+        Some(serde_json::json!({"a": 0, "b": 1, "c": 7})),
+        "a number it lacked starts at 0"
+    );
+    for bound in [
+        at_least("a", 1),
+        Expect::Is("b".into(), 2),
+        at_least("missing", 0),
+    ] {
+        let refused = table
+            .transact(vec![
+                put(item("p", "x", 1), Condition::None),
+                add("c", &[("a", -1)], vec![bound.clone()]),
+            ])
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::ConditionFailed { index: 1 })),
+            "{bound:?}: {refused:?}"
+        );
+    }
+    assert_eq!(
+        numbers(table, "c").await,
+        Some(serde_json::json!({"a": 0, "b": 1, "c": 7})),
+        "a refused add changes nothing"
+    );
+    assert_eq!(
+        table.get("p", "x").await.unwrap(),
+        None,
+        "nor does its transaction"
+    );
+}
+
+/// Many writers take from one number at once, each only if one is left: no read, no retry,
+/// and exactly what there was is taken.
+pub async fn racing_adds_take_exactly_what_there_is<T: Table + Clone>(table: &T) {
+    table
+        .transact(vec![add("hot", &[("left", 10)], vec![Expect::Absent])])
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for n in 0..32 {
+        let table = table.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let taken = table
+                    .transact(vec![
+                        put(item("taker", &format!("{n:02}"), 1), Condition::Absent),
+                        add(
+                            "hot",
+                            &[("left", -1), ("taken", 1)],
+                            vec![Expect::AtLeast("left".into(), 1)],
+                        ),
+                    ])
+                    .await;
+                match taken {
+                    Ok(()) => return true,
+                    Err(StoreError::ConditionFailed { index: 1 }) => return false,
+                    // Two transactions on one item at once: DynamoDB cancels one.
+                    Err(StoreError::Conflict) => tokio::task::yield_now().await,
+                    Err(other) => panic!("unexpected: {other}"),
+                }
+            }
+        }));
+    }
+    let mut took = 0;
+    for task in tasks {
+        took += usize::from(task.await.unwrap());
+    }
+    assert_eq!(took, 10, "exactly what there was is taken");
+    assert_eq!(
+        numbers(table, "hot").await,
+        Some(serde_json::json!({"left": 0, "taken": 10}))
+    );
+    let page = table
+        .query(Query {
+            pk: "taker",
+            prefix: "",
+            after: None,
+            limit: 100,
+            descending: false,
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.items.len(), 10, "only the takers' own writes landed");
+}
+
 pub async fn racing_appends_keep_versions_gapless<T: Table + Clone>(table: &T) {
     let pk = "t#inventory#HOT".to_owned();
     let mut stock = load::<Inventory, _>(table, pk.clone()).await.unwrap();
