@@ -58,37 +58,37 @@ async fn one_order(skus: usize) -> Consumed {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn placing_a_one_line_order_costs_3_read_and_36_write_units() {
+async fn placing_a_one_line_order_costs_2_read_and_33_write_units() {
     let used = one_order(1).await;
-    // Three consistent reads of items under 4 KB: the key's record, the product and the SKU's
-    // stock. The reservation the claim wrote is not read back.
+    // Two consistent reads of items under 4 KB: the key's record and the product. The SKU's
+    // stock is taken without a read (docs/adr/0013), and the reservation the claim wrote is
+    // not read back.
     let reads = used.get(Operation::GetItem);
-    assert_eq!((reads.calls, reads.read), (3, 3.0));
+    assert_eq!((reads.calls, reads.read), (2, 2.0));
     assert!(reads.reported > 0.0, "the service's own figure is recorded");
-    // Two transactions of items under 1 KB, two units each. The claim writes 7: the SKU's
-    // event and stock, the reservation's event and head, the hold's and the attempt's queue
+    // Two transactions of items under 1 KB, two units each. The claim writes 6: the add to
+    // the SKU's stock, the reservation's event and head, the hold's and the attempt's queue
     // entries, the key's record. The record writes 9: the reservation's event and head, the
     // order's event and head, the two queue entries deleted, the customer's and the shop's
-    // order lists, the key's record. The four events are listed in the index too, one unit
-    // each: 32 + 4.
+    // order lists, the key's record. The three events are listed in the index too, one unit
+    // each: 30 + 3.
     let writes = used.get(Operation::TransactWriteItems);
-    assert_eq!((writes.calls, writes.write), (2, 36.0));
-    assert_eq!(used.total().calls, 5, "nothing else was called: {used:?}");
+    assert_eq!((writes.calls, writes.write), (2, 33.0));
+    assert_eq!(used.total().calls, 4, "nothing else was called: {used:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn placing_a_twenty_line_order_costs_41_read_and_161_write_units() {
+async fn placing_a_twenty_line_order_costs_21_read_and_101_write_units() {
     let used = one_order(20).await;
-    // The key's record, 20 products and 20 SKUs' stock.
+    // The key's record and 20 products.
     let reads = used.get(Operation::GetItem);
-    assert_eq!((reads.calls, reads.read), (41, 41.0));
-    // The claim: 20 SKUs' event and stock (80 units), the reservation's event (1.2 KB, 4) and
+    assert_eq!((reads.calls, reads.read), (21, 21.0));
+    // The claim: 20 adds to SKUs' stock (40 units), the reservation's event (1.2 KB, 4) and
     // head (2), two queue entries (4) and the key's record, which keeps the priced lines
-    // (3.1 KB, 8): 98. The record: the order's event and head (3.3 and 3.1 KB, 8 each), the
+    // (3.1 KB, 8): 58. The record: the order's event and head (3.3 and 3.1 KB, 8 each), the
     // key's record with the answer (3.2 KB, 8) and six small items (12): 36. The index lists
-    // the 23 events at one unit per KB: the SKUs' (20), the reservation's (2 and 1) and the
-    // order's (4): 27.
+    // the 3 events at one unit per KB: the reservation's (2 and 1) and the order's (4): 7.
     let writes = used.get(Operation::TransactWriteItems);
-    assert_eq!((writes.calls, writes.write), (2, 161.0));
-    assert_eq!(used.total().calls, 43, "nothing else was called: {used:?}");
+    assert_eq!((writes.calls, writes.write), (2, 101.0));
+    assert_eq!(used.total().calls, 23, "nothing else was called: {used:?}");
 }

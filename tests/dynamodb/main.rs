@@ -396,7 +396,6 @@ async fn an_order_travels_stream_topic_queues_and_projectors() {
         [
             "ProductCreated",
             "StockLevelSet",
-            "StockReserved",
             "ReservationHeld",
             "ReservationConfirmed",
             "OrderPlaced"

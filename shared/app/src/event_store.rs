@@ -11,7 +11,7 @@ use commerce_domain::Aggregate;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::keys::{EVENT_PREFIX, HEAD, event_sk};
-use crate::table::{Condition, Item, Query, StoreError, Table, Write};
+use crate::table::{Condition, Expect, Item, Query, StoreError, Table, Write};
 
 /// The version of [`Envelope`]'s own fields; bumped when they change shape, so a consumer can
 /// tell an envelope it does not know from a corrupt one.
@@ -257,6 +257,14 @@ pub enum Purpose {
     /// The idempotency key's record: failing means the key was used already.
     IdempotencyKey,
     ReadModel,
+    /// An add to stock figures: failing means they moved since read, or (unread) that there
+    /// was no room for it; either way, decide again.
+    Stock,
+}
+
+/// Told of an unread stock move whose bound failed, by its partition key.
+pub trait Shortfall: Send + Sync + std::fmt::Debug {
+    fn short(&self, pk: &str);
 }
 
 /// The writes of one command, committed together or not at all.
@@ -266,19 +274,10 @@ pub struct Changes {
     origin: Origin,
     writes: Vec<Write>,
     purposes: Vec<Purpose>,
-    /// In-process turns this command holds until its transaction is ordered (or, on a store
-    /// that orders nothing, done).
+    /// In-process turns this command holds until its transaction is done.
     locks: Vec<tokio::sync::OwnedMutexGuard<()>>,
-    /// Heads this commit writes that later commands may build on before it is durable.
-    heads: Vec<Box<dyn PendingHead>>,
-}
-
-/// A head a command wrote, offered to the commands after it once its transaction is ordered,
-/// and withdrawn if that transaction fails. `settled` is called exactly once after `ordered`,
-/// even if the command itself is dropped meanwhile.
-pub trait PendingHead: Send + std::fmt::Debug {
-    fn ordered(&mut self);
-    fn settled(self: Box<Self>, committed: bool);
+    /// Unread stock moves, by write, and whom to tell if one has no room.
+    unread: Vec<(usize, std::sync::Arc<dyn Shortfall>)>,
 }
 
 /// Why a commit did not happen.
@@ -299,7 +298,7 @@ impl Changes {
             writes: Vec::new(),
             purposes: Vec::new(),
             locks: Vec::new(),
-            heads: Vec::new(),
+            unread: Vec::new(),
         }
     }
 
@@ -482,29 +481,30 @@ impl Changes {
         !self.locks.is_empty()
     }
 
-    /// Stamps the head this commit writes on stream `pk` with `token`, and conditions it on the
-    /// stored head carrying `after` (the token of the queued write it was built on) instead of
-    /// on its version: a version tells nothing of whose write made it, a token does.
-    pub fn chain_head(
+    /// Adds to a stock item's figures, if `expect` holds when the store applies it.
+    pub fn add_to(&mut self, pk: String, sk: String, add: Vec<(String, i64)>, expect: Vec<Expect>) {
+        self.push(
+            Purpose::Stock,
+            Write::Add {
+                pk,
+                sk,
+                add,
+                expect,
+            },
+        );
+    }
+
+    /// An add decided without reading the figures: if its bound fails, `shortfall` is told.
+    pub fn add_unread(
         &mut self,
-        pk: &str,
-        token: String,
-        after: Option<String>,
-    ) -> Result<(), StoreError> {
-        let head = self.writes.iter_mut().find_map(|write| match write {
-            Write::Put { item, condition } if item.pk == pk && item.sk == HEAD => {
-                Some((item, condition))
-            }
-            _ => None,
-        });
-        let Some((item, condition)) = head else {
-            return Err(StoreError::Failure(format!("no head of {pk} to chain")));
-        };
-        item.owner = Some(token);
-        if let Some(after) = after {
-            *condition = Condition::OwnerIs(after);
-        }
-        Ok(())
+        pk: String,
+        sk: String,
+        add: Vec<(String, i64)>,
+        expect: Vec<Expect>,
+        shortfall: std::sync::Arc<dyn Shortfall>,
+    ) {
+        self.unread.push((self.writes.len(), shortfall));
+        self.add_to(pk, sk, add, expect);
     }
 
     /// The writes as they stand, for a test to commit them another way.
@@ -513,20 +513,13 @@ impl Changes {
         self.writes.clone()
     }
 
-    /// Offers `head` to later commands once this commit is ordered (see [`PendingHead`]).
-    pub fn offer_head(&mut self, head: Box<dyn PendingHead>) {
-        self.heads.push(head);
-    }
-
-    /// Commits the writes. On a store that orders submissions the turns are given up as soon
-    /// as the transaction is queued, and the heads offered; the answer still waits for the
-    /// commit to be durable.
+    /// Commits the writes, keeping the turns until the commit is done.
     pub async fn commit<T: Table>(self, table: &T) -> Result<(), CommitError> {
         let Self {
             mut writes,
             purposes,
             locks,
-            mut heads,
+            unread,
             ..
         } = self;
         let shards = table.shards(crate::audit::DAY_SHARDS);
@@ -539,41 +532,25 @@ impl Changes {
                 }
             }
         }
-        let outcome = match table.submit_ordered(writes) {
-            Ok(outcome) => {
-                for head in &mut heads {
-                    head.ordered();
-                }
-                drop(locks);
-                if heads.is_empty() {
-                    outcome.await
-                } else {
-                    // Settled in a task of its own: a command dropped while its transaction
-                    // is queued must still withdraw what it offered if that transaction fails.
-                    tokio::spawn(async move {
-                        let outcome = outcome.await;
-                        for head in heads {
-                            head.settled(outcome.is_ok());
-                        }
-                        outcome
-                    })
-                    .await
-                    .unwrap_or_else(|e| {
-                        Err(StoreError::Failure(format!("a commit task failed: {e}")))
-                    })
-                }
-            }
-            Err(writes) => {
-                let outcome = table.transact(writes).await;
-                drop(locks);
-                outcome
-            }
-        };
+        // Kept apart: the writes go to the store.
+        let unread: Vec<(usize, String, std::sync::Arc<dyn Shortfall>)> = unread
+            .into_iter()
+            .filter_map(|(at, to_tell)| Some((at, writes.get(at)?.key().0.to_owned(), to_tell)))
+            .collect();
+        let outcome = table.transact(writes).await;
+        drop(locks);
+        if let Err(StoreError::ConditionFailed { index }) = &outcome
+            && let Some((_, pk, to_tell)) = unread.iter().find(|(at, ..)| at == index)
+        {
+            to_tell.short(pk);
+        }
         match outcome {
             Ok(()) => Ok(()),
             Err(StoreError::ConditionFailed { index }) => match purposes.get(index) {
                 Some(Purpose::IdempotencyKey) => Err(CommitError::KeyTaken),
-                Some(Purpose::StreamHead | Purpose::Event) => Err(CommitError::StreamConflict),
+                Some(Purpose::StreamHead | Purpose::Event | Purpose::Stock) => {
+                    Err(CommitError::StreamConflict)
+                }
                 _ => Err(CommitError::Store(StoreError::ConditionFailed { index })),
             },
             Err(StoreError::Conflict) => Err(CommitError::StreamConflict),

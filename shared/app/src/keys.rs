@@ -8,6 +8,8 @@ use crate::table::PERSONAL;
 
 pub const HEAD: &str = "head";
 pub const EVENT_PREFIX: &str = "event#";
+/// A SKU's stock figures, beside its stream's head (docs/adr/0013).
+pub const STOCK: &str = "stock";
 
 pub fn event_sk(version: u64) -> String {
     format!("{EVENT_PREFIX}{version:012}")

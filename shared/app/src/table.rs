@@ -215,9 +215,6 @@ pub fn is_personal(pk: &str) -> bool {
 /// command's own transaction may hold, so every command runs on every store.
 pub const MAX_TRANSACTION_WRITES: usize = 100;
 
-/// The outcome of a transaction already in the store's queue.
-pub type Submitted = futures_util::future::BoxFuture<'static, Result<(), StoreError>>;
-
 pub trait Table: Send + Sync + 'static {
     fn get(
         &self,
@@ -250,26 +247,12 @@ pub trait Table: Send + Sync + 'static {
     /// Applies every write or none. Two writes to one key in a transaction are refused, as in DynamoDB.
     fn transact(&self, writes: Vec<Write>) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Puts the transaction in the store's one queue of writes and returns its outcome, a
-    /// future that borrows nothing; `Err` gives the writes back where the store has no such
-    /// queue (every transaction is a request of its own). Once this returns, a transaction
-    /// submitted later is applied after this one, so a command on a hot item may build on a
-    /// transaction still on its way to disk instead of waiting for it.
-    fn submit_ordered(&self, writes: Vec<Write>) -> Result<Submitted, Vec<Write>> {
-        Err(writes)
-    }
-
     /// How many of `wanted` partitions to spread a key with many writes over (a queue shard, a
     /// shop's order list, an audit day). DynamoDB limits each partition to about 1,000 write
     /// units a second, so it spreads over all of them; SQLite keeps one B-tree with no such
     /// limit, where spreading would only scatter a commit's writes over more pages, so it
     /// writes one. Readers read every partition either way, whichever store wrote them.
     fn shards(&self, wanted: u32) -> u32;
-
-    /// Whether [`Table::submit_ordered`] orders transactions here.
-    fn orders_submissions(&self) -> bool {
-        false
-    }
 
     /// Cheap round trip for health checks.
     fn ping(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -1,8 +1,8 @@
 //! What the API answers: plain serializable views of the aggregates and read models.
 
 use commerce_domain::{
-    Held, Inventory, Line, Money, OrderLine, OrderStatus, PlacedOrder, ProductDetails,
-    ReservationStatus, Sku, StepFailure,
+    Held, Line, Money, OrderLine, OrderStatus, PlacedOrder, ProductDetails, ReservationStatus, Sku,
+    StepFailure, Stock,
 };
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -66,20 +66,20 @@ pub struct InventoryView {
     pub available: u64,
     pub low_stock_threshold: u64,
     pub low_stock: bool,
-    /// The stock stream's version: how many changes it has seen.
+    /// How many changes the stock has seen.
     pub version: u64,
 }
 
 impl InventoryView {
-    pub fn new(sku: Sku, stock: &Inventory, version: u64) -> Self {
+    pub fn new(sku: Sku, stock: &Stock) -> Self {
         Self {
             sku,
-            on_hand: stock.on_hand,
+            on_hand: stock.on_hand(),
             reserved: stock.reserved,
-            available: stock.available(),
-            low_stock_threshold: stock.low_stock_threshold,
-            low_stock: stock.low_stock_flagged,
-            version,
+            available: stock.available,
+            low_stock_threshold: stock.low_stock_threshold(),
+            low_stock: stock.is_low(),
+            version: stock.changes,
         }
     }
 }

@@ -13,6 +13,7 @@ mod money;
 mod order;
 mod product;
 mod reservation;
+mod stock;
 
 pub use error::DomainError;
 pub use holds::{CustomerHolds, HoldLimits};
@@ -28,6 +29,7 @@ pub use reservation::{
     Held, HoldWindow, Line, MAX_LINES, MAX_TTL_SECONDS, Quantity, Reservation, ReservationEvent,
     ReservationStatus,
 };
+pub use stock::{Bound, Figure, Stock, StockChange};
 
 /// A consistency boundary whose state is a left fold of its events.
 pub trait Aggregate: Default {

@@ -19,8 +19,8 @@ use std::time::Duration;
 use commerce_app::clock::now_seconds;
 use commerce_app::outbox::{ChangeFeed, FeedEvent};
 use commerce_app::table::{
-    Condition, Expect, IndexKey, Item, Page, Query, StoreError, Submitted, Table, Write,
-    check_transaction, prefix_end,
+    Condition, Expect, IndexKey, Item, Page, Query, StoreError, Table, Write, check_transaction,
+    prefix_end,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
@@ -446,19 +446,6 @@ impl Table for SqliteTable {
 
     async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         self.queue_writes(writes).await
-    }
-
-    /// The writer thread takes jobs in the order they are sent, and this sends at once. A
-    /// transaction the store would refuse is given back unsent, so nothing builds on it.
-    fn submit_ordered(&self, writes: Vec<Write>) -> Result<Submitted, Vec<Write>> {
-        if check_transaction(&writes, MAX_WRITES).is_err() {
-            return Err(writes);
-        }
-        Ok(Box::pin(self.queue_writes(writes)))
-    }
-
-    fn orders_submissions(&self) -> bool {
-        true
     }
 
     /// One partition: a B-tree has no per-partition limit (see [`Table::shards`]).

@@ -963,9 +963,9 @@ pub async fn a_hot_sku_sells_exactly_its_stock<T: Table + Clone>(table: &T) {
     const STOCK: u64 = 60;
     const CLIENTS: usize = 32;
     let world = Arc::new(World::new(table, "hot", STOCK).await);
-    // The store itself, not a cut one: where it orders transactions, commands on the SKU
-    // build on each other's queued heads. Two shops on one table, as two processes would be:
-    // neither sees the heads the other queued.
+    // The store itself, not a cut one: each placement takes its unit with an add the store
+    // bounds as it applies it. Two shops on one table, as two processes would be: neither
+    // knows what the other found sold out.
     let shops: Vec<_> = (0..2)
         .map(|_| {
             Arc::new(Shop::new(
@@ -1286,4 +1286,143 @@ pub async fn conflicts_are_retried_and_failures_are_not<T: Table + Clone>(table:
     assert_eq!(world.orders().await.len(), 1);
     assert_eq!(world.stock().await, (10, 1, 9));
     assert_eq!(world.counts().authorizations, 1);
+}
+
+/// The types of the events on the SKU's own stream.
+async fn stock_events<T: Table + Clone>(world: &World<T>) -> Vec<String> {
+    let pk = crate::keys::inventory(&world.tenant, &world.sku);
+    crate::event_store::read_events::<serde_json::Value, _>(&world.table, &pk)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect()
+}
+
+/// The SKUs the low-stock list shows, with their available units.
+async fn low_stock<T: Table + Clone>(world: &World<T>) -> Vec<(String, u64)> {
+    let admin = world.caller("admin", Role::Admin);
+    let page = world
+        .shop(Cut::never())
+        .low_stock(&admin, None, Some(100))
+        .await
+        .unwrap();
+    page.items
+        .into_iter()
+        .map(|v| (v.sku.to_string(), v.available))
+        .collect()
+}
+
+/// Buyers race over a SKU with a low-stock threshold: orders clear of it take the stock without
+/// reading it, the ones that cross it or come after read it, and the alert is raised once.
+pub async fn a_hot_sku_alerts_once_as_it_crosses_its_threshold<T: Table + Clone>(table: &T) {
+    const STOCK: u64 = 24;
+    let world = Arc::new(World::new(table, "alerted", STOCK).await);
+    let admin = world.caller("admin", Role::Admin);
+    let level = StockLevel {
+        on_hand: STOCK,
+        low_stock_threshold: 6,
+    };
+    let shop = world.shop(Cut::never());
+    shop.set_stock(&admin, &world.sku, level).await.unwrap();
+    // Two shops, as two processes: neither knows what the other found short.
+    let shops: Vec<_> = (0..2).map(|_| Arc::new(world.shop(Cut::never()))).collect();
+    let mut clients = Vec::new();
+    for client in 0..12 {
+        let (shop, world) = (shops[client % 2].clone(), world.clone());
+        clients.push(tokio::spawn(async move {
+            let mut placed = 0u64;
+            for n in 0.. {
+                let body = order_from(Some(world.lines(1)), None, "tok_visa");
+                let key = world.key(&body, &format!("a{client}-{n}"));
+                match shop.place(&world.alice(), Some(&key), body).await {
+                    Ok(_) => placed += 1,
+                    Err(AppError::Contention) => {}
+                    Err(AppError::Domain(commerce_domain::DomainError::OutOfStock { .. })) => {
+                        return placed;
+                    }
+                    Err(other) => panic!("client {client}, order {n}: {other:?}"),
+                }
+            }
+            placed
+        }));
+    }
+    let mut sold = 0;
+    for client in clients {
+        sold += client.await.unwrap();
+    }
+    assert_eq!(sold, STOCK, "every unit sold, and not one more");
+    assert_eq!(world.stock().await, (STOCK, STOCK, 0));
+    assert_eq!(
+        stock_events(&world).await,
+        ["StockLevelSet", "StockLevelSet", "LowStockDetected"],
+        "one alert for the crossing"
+    );
+    assert_eq!(low_stock(&world).await, [("MUG".to_owned(), 0)]);
+
+    let receipt = crate::shop::StockReceipt {
+        quantity: Quantity::new(20).unwrap(),
+    };
+    shop.receive_stock(&admin, None, &world.sku, receipt)
+        .await
+        .unwrap();
+    assert_eq!(world.stock().await, (STOCK + 20, STOCK, 20));
+    assert_eq!(
+        stock_events(&world).await[3..],
+        ["StockReceived", "LowStockCleared"]
+    );
+    assert_eq!(low_stock(&world).await, []);
+}
+
+/// Stock written before SKUs had a stock item (only its stream's head) carries over: it reads
+/// as its head folded to, and the first change makes the item from those figures.
+pub async fn stock_kept_only_on_its_stream_carries_over<T: Table + Clone>(table: &T) {
+    use commerce_domain::{Inventory, InventoryEvent};
+    let world = World::new(table, "older", 0).await;
+    let pk = crate::keys::inventory(&world.tenant, &world.sku);
+    // As an older build left it: stocked, four units held, and no stock item.
+    let mut stream = crate::event_store::load::<Inventory, _>(table, pk.clone())
+        .await
+        .unwrap();
+    let held = vec![
+        InventoryEvent::StockLevelSet {
+            on_hand: 10,
+            low_stock_threshold: 3,
+        },
+        InventoryEvent::StockReserved {
+            reservation: ReservationId::parse("older-hold").unwrap(),
+            quantity: 4,
+        },
+    ];
+    let mut changes = crate::event_store::Changes::new(crate::event_store::Origin::system("older"));
+    changes.append(&mut stream, held, 0).unwrap();
+    changes.commit(table).await.unwrap();
+    table
+        .transact(vec![Write::Delete {
+            pk: pk.clone(),
+            sk: crate::keys::STOCK.into(),
+            condition: crate::table::Condition::None,
+        }])
+        .await
+        .unwrap();
+    assert_eq!(world.stock().await, (10, 4, 6));
+
+    let shop = world.shop(Cut::never());
+    for n in 0..2 {
+        let body = order_from(Some(world.lines(2)), None, "tok_visa");
+        let key = world.key(&body, &format!("older-{n}"));
+        shop.place(&world.alice(), Some(&key), body).await.unwrap();
+    }
+    assert_eq!(world.stock().await, (10, 8, 2));
+    let stored = table.get(&pk, crate::keys::STOCK).await.unwrap().unwrap();
+    let stored: serde_json::Value = serde_json::from_slice(&stored.data).unwrap();
+    assert_eq!(
+        stored,
+        json!({"available": 2, "reserved": 8, "headroom": -1, "changes": 4})
+    );
+    assert_eq!(
+        stock_events(&world).await,
+        ["StockLevelSet", "StockReserved", "LowStockDetected"]
+    );
+    assert_eq!(low_stock(&world).await, [("MUG".to_owned(), 2)]);
 }

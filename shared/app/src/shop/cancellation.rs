@@ -349,15 +349,10 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             let mut order = order;
             let events = order.state.release_stock(task.attempt)?;
             let mut changes = Changes::new(task.origin());
-            if let (
-                Some(commerce_domain::OrderEvent::CancellationStockReleased { lines, .. }),
-                Some(placed),
-            ) = (events.first(), order.state.placed.as_ref())
+            if let Some(commerce_domain::OrderEvent::CancellationStockReleased { lines, .. }) =
+                events.first()
             {
-                match shop
-                    .release_lines(&mut changes, &task.tenant, &placed.reservation, lines)
-                    .await
-                {
+                match shop.release_lines(&mut changes, &task.tenant, lines).await {
                     Ok(()) => {}
                     // Another run of this step may have released them since the order was
                     // read (its commit moves stock and order together): if the order moved,

@@ -152,7 +152,8 @@ pub struct Shop<T, P, C> {
     payments: P,
     clock: C,
     config: ShopConfig,
-    stock_queue: stock::StockQueue,
+    stock_turns: stock::StockTurns,
+    short_skus: std::sync::Arc<stock::ShortSkus>,
 }
 
 impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
@@ -162,7 +163,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             payments,
             clock,
             config,
-            stock_queue: stock::StockQueue::new(),
+            stock_turns: stock::StockTurns::new(),
+            short_skus: std::sync::Arc::default(),
         }
     }
 

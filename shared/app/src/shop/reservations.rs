@@ -107,7 +107,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             holds.state.add(id, request.lines, &self.config.limits)?;
             changes.put_versioned(&holds)?;
         }
-        self.reserve_lines(&mut changes, &caller.tenant, id, request.lines)
+        self.reserve_lines(&mut changes, &caller.tenant, request.lines)
             .await?;
         changes.append(&mut reservation, events, self.now_ms())?;
         let expires_at = reservation.state.held.as_ref().map_or(0, |h| h.expires_at);
@@ -197,7 +197,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             .clone()
             .ok_or(AppError::NotFound("reservation"))?;
         let mut changes = Changes::new(origin.clone());
-        self.release_lines(&mut changes, tenant, &held.id, &held.lines)
+        self.release_lines(&mut changes, tenant, &held.lines)
             .await?;
         changes.append(reservation, events, self.now_ms())?;
         self.forget_hold(&mut changes, tenant, &held).await?;

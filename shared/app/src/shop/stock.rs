@@ -1,12 +1,16 @@
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use commerce_domain::{
-    DomainError, Inventory, InventoryEvent, Line, Quantity, ReservationId, Sku, TenantId,
+    Bound, DomainError, Inventory, Line, Quantity, Sku, Stock, StockChange, TenantId,
 };
 use serde::Deserialize;
 
 use super::{Caller, Reply, Role, Shop};
-use crate::event_store::{Changes, PendingHead, Stream, load};
+use crate::event_store::{Changes, Stream, load};
 use crate::idempotency::Begin;
 use crate::keys;
+use crate::table::{Expect, StoreError};
 use crate::views::{InventoryView, ListPage};
 use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
 
@@ -61,7 +65,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         caller: &Caller,
         key: Option<&IdempotencyKey>,
         sku: &Sku,
-        decide: impl Fn(&Inventory) -> Result<Vec<InventoryEvent>, DomainError>,
+        decide: impl Fn(&Stock) -> Result<StockChange, DomainError>,
     ) -> Result<Reply, AppError> {
         caller.require(&[Role::Admin], "change stock")?;
         let mut guard = match self.begin::<()>(key).await? {
@@ -72,12 +76,13 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         let mut attempts = self.attempts();
         while attempts.next().await {
             let mut changes = Changes::new(caller.origin());
-            self.stock_queue
+            self.stock_turns
                 .enter(&mut changes, &caller.tenant, std::iter::once(sku))
                 .await;
-            let (mut stock, events) = self.decide_stock(&caller.tenant, sku, &decide).await?;
-            self.append_stock(&mut changes, &caller.tenant, sku, &mut stock, events)?;
-            let view = InventoryView::new(sku.clone(), &stock.stream.state, stock.stream.version);
+            let after = self
+                .change_exactly(&mut changes, &caller.tenant, sku, &decide)
+                .await?;
+            let view = InventoryView::new(sku.clone(), &after);
             if let Some(reply) = self
                 .commit_answer(&mut guard, key, changes, 200, &view)
                 .await?
@@ -91,9 +96,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     pub async fn inventory(&self, caller: &Caller, sku: &Sku) -> Result<InventoryView, AppError> {
         caller.require(&[Role::Admin, Role::Ops], "read stock")?;
         self.product(caller, sku).await?;
-        // What is stored: a head still on its way to disk may yet fail.
-        let stock = load::<Inventory, _>(&self.table, keys::inventory(&caller.tenant, sku)).await?;
-        Ok(InventoryView::new(sku.clone(), &stock.state, stock.version))
+        let counted = self.counted(&caller.tenant, sku).await?;
+        Ok(InventoryView::new(sku.clone(), &counted.stock))
     }
 
     /// SKUs whose available stock is below their threshold, in SKU order.
@@ -108,93 +112,82 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         self.list(&pk, cursor, limit, false).await
     }
 
-    /// The SKU's stock (called in its turn): the head the last queued transaction on it wrote,
-    /// while one is in flight, else as stored.
-    async fn read_stock(&self, tenant: &TenantId, sku: &Sku) -> Result<Stock, AppError> {
+    /// The SKU's stock as stored: its stock item, or for a SKU stored before there were
+    /// stock items, the figures its stream's head folded to.
+    async fn counted(&self, tenant: &TenantId, sku: &Sku) -> Result<Counted, AppError> {
         let pk = keys::inventory(tenant, sku);
-        if self.table.orders_submissions()
-            && let Some(queued) = self.stock_queue.pending_head(&pk).await
-        {
-            return Ok(queued);
+        if let Some(item) = self.table.get(&pk, keys::STOCK).await? {
+            let stock = serde_json::from_slice(&item.data)
+                .map_err(|e| StoreError::Failure(format!("stock of {pk}: {e}")))?;
+            return Ok(Counted {
+                stock,
+                history: None,
+            });
         }
-        Ok(Stock {
-            stream: load(&self.table, pk).await?,
-            queued: None,
+        let history = load::<Inventory, _>(&self.table, pk).await?;
+        Ok(Counted {
+            stock: Stock::from_history(&history.state, history.version),
+            history: Some(history),
         })
     }
 
-    /// Reads the SKU's stock (in its turn) and decides what happens to it. A decision on a head
-    /// still on its way to disk that refuses, or changes nothing, may be wrong, as that
-    /// transaction may yet fail: it waits until the SKU's queued transactions have settled and
-    /// decides again on what is stored.
-    async fn decide_stock(
-        &self,
-        tenant: &TenantId,
-        sku: &Sku,
-        decide: impl Fn(&Inventory) -> Result<Vec<InventoryEvent>, DomainError>,
-    ) -> Result<(Stock, Vec<InventoryEvent>), AppError> {
-        loop {
-            let stock = self.read_stock(tenant, sku).await?;
-            let decided = decide(&stock.stream.state);
-            match (decided, &stock.queued) {
-                (Ok(events), None) => return Ok((stock, events)),
-                (Ok(events), Some(_)) if !events.is_empty() => return Ok((stock, events)),
-                (_, Some(_)) => self.stock_queue.settled(&stock.stream.pk).await,
-                (Err(refused), None) => return Err(refused.into()),
-            }
-        }
-    }
-
-    /// Appends stock events and keeps the low-stock list in step, in the same transaction.
-    pub(super) fn append_stock(
+    /// Reads the SKU's stock, decides on it, and adds the change to `changes`, to hold only if
+    /// the stock is still as read. Returns the stock the change leads to.
+    async fn change_exactly(
         &self,
         changes: &mut Changes,
         tenant: &TenantId,
         sku: &Sku,
-        stock: &mut Stock,
-        events: Vec<InventoryEvent>,
-    ) -> Result<(), AppError> {
-        let cleared = events
-            .iter()
-            .any(|e| matches!(e, InventoryEvent::LowStockCleared { .. }));
-        let touched = !events.is_empty();
-        changes.append(&mut stock.stream, events, self.now_ms())?;
-        if touched && self.table.orders_submissions() {
-            // This write's own token: whoever builds on it is committed only if it was.
-            let token = uuid::Uuid::new_v4().to_string();
-            changes.chain_head(&stock.stream.pk, token.clone(), stock.queued.clone())?;
-            changes.offer_head(self.stock_queue.offer(&stock.stream, token));
+        decide: impl Fn(&Stock) -> Result<StockChange, DomainError>,
+    ) -> Result<Stock, AppError> {
+        let counted = self.counted(tenant, sku).await?;
+        let change = decide(&counted.stock)?;
+        let after = change.applied_to(&counted.stock);
+        if change.add.is_empty() {
+            return Ok(after);
         }
-        let stock = &stock.stream;
-        if stock.state.low_stock_flagged && touched {
-            let view = InventoryView::new(sku.clone(), &stock.state, stock.version);
+        let pk = keys::inventory(tenant, sku);
+        let (add, expect) = match counted.history {
+            // No stock item yet: it is made with the figures after the change.
+            Some(_) => (figures(&after), vec![Expect::Absent]),
+            None => (
+                named(&change.add),
+                change.bounds.iter().map(expect).collect(),
+            ),
+        };
+        changes.add_to(pk.clone(), keys::STOCK.to_owned(), add, expect);
+        if !change.events.is_empty() {
+            let mut stream = match counted.history {
+                Some(history) => history,
+                None => load::<Inventory, _>(&self.table, pk).await?,
+            };
+            changes.append(&mut stream, change.events, self.now_ms())?;
+        }
+        // Every change to or from a low SKU is made this way, so its entry stays current.
+        if after.is_low() {
+            let view = InventoryView::new(sku.clone(), &after);
             changes.put_read_model(keys::low_stock(tenant), sku.to_string(), &view)?;
-        } else if cleared {
+        } else if counted.stock.is_low() {
             changes.delete_read_model(keys::low_stock(tenant), sku.to_string());
         }
-        Ok(())
+        Ok(after)
     }
 
-    /// Takes every line's stock for `reservation`, or fails with the first line that is short.
+    /// Takes every line's stock, or fails with the first line that is short.
     pub(super) async fn reserve_lines(
         &self,
         changes: &mut Changes,
         tenant: &TenantId,
-        reservation: &ReservationId,
         lines: &[Line],
     ) -> Result<(), AppError> {
-        self.stock_queue
-            .enter(changes, tenant, lines.iter().map(|l| &l.sku))
-            .await;
-        for line in lines {
-            let (mut stock, events) = self
-                .decide_stock(tenant, &line.sku, |stock| {
-                    stock.reserve(&line.sku, reservation, line.quantity)
-                })
-                .await?;
-            self.append_stock(changes, tenant, &line.sku, &mut stock, events)?;
-        }
-        Ok(())
+        self.move_lines(
+            changes,
+            tenant,
+            lines,
+            Stock::reserve_unread,
+            |stock, line| stock.reserve(&line.sku, line.quantity),
+        )
+        .await
     }
 
     /// Puts every line's reserved stock back.
@@ -202,139 +195,150 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         &self,
         changes: &mut Changes,
         tenant: &TenantId,
-        reservation: &ReservationId,
         lines: &[Line],
     ) -> Result<(), AppError> {
-        self.stock_queue
-            .enter(changes, tenant, lines.iter().map(|l| &l.sku))
+        self.move_lines(
+            changes,
+            tenant,
+            lines,
+            Stock::release_unread,
+            |stock, line| stock.release(line.quantity),
+        )
+        .await
+    }
+
+    /// Moves every line's stock: unread where the SKU had room when last tried, exactly on
+    /// what is stored where it did not. An exact move that finds room again clears the note.
+    async fn move_lines(
+        &self,
+        changes: &mut Changes,
+        tenant: &TenantId,
+        lines: &[Line],
+        unread: fn(Quantity) -> StockChange,
+        exact: impl Fn(&Stock, &Line) -> Result<StockChange, DomainError>,
+    ) -> Result<(), AppError> {
+        let short: Vec<&Line> = lines
+            .iter()
+            .filter(|line| self.short_skus.noted(&keys::inventory(tenant, &line.sku)))
+            .collect();
+        self.stock_turns
+            .enter(changes, tenant, short.iter().map(|line| &line.sku))
             .await;
         for line in lines {
-            let (mut stock, events) = self
-                .decide_stock(tenant, &line.sku, |stock| {
-                    stock.release(reservation, line.quantity)
-                })
-                .await?;
-            self.append_stock(changes, tenant, &line.sku, &mut stock, events)?;
+            let pk = keys::inventory(tenant, &line.sku);
+            if short.iter().any(|s| s.sku == line.sku) {
+                let after = self
+                    .change_exactly(changes, tenant, &line.sku, |stock| exact(stock, line))
+                    .await?;
+                if after.headroom >= 0 {
+                    self.short_skus.clear(&pk);
+                }
+            } else {
+                let change = unread(line.quantity);
+                changes.add_unread(
+                    pk,
+                    keys::STOCK.to_owned(),
+                    named(&change.add),
+                    change.bounds.iter().map(expect).collect(),
+                    self.short_skus.clone(),
+                );
+            }
         }
         Ok(())
     }
 }
 
-/// Commands that change the same SKU's stock in this process take turns, in arrival order,
-/// from reading the stock until their transaction is queued (or, on a store that orders
-/// nothing, committed). Optimistic concurrency alone stays correct, but on a hot SKU it makes
-/// racing commands re-read and retry, and an unlucky one can lose every race; a queue makes a
-/// flash sale fair and its latency bounded. Across processes (Lambdas) the conditional commit
-/// remains the guard.
-///
-/// Where the store applies transactions in the order they were queued (SQLite's writer), a
-/// command builds on the head the previous one queued, so commands on one SKU share a group
-/// commit instead of taking one each. That head is only as good as the transaction under it,
-/// so each such head write carries a token of its own, and a command built on it is
-/// conditioned on that token rather than on a version (which another writer may also have
-/// made): if the write under it fails, so does the command, and every later one on the chain,
-/// and they try again. A failed write also withdraws its head: readers wait until every
-/// transaction queued on the SKU has settled, then read the table. Heads are kept only while
-/// transactions on the SKU are in flight; once settled, the table is read again.
-#[derive(Debug)]
-pub(super) struct StockQueue {
-    lanes: Vec<std::sync::Arc<tokio::sync::Mutex<()>>>,
-    heads: std::sync::Arc<std::sync::Mutex<Heads>>,
+/// A SKU's stock as read, and its stream when the stock had no item of its own yet.
+struct Counted {
+    stock: Stock,
+    history: Option<Stream<Inventory>>,
 }
 
-/// Stock heads by stream key.
-type Heads = std::collections::HashMap<String, Head>;
-
-/// A SKU's stock as a command read it.
-#[derive(Debug)]
-pub(super) struct Stock {
-    pub(super) stream: Stream<Inventory>,
-    /// Read from a transaction still queued: the token that transaction writes on the head,
-    /// which the command's own write is conditioned on.
-    queued: Option<String>,
+fn named(add: &[(commerce_domain::Figure, i64)]) -> Vec<(String, i64)> {
+    add.iter()
+        .map(|(figure, n)| (figure.name().to_owned(), *n))
+        .collect()
 }
 
-#[derive(Debug)]
-struct Head {
-    /// The head every queued transaction on the SKU leads to, with the token its write
-    /// carries; `None` once one of them failed.
-    stock: Option<(u64, Inventory, String)>,
-    /// Transactions on the SKU queued and not yet settled.
-    queued: u32,
-    /// Woken when the last queued transaction on the SKU settles.
-    drained: std::sync::Arc<tokio::sync::Notify>,
+fn figures(stock: &Stock) -> Vec<(String, i64)> {
+    use commerce_domain::Figure;
+    let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    named(&[
+        (Figure::Available, signed(stock.available)),
+        (Figure::Reserved, signed(stock.reserved)),
+        (Figure::Headroom, stock.headroom),
+        (Figure::Changes, signed(stock.changes)),
+    ])
 }
 
-impl StockQueue {
+fn expect(bound: &Bound) -> Expect {
+    match *bound {
+        Bound::AtLeast(figure, n) => Expect::AtLeast(figure.name().to_owned(), n),
+        Bound::Is(figure, n) => Expect::Is(figure.name().to_owned(), n),
+    }
+}
+
+/// SKUs this process last found without room for an unread move (out of stock, near or below
+/// their threshold, or without a stock item yet): their next moves read the stock first, so a
+/// sold-out SKU answers at once instead of failing a commit each time. The note is a hint: a
+/// wrong one costs a read or a retry, never a wrong answer.
+#[derive(Debug, Default)]
+pub(super) struct ShortSkus {
+    noted: Mutex<HashSet<String>>,
+}
+
+impl ShortSkus {
+    /// Most SKUs noted at once; past it the notes start afresh.
+    const MOST: usize = 4096;
+
+    fn noted(&self, pk: &str) -> bool {
+        self.noted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(pk)
+    }
+
+    fn clear(&self, pk: &str) {
+        self.noted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(pk);
+    }
+}
+
+impl crate::event_store::Shortfall for ShortSkus {
+    fn short(&self, pk: &str) {
+        let mut noted = self.noted.lock().unwrap_or_else(|e| e.into_inner());
+        if noted.len() >= Self::MOST {
+            noted.clear();
+        }
+        noted.insert(pk.to_owned());
+    }
+}
+
+/// Exact changes to the same SKU's stock in this process take turns, in arrival order, from
+/// reading the stock until their commit is done: each holds only on the figures it read, so
+/// racing ones would fail each other and retry, and an unlucky one could lose every race.
+/// Unread moves take no turn: the store checks their bounds as it applies them. Across
+/// processes (Lambdas) the conditions remain the guard.
+#[derive(Debug)]
+pub(super) struct StockTurns {
+    lanes: Vec<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl StockTurns {
     const LANES: usize = 1024;
 
     pub(super) fn new() -> Self {
         Self {
             lanes: (0..Self::LANES)
-                .map(|_| std::sync::Arc::new(tokio::sync::Mutex::new(())))
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
                 .collect(),
-            heads: std::sync::Arc::default(),
         }
     }
 
-    /// The head the last queued command on `pk` left, while transactions on the SKU are in
-    /// flight. While a failed one is being withdrawn, waits for them all to settle and answers
-    /// `None`: the stored head is then the truth.
-    async fn pending_head(&self, pk: &str) -> Option<Stock> {
-        loop {
-            let drained = {
-                let heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
-                let head = heads.get(pk)?;
-                if let Some((version, stock, token)) = &head.stock {
-                    return Some(Stock {
-                        stream: Stream::at(pk.to_owned(), *version, stock.clone()),
-                        queued: Some(token.clone()),
-                    });
-                }
-                Self::wake_when_drained(head)
-            };
-            drained.await;
-        }
-    }
-
-    /// Waits until no transaction on `pk` is queued.
-    async fn settled(&self, pk: &str) {
-        loop {
-            let drained = {
-                let heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
-                match heads.get(pk) {
-                    Some(head) if head.queued > 0 => Self::wake_when_drained(head),
-                    _ => return,
-                }
-            };
-            drained.await;
-        }
-    }
-
-    /// Registered while the heads are locked, so the wake-up cannot be missed.
-    fn wake_when_drained(head: &Head) -> std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>> {
-        let mut notified = Box::pin(head.drained.clone().notified_owned());
-        notified.as_mut().enable();
-        notified
-    }
-
-    /// What a command that appended to `stock`, writing `token` on its head, offers the
-    /// commands after it.
-    fn offer(&self, stock: &Stream<Inventory>, token: String) -> Box<dyn PendingHead> {
-        Box::new(OfferedHead {
-            heads: self.heads.clone(),
-            pk: stock.pk.clone(),
-            base: stock.loaded_version(),
-            version: stock.version,
-            token,
-            stock: Some(stock.state.clone()),
-            ordered: false,
-            committed: false,
-        })
-    }
-
-    /// Waits for the turn of every given SKU; the turn is kept by `changes` until they commit.
-    /// Lanes are taken in one global order, so two commands never wait on each other.
+    /// Waits for the turn of every given SKU; `changes` keeps the turns until their commit is
+    /// done. Lanes are taken in one global order, so two commands never wait on each other.
     pub(super) async fn enter<'a>(
         &self,
         changes: &mut Changes,
@@ -358,79 +362,6 @@ impl StockQueue {
             if let Some(lock) = self.lanes.get(lane) {
                 changes.keep_lock(lock.clone().lock_owned().await);
             }
-        }
-    }
-}
-
-#[derive(Debug)]
-struct OfferedHead {
-    heads: std::sync::Arc<std::sync::Mutex<Heads>>,
-    pk: String,
-    /// The version it was built on.
-    base: u64,
-    version: u64,
-    token: String,
-    /// Taken when offered.
-    stock: Option<Inventory>,
-    ordered: bool,
-    committed: bool,
-}
-
-impl PendingHead for OfferedHead {
-    fn ordered(&mut self) {
-        let mut heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
-        self.ordered = true;
-        let offered = self
-            .stock
-            .take()
-            .map(|stock| (self.version, stock, self.token.clone()));
-        match heads.get_mut(&self.pk) {
-            // Nothing queued on the SKU: it was built on the stored head (or on a queued one
-            // that has settled since; if that failed, so does this, on its condition).
-            None => {
-                heads.insert(
-                    self.pk.clone(),
-                    Head {
-                        stock: offered,
-                        queued: 1,
-                        drained: std::sync::Arc::default(),
-                    },
-                );
-            }
-            Some(head) => {
-                head.queued += 1;
-                // Built on the head before it (in the SKU's turn), unless that one was
-                // withdrawn meanwhile: then this transaction fails too, and offers nothing.
-                let on_it = matches!(head.stock, Some((version, ..)) if version == self.base);
-                head.stock = if on_it { offered } else { None };
-            }
-        }
-    }
-
-    fn settled(mut self: Box<Self>, committed: bool) {
-        self.committed = committed;
-    }
-}
-
-/// Settles the head when its outcome is known, or as failed if it never will be (the task
-/// that waited for it was dropped).
-impl Drop for OfferedHead {
-    fn drop(&mut self) {
-        if !self.ordered {
-            return;
-        }
-        let mut heads = self.heads.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(head) = heads.get_mut(&self.pk) else {
-            return;
-        };
-        head.queued = head.queued.saturating_sub(1);
-        if !self.committed {
-            head.stock = None;
-        }
-        if head.queued == 0 {
-            // Settled: the table is the truth again, for whoever reads next.
-            head.drained.notify_waiters();
-            heads.remove(&self.pk);
         }
     }
 }
