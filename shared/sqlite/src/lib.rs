@@ -907,17 +907,18 @@ fn unmet_condition(
                 check(tx, pk, sk, condition, now)?
             }
             Write::Event { item } => check(tx, &item.pk, &item.sk, &Condition::Absent, now)?,
-            Write::Add { pk, sk, expect, .. } => {
-                let numbers = numbers(tx, pk, sk, now)?;
-                expect.iter().all(|bound| match (bound, &numbers) {
-                    (Expect::Absent, found) => found.is_none(),
-                    (Expect::AtLeast(name, least), Some(found)) => {
-                        number(found, name).is_some_and(|n| n >= *least)
+            Write::Add { pk, sk, expect, .. } => match numbers(tx, pk, sk, now)? {
+                Numbers::Absent => expect.contains(&Expect::Absent),
+                // Data that is not numbers is never added to, whatever the bounds.
+                Numbers::Other => false,
+                Numbers::Found(found) => expect.iter().all(|bound| match bound {
+                    Expect::Absent => false,
+                    Expect::AtLeast(name, least) => {
+                        number(&found, name).is_some_and(|n| n >= *least)
                     }
-                    (Expect::Is(name, value), Some(found)) => number(found, name) == Some(*value),
-                    (_, None) => false,
-                }) && (numbers.is_some() || expect.contains(&Expect::Absent))
-            }
+                    Expect::Is(name, value) => number(&found, name) == Some(*value),
+                }),
+            },
         };
         if !holds {
             return Ok(Some(index));
@@ -942,8 +943,11 @@ fn apply(
             }
             Write::Check { .. } => {}
             Write::Add { pk, sk, add, .. } => {
-                // Its bounds held, so it is there unless it is to be created.
-                let mut numbers = numbers(tx, pk, sk, now_seconds())?.unwrap_or_default();
+                // Its bounds held: the numbers are there, or it is to be created.
+                let mut numbers = match numbers(tx, pk, sk, now_seconds())? {
+                    Numbers::Found(found) => found,
+                    Numbers::Absent | Numbers::Other => serde_json::Map::new(),
+                };
                 for (name, delta) in add {
                     let sum = number(&numbers, name).unwrap_or(0).saturating_add(*delta);
                     numbers.insert(name.clone(), sum.into());
@@ -1025,19 +1029,29 @@ fn check(
     })
 }
 
-/// The numbers a live item keeps ([`Write::Add`]); `None` if there is no such item. An item
-/// whose data is not an object of numbers holds none.
+/// What a live item holds for [`Write::Add`].
+enum Numbers {
+    Absent,
+    Found(serde_json::Map<String, serde_json::Value>),
+    /// Data that is not a JSON object.
+    Other,
+}
+
 fn numbers(
     tx: &rusqlite::Transaction<'_>,
     pk: &str,
     sk: &str,
     now: i64,
-) -> rusqlite::Result<Option<serde_json::Map<String, serde_json::Value>>> {
+) -> rusqlite::Result<Numbers> {
     let data: Option<Vec<u8>> = tx
         .prepare_cached("SELECT data FROM items WHERE pk = ?1 AND sk = ?2 AND (expires_at IS NULL OR expires_at > ?3)")?
         .query_row(params![pk, sk, now], |row| row.get(0))
         .optional()?;
-    Ok(data.map(|data| serde_json::from_slice(&data).unwrap_or_default()))
+    Ok(match data.map(|data| serde_json::from_slice(&data)) {
+        None => Numbers::Absent,
+        Some(Ok(found)) => Numbers::Found(found),
+        Some(Err(_)) => Numbers::Other,
+    })
 }
 
 fn number(numbers: &serde_json::Map<String, serde_json::Value>, name: &str) -> Option<i64> {
