@@ -6,9 +6,12 @@ use crate::{Aggregate, DomainError, Quantity, ReservationId, Sku};
 /// can overflow.
 pub const MAX_STOCK: u64 = 1_000_000_000_000;
 
-/// Stock of one SKU. `on_hand` is what is physically there; `reserved` is promised to carts and
-/// unshipped orders; `available` is what can still be sold. `on_hand = available + reserved`
-/// holds after every event, and none of them can go negative.
+/// A SKU's stream folded: its counts, receipts and alerts, and for streams written before stock
+/// was counted on its own item (docs/adr/0013), its reservations too. The shop decides on
+/// [`Stock`](crate::Stock); this is what a stored stream's events add up to, and where an older
+/// SKU's figures are carried over from. `on_hand` is what is physically there; `reserved` is
+/// promised to carts and unshipped orders; `available` is what can still be sold.
+/// `on_hand = available + reserved` holds after every event, and none of them can go negative.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inventory {
     pub on_hand: u64,
