@@ -49,8 +49,8 @@ async fn everything_survives_a_crash_and_restart() {
     drop(keep);
 }
 
-/// The server keeps what it has queued for a hot SKU in memory, so it must be the only one
-/// writing its data: a second server on the same directory is refused, and says why.
+/// The server's one writer batches every write to its data: a second server on the same
+/// directory is refused, and says why.
 #[tokio::test]
 async fn a_second_server_on_one_data_directory_is_refused() {
     let shop = shop();

@@ -95,21 +95,6 @@ pub struct Stream<A> {
 }
 
 impl<A> Stream<A> {
-    /// A stream read at `version` from a head kept elsewhere (in memory, say).
-    pub fn at(pk: String, version: u64, state: A) -> Self {
-        Self {
-            pk,
-            version,
-            state,
-            loaded_version: version,
-        }
-    }
-
-    /// The version it was read at: its commit is conditioned on it.
-    pub fn loaded_version(&self) -> u64 {
-        self.loaded_version
-    }
-
     /// The stream as its commit left it: what was appended is now what the next commit
     /// builds on, without reading it back.
     pub fn committed(mut self) -> Self {

@@ -296,6 +296,19 @@ pub fn check_transaction(writes: &[Write], max: usize) -> Result<(), StoreError>
                 item.pk
             )));
         }
+        if let Write::Add { add, expect, .. } = write {
+            let mut names = std::collections::HashSet::with_capacity(add.len());
+            if add.is_empty() || !add.iter().all(|(name, _)| names.insert(name)) {
+                return Err(StoreError::Failure(
+                    "an add adds to one or more numbers, each once".into(),
+                ));
+            }
+            if expect.contains(&Expect::Absent) && expect.len() > 1 {
+                return Err(StoreError::Failure(
+                    "an add that creates its item has no other bound".into(),
+                ));
+            }
+        }
         if !keys.insert(write.key()) {
             let (pk, sk) = write.key();
             return Err(StoreError::Failure(format!(

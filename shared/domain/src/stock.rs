@@ -219,19 +219,43 @@ impl Stock {
         ))
     }
 
-    /// A change decided on these figures: it holds only if they are still the same, and it
-    /// records the alert when it crosses the threshold.
+    /// A change decided on these figures, recording the alert when it crosses the threshold.
+    /// One that stays clear of the threshold holds wherever the figures have moved meanwhile,
+    /// as long as none goes below zero and the SKU stays clear: reservations moving all the
+    /// time do not hold up a receipt. One that crosses, or stays low, holds only on exactly
+    /// the figures read.
     fn exactly(&self, add: Vec<(Figure, i64)>, mut events: Vec<InventoryEvent>) -> StockChange {
         let mut change = StockChange {
             add,
-            bounds: vec![
-                Bound::Is(Figure::Available, signed(self.available)),
-                Bound::Is(Figure::Reserved, signed(self.reserved)),
-                Bound::Is(Figure::Headroom, self.headroom),
-            ],
+            bounds: Vec::new(),
             events: Vec::new(),
         };
         let after = change.applied_to(self);
+        change.bounds = if !self.is_low() && !after.is_low() {
+            let added = |figure| {
+                change
+                    .add
+                    .iter()
+                    .find(|(f, _)| *f == figure)
+                    .map_or(0, |(_, n)| *n)
+            };
+            let mut bounds = vec![Bound::AtLeast(
+                Figure::Headroom,
+                added(Figure::Headroom).min(0).saturating_neg(),
+            )];
+            for figure in [Figure::Available, Figure::Reserved] {
+                if added(figure) < 0 {
+                    bounds.push(Bound::AtLeast(figure, added(figure).saturating_neg()));
+                }
+            }
+            bounds
+        } else {
+            vec![
+                Bound::Is(Figure::Available, signed(self.available)),
+                Bound::Is(Figure::Reserved, signed(self.reserved)),
+                Bound::Is(Figure::Headroom, self.headroom),
+            ]
+        };
         let (available, threshold) = (after.available, after.low_stock_threshold());
         if after.is_low() && !self.is_low() {
             events.push(InventoryEvent::LowStockDetected {
@@ -327,11 +351,29 @@ mod tests {
     }
 
     #[test]
-    fn an_exact_change_needs_the_figures_it_read() {
-        let stock = stocked(10, 0);
-        let decided = stock.reserve(&sku(), qty(2)).unwrap();
-        let moved = apply(&stock, &Stock::reserve_unread(qty(1))).unwrap();
-        assert_eq!(apply(&moved, &decided), None);
+    fn a_change_clear_of_the_threshold_holds_while_reservations_move() {
+        let stock = stocked(10, 2);
+        let receipt = stock.receive(qty(5)).unwrap();
+        let count = stock.set_level(8, 2).unwrap();
+        let moved = apply(&stock, &Stock::reserve_unread(qty(3))).unwrap();
+        let after = apply(&moved, &receipt).unwrap();
+        assert_eq!(
+            (after.on_hand(), after.reserved, after.available),
+            (15, 3, 12)
+        );
+        let counted = apply(&moved, &count).unwrap();
+        assert_eq!(
+            (counted.on_hand(), counted.reserved, counted.available),
+            (8, 3, 5)
+        );
+        // Counted down below what is now reserved: refused, not negative.
+        let tight = stock.set_level(4, 0).unwrap();
+        let held = apply(&stock, &Stock::reserve_unread(qty(7))).unwrap();
+        assert_eq!(apply(&held, &tight), None);
+        // Crossing the threshold needs the figures it was decided on.
+        let crossing = stock.reserve(&sku(), qty(9)).unwrap();
+        assert_eq!(crossing.events.len(), 1);
+        assert_eq!(apply(&moved, &crossing), None);
     }
 
     #[test]
@@ -402,6 +444,7 @@ mod tests {
             let mut stock = Stock::default();
             let mut alerts = Vec::new();
             for command in commands {
+                let unread = matches!(command, Command::Reserve(_, true) | Command::Release(_, true));
                 let decided = match command {
                     Command::Set(on_hand, threshold) => stock.set_level(on_hand, threshold),
                     Command::Receive(q) => stock.receive(qty(q)),
@@ -412,7 +455,7 @@ mod tests {
                 };
                 let Ok(change) = decided else { continue };
                 let Some(after) = apply(&stock, &change) else {
-                    prop_assert!(!change.bounds.iter().any(|b| matches!(b, Bound::Is(..))), "exact changes hold on what they read");
+                    prop_assert!(unread, "a change decided on the figures as they are holds");
                     continue;
                 };
                 for event in &change.events {

@@ -249,8 +249,9 @@ async fn run(serve: Serve) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One server per data directory: the shop keeps the stock heads it queued in memory, so it
-/// must be the only process writing stock. Held until the process ends.
+/// One server per data directory: its one writer thread group-commits every write to the file,
+/// and a second process would wait on SQLite's write lock for each batch, as would its bus and
+/// executions. Held until the process ends.
 fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
     let path = dir.join("serve.lock");
     let file = std::fs::OpenOptions::new()

@@ -1426,3 +1426,123 @@ pub async fn stock_kept_only_on_its_stream_carries_over<T: Table + Clone>(table:
     );
     assert_eq!(low_stock(&world).await, [("MUG".to_owned(), 2)]);
 }
+
+/// A table on which an older build reserves 5 units on the SKU's stream just before the first
+/// transaction that makes the SKU's stock item commits: a rolling upgrade, caught in between.
+#[derive(Debug, Clone)]
+struct OlderBuildFirst<T> {
+    inner: T,
+    done: Arc<AtomicBool>,
+}
+
+impl<T: Table> Table for OlderBuildFirst<T> {
+    async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
+        self.inner.get(pk, sk).await
+    }
+    async fn query(&self, query: Query<'_>) -> Result<Page, StoreError> {
+        self.inner.query(query).await
+    }
+    async fn query_index(&self, query: Query<'_>) -> Result<Page, StoreError> {
+        self.inner.query_index(query).await
+    }
+    async fn list_in_index(
+        &self,
+        pk: &str,
+        sk: &str,
+        key: crate::table::IndexKey,
+    ) -> Result<bool, StoreError> {
+        self.inner.list_in_index(pk, sk, key).await
+    }
+    async fn transact(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        let creates = writes.iter().find_map(|w| match w {
+            Write::Add { pk, expect, .. } if expect.contains(&crate::table::Expect::Absent) => {
+                Some(pk.clone())
+            }
+            _ => None,
+        });
+        if let Some(pk) = creates
+            && !self.done.swap(true, Ordering::SeqCst)
+        {
+            use commerce_domain::Inventory;
+            let mut stream = crate::event_store::load::<Inventory, _>(&self.inner, pk)
+                .await
+                .unwrap();
+            let sku = Sku::parse("MUG").unwrap();
+            let older = ReservationId::parse("older-build").unwrap();
+            let events = stream
+                .state
+                .reserve(&sku, &older, Quantity::new(5).unwrap())
+                .unwrap();
+            let origin = crate::event_store::Origin::system("older-build");
+            let mut changes = crate::event_store::Changes::new(origin);
+            changes.append(&mut stream, events, 0).unwrap();
+            changes.commit(&self.inner).await.unwrap();
+        }
+        self.inner.transact(writes).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+    fn max_transaction_writes(&self) -> usize {
+        self.inner.max_transaction_writes()
+    }
+    fn shards(&self, wanted: u32) -> u32 {
+        self.inner.shards(wanted)
+    }
+    async fn scan_events(&self, after: Option<&str>, limit: usize) -> Result<Page, StoreError> {
+        self.inner.scan_events(after, limit).await
+    }
+    async fn estimate_events(&self) -> Result<Option<u64>, StoreError> {
+        self.inner.estimate_events().await
+    }
+}
+
+/// The stock item made from a SKU's stream holds only on the stream as it was read: what an
+/// older build reserved on it meanwhile is counted, never sold twice.
+pub async fn an_item_made_from_a_stream_holds_only_on_that_stream<T: Table + Clone>(table: &T) {
+    let world = World::new(table, "rolling", 10).await;
+    let pk = crate::keys::inventory(&world.tenant, &world.sku);
+    // Stock kept only on the stream, as before the upgrade.
+    table
+        .transact(vec![Write::Delete {
+            pk: pk.clone(),
+            sk: crate::keys::STOCK.into(),
+            condition: crate::table::Condition::None,
+        }])
+        .await
+        .unwrap();
+    let racing = OlderBuildFirst {
+        inner: table.clone(),
+        done: Arc::new(AtomicBool::new(false)),
+    };
+    let shop = Shop::new(
+        racing,
+        SandboxPayments::default(),
+        world.clock.clone(),
+        world.config.clone(),
+    );
+    let all = NewReservation {
+        lines: world.lines(10),
+        ttl_seconds: 900,
+    };
+    let refused = shop.create_reservation(&world.alice(), None, all).await;
+    assert!(
+        matches!(
+            refused,
+            Err(AppError::Domain(commerce_domain::DomainError::OutOfStock {
+                available: 5,
+                ..
+            }))
+        ),
+        "{refused:?}"
+    );
+    assert_eq!(world.stock().await, (10, 5, 5));
+    let half = NewReservation {
+        lines: world.lines(5),
+        ttl_seconds: 900,
+    };
+    shop.create_reservation(&world.alice(), None, half)
+        .await
+        .unwrap();
+    assert_eq!(world.stock().await, (10, 10, 0));
+}

@@ -7,10 +7,10 @@ use commerce_domain::{
 use serde::Deserialize;
 
 use super::{Caller, Reply, Role, Shop};
-use crate::event_store::{Changes, Stream, load};
+use crate::event_store::{Changes, Purpose, Stream, load};
 use crate::idempotency::Begin;
 use crate::keys;
-use crate::table::{Expect, StoreError};
+use crate::table::{Condition, Expect, StoreError, Write};
 use crate::views::{InventoryView, ListPage};
 use crate::{AppError, Clock, IdempotencyKey, PaymentGateway, Table};
 
@@ -147,9 +147,27 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             return Ok(after);
         }
         let pk = keys::inventory(tenant, sku);
-        let (add, expect) = match counted.history {
-            // No stock item yet: it is made with the figures after the change.
-            Some(_) => (figures(&after), vec![Expect::Absent]),
+        let (add, expect) = match &counted.history {
+            // No stock item yet: it is made with the figures after the change, decided on the
+            // head as read. An older build may still be moving stock on that head, so the
+            // head must be as read too (appending events conditions it anyway).
+            Some(history) => {
+                if change.events.is_empty() {
+                    let condition = match history.version {
+                        0 => Condition::Absent,
+                        v => Condition::VersionIs(v),
+                    };
+                    changes.push(
+                        Purpose::StreamHead,
+                        Write::Check {
+                            pk: pk.clone(),
+                            sk: keys::HEAD.to_owned(),
+                            condition,
+                        },
+                    );
+                }
+                (figures(&after), vec![Expect::Absent])
+            }
             None => (
                 named(&change.add),
                 change.bounds.iter().map(expect).collect(),
@@ -230,7 +248,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
                 let after = self
                     .change_exactly(changes, tenant, &line.sku, |stock| exact(stock, line))
                     .await?;
-                if after.headroom >= 0 {
+                // Room for another move like this one: the next may go unread again.
+                if after.has_room_for(line.quantity) {
                     self.short_skus.clear(&pk);
                 }
             } else {
