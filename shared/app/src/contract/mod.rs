@@ -67,6 +67,7 @@ macro_rules! table_contract {
             a_hot_sku_alerts_once_as_it_crosses_its_threshold,
             stock_kept_only_on_its_stream_carries_over,
             an_item_made_from_a_stream_holds_only_on_that_stream,
+            a_count_on_figures_another_count_changed_is_decided_again,
             a_bad_queue_entry_is_counted_and_skipped,
             hold_entries_in_other_shards_are_swept,
             the_shops_order_list_merges_its_shards_and_its_old_partition,

@@ -1427,17 +1427,51 @@ pub async fn stock_kept_only_on_its_stream_carries_over<T: Table + Clone>(table:
     assert_eq!(low_stock(&world).await, [("MUG".to_owned(), 2)]);
 }
 
-/// A table on which an older build reserves 5 units on the SKU's stream just before the first
-/// transaction that makes the SKU's stock item commits: a rolling upgrade, caught in between.
+/// A table on which someone else writes once, at the worst moment for the command running on
+/// it.
 #[derive(Debug, Clone)]
-struct OlderBuildFirst<T> {
+struct Meddled<T> {
     inner: T,
     done: Arc<AtomicBool>,
+    by: Meddler,
 }
 
-impl<T: Table> Table for OlderBuildFirst<T> {
+#[derive(Debug, Clone)]
+enum Meddler {
+    /// An older build reserves 5 units on the SKU's stream just before the first transaction
+    /// that makes the SKU's stock item commits: a rolling upgrade, caught in between.
+    OlderBuild,
+    /// An admin counts the SKU (10 on hand, threshold 2) just after its stock was read.
+    Admin(TenantId),
+}
+
+impl<T: Table + Clone> Table for Meddled<T> {
     async fn get(&self, pk: &str, sk: &str) -> Result<Option<Item>, StoreError> {
-        self.inner.get(pk, sk).await
+        let read = self.inner.get(pk, sk).await;
+        if let Meddler::Admin(tenant) = &self.by
+            && sk == crate::keys::STOCK
+            && !self.done.swap(true, Ordering::SeqCst)
+        {
+            let shop = Shop::new(
+                self.inner.clone(),
+                SandboxPayments::default(),
+                HandClock::new(),
+                ShopConfig::default(),
+            );
+            let admin = Caller {
+                tenant: tenant.clone(),
+                subject: CustomerId::parse("other-admin").unwrap(),
+                roles: vec![Role::Admin],
+                correlation_id: "meddler".into(),
+            };
+            let level = StockLevel {
+                on_hand: 10,
+                low_stock_threshold: 2,
+            };
+            let sku = Sku::parse("MUG").unwrap();
+            shop.set_stock(&admin, &sku, level).await.unwrap();
+        }
+        read
     }
     async fn query(&self, query: Query<'_>) -> Result<Page, StoreError> {
         self.inner.query(query).await
@@ -1461,6 +1495,7 @@ impl<T: Table> Table for OlderBuildFirst<T> {
             _ => None,
         });
         if let Some(pk) = creates
+            && matches!(self.by, Meddler::OlderBuild)
             && !self.done.swap(true, Ordering::SeqCst)
         {
             use commerce_domain::Inventory;
@@ -1511,9 +1546,10 @@ pub async fn an_item_made_from_a_stream_holds_only_on_that_stream<T: Table + Clo
         }])
         .await
         .unwrap();
-    let racing = OlderBuildFirst {
+    let racing = Meddled {
         inner: table.clone(),
         done: Arc::new(AtomicBool::new(false)),
+        by: Meddler::OlderBuild,
     };
     let shop = Shop::new(
         racing,
@@ -1545,4 +1581,58 @@ pub async fn an_item_made_from_a_stream_holds_only_on_that_stream<T: Table + Clo
         .await
         .unwrap();
     assert_eq!(world.stock().await, (10, 10, 0));
+}
+
+/// A count decided on figures another admin's count has since changed is decided again: the
+/// stream it appends to is read before the figures, so the later count fails its condition.
+pub async fn a_count_on_figures_another_count_changed_is_decided_again<T: Table + Clone>(
+    table: &T,
+) {
+    let world = World::new(table, "recounted", 10).await;
+    let admin = world.caller("admin", Role::Admin);
+    let level = StockLevel {
+        on_hand: 10,
+        low_stock_threshold: 5,
+    };
+    let shop = world.shop(Cut::never());
+    shop.set_stock(&admin, &world.sku, level).await.unwrap();
+    let meddled = Shop::new(
+        Meddled {
+            inner: table.clone(),
+            done: Arc::new(AtomicBool::new(false)),
+            by: Meddler::Admin(world.tenant.clone()),
+        },
+        SandboxPayments::default(),
+        world.clock.clone(),
+        world.config.clone(),
+    );
+    let level = StockLevel {
+        on_hand: 10,
+        low_stock_threshold: 0,
+    };
+    let reply = meddled.set_stock(&admin, &world.sku, level).await.unwrap();
+    assert_eq!(reply.body["low_stock_threshold"], 0);
+    let view = shop.inventory(&admin, &world.sku).await.unwrap();
+    assert_eq!(
+        (view.on_hand, view.available, view.low_stock_threshold),
+        (10, 10, 0),
+        "the last count wins, on the figures the one before it left"
+    );
+    let pk = crate::keys::inventory(&world.tenant, &world.sku);
+    let stored = table.get(&pk, crate::keys::STOCK).await.unwrap().unwrap();
+    let stored: serde_json::Value = serde_json::from_slice(&stored.data).unwrap();
+    assert_eq!(
+        stored["headroom"], 10,
+        "no negative threshold hidden in the figures"
+    );
+    assert_eq!(
+        stock_events(&world).await,
+        [
+            "StockLevelSet",
+            "StockLevelSet",
+            "StockLevelSet",
+            "StockLevelSet"
+        ],
+        "stocked, counted, the other count, this one"
+    );
 }

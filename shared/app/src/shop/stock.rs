@@ -7,7 +7,7 @@ use commerce_domain::{
 use serde::Deserialize;
 
 use super::{Caller, Reply, Role, Shop};
-use crate::event_store::{Changes, Purpose, Stream, load};
+use crate::event_store::{Changes, Purpose, load};
 use crate::idempotency::Begin;
 use crate::keys;
 use crate::table::{Condition, Expect, StoreError, Write};
@@ -96,8 +96,8 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     pub async fn inventory(&self, caller: &Caller, sku: &Sku) -> Result<InventoryView, AppError> {
         caller.require(&[Role::Admin, Role::Ops], "read stock")?;
         self.product(caller, sku).await?;
-        let counted = self.counted(&caller.tenant, sku).await?;
-        Ok(InventoryView::new(sku.clone(), &counted.stock))
+        let stock = self.counted(&caller.tenant, sku).await?;
+        Ok(InventoryView::new(sku.clone(), &stock))
     }
 
     /// SKUs whose available stock is below their threshold, in SKU order.
@@ -114,21 +114,13 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
 
     /// The SKU's stock as stored: its stock item, or for a SKU stored before there were
     /// stock items, the figures its stream's head folded to.
-    async fn counted(&self, tenant: &TenantId, sku: &Sku) -> Result<Counted, AppError> {
+    async fn counted(&self, tenant: &TenantId, sku: &Sku) -> Result<Stock, AppError> {
         let pk = keys::inventory(tenant, sku);
         if let Some(item) = self.table.get(&pk, keys::STOCK).await? {
-            let stock = serde_json::from_slice(&item.data)
-                .map_err(|e| StoreError::Failure(format!("stock of {pk}: {e}")))?;
-            return Ok(Counted {
-                stock,
-                history: None,
-            });
+            return stock_of(&pk, &item.data);
         }
         let history = load::<Inventory, _>(&self.table, pk).await?;
-        Ok(Counted {
-            stock: Stock::from_history(&history.state, history.version),
-            history: Some(history),
-        })
+        Ok(Stock::from_history(&history.state, history.version))
     }
 
     /// Reads the SKU's stock, decides on it, and adds the change to `changes`, to hold only if
@@ -140,20 +132,33 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         sku: &Sku,
         decide: impl Fn(&Stock) -> Result<StockChange, DomainError>,
     ) -> Result<Stock, AppError> {
-        let counted = self.counted(tenant, sku).await?;
+        let pk = keys::inventory(tenant, sku);
+        // The stream first, then the figures: the events this change appends are conditioned
+        // on the stream as read, so any count, receipt or alert committed after the figures
+        // were read fails this change, which decided on figures from before it.
+        let mut stream = load::<Inventory, _>(&self.table, pk.clone()).await?;
+        let counted = match self.table.get(&pk, keys::STOCK).await? {
+            Some(item) => Counted {
+                stock: stock_of(&pk, &item.data)?,
+                history: None,
+            },
+            None => Counted {
+                stock: Stock::from_history(&stream.state, stream.version),
+                history: Some(stream.version),
+            },
+        };
         let change = decide(&counted.stock)?;
         let after = change.applied_to(&counted.stock);
         if change.add.is_empty() {
             return Ok(after);
         }
-        let pk = keys::inventory(tenant, sku);
-        let (add, expect) = match &counted.history {
+        let (add, expect) = match counted.history {
             // No stock item yet: it is made with the figures after the change, decided on the
             // head as read. An older build may still be moving stock on that head, so the
             // head must be as read too (appending events conditions it anyway).
-            Some(history) => {
+            Some(version) => {
                 if change.events.is_empty() {
-                    let condition = match history.version {
+                    let condition = match version {
                         0 => Condition::Absent,
                         v => Condition::VersionIs(v),
                     };
@@ -174,13 +179,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
             ),
         };
         changes.add_to(pk.clone(), keys::STOCK.to_owned(), add, expect);
-        if !change.events.is_empty() {
-            let mut stream = match counted.history {
-                Some(history) => history,
-                None => load::<Inventory, _>(&self.table, pk).await?,
-            };
-            changes.append(&mut stream, change.events, self.now_ms())?;
-        }
+        changes.append(&mut stream, change.events, self.now_ms())?;
         // Every change to or from a low SKU is made this way, so its entry stays current.
         if after.is_low() {
             let view = InventoryView::new(sku.clone(), &after);
@@ -267,10 +266,15 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
     }
 }
 
-/// A SKU's stock as read, and its stream when the stock had no item of its own yet.
+/// A SKU's stock as read, and its stream's version when the stock had no item of its own yet.
 struct Counted {
     stock: Stock,
-    history: Option<Stream<Inventory>>,
+    history: Option<u64>,
+}
+
+fn stock_of(pk: &str, data: &[u8]) -> Result<Stock, AppError> {
+    Ok(serde_json::from_slice(data)
+        .map_err(|e| StoreError::Failure(format!("stock of {pk}: {e}")))?)
 }
 
 fn named(add: &[(commerce_domain::Figure, i64)]) -> Vec<(String, i64)> {
