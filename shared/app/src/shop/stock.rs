@@ -137,46 +137,40 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         // on the stream as read, so any count, receipt or alert committed after the figures
         // were read fails this change, which decided on figures from before it.
         let mut stream = load::<Inventory, _>(&self.table, pk.clone()).await?;
-        let counted = match self.table.get(&pk, keys::STOCK).await? {
-            Some(item) => Counted {
-                stock: stock_of(&pk, &item.data)?,
-                history: None,
-            },
-            None => Counted {
-                stock: Stock::from_history(&stream.state, stream.version),
-                history: Some(stream.version),
-            },
+        // Without an item of its own yet, the stock is what the stream folded to.
+        let (stock, itemless) = match self.table.get(&pk, keys::STOCK).await? {
+            Some(item) => (stock_of(&pk, &item.data)?, false),
+            None => (Stock::from_history(&stream.state, stream.version), true),
         };
-        let change = decide(&counted.stock)?;
-        let after = change.applied_to(&counted.stock);
+        let change = decide(&stock)?;
+        let after = change.applied_to(&stock);
         if change.add.is_empty() {
             return Ok(after);
         }
-        let (add, expect) = match counted.history {
+        let (add, expect) = if itemless {
             // No stock item yet: it is made with the figures after the change, decided on the
             // head as read. An older build may still be moving stock on that head, so the
             // head must be as read too (appending events conditions it anyway).
-            Some(version) => {
-                if change.events.is_empty() {
-                    let condition = match version {
-                        0 => Condition::Absent,
-                        v => Condition::VersionIs(v),
-                    };
-                    changes.push(
-                        Purpose::StreamHead,
-                        Write::Check {
-                            pk: pk.clone(),
-                            sk: keys::HEAD.to_owned(),
-                            condition,
-                        },
-                    );
-                }
-                (figures(&after), vec![Expect::Absent])
+            if change.events.is_empty() {
+                let condition = match stream.version {
+                    0 => Condition::Absent,
+                    v => Condition::VersionIs(v),
+                };
+                changes.push(
+                    Purpose::StreamHead,
+                    Write::Check {
+                        pk: pk.clone(),
+                        sk: keys::HEAD.to_owned(),
+                        condition,
+                    },
+                );
             }
-            None => (
+            (figures(&after), vec![Expect::Absent])
+        } else {
+            (
                 named(&change.add),
                 change.bounds.iter().map(expect).collect(),
-            ),
+            )
         };
         changes.add_to(pk.clone(), keys::STOCK.to_owned(), add, expect);
         changes.append(&mut stream, change.events, self.now_ms())?;
@@ -184,7 +178,7 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         if after.is_low() {
             let view = InventoryView::new(sku.clone(), &after);
             changes.put_read_model(keys::low_stock(tenant), sku.to_string(), &view)?;
-        } else if counted.stock.is_low() {
+        } else if stock.is_low() {
             changes.delete_read_model(keys::low_stock(tenant), sku.to_string());
         }
         Ok(after)
@@ -264,12 +258,6 @@ impl<T: Table, P: PaymentGateway, C: Clock> Shop<T, P, C> {
         }
         Ok(())
     }
-}
-
-/// A SKU's stock as read, and its stream's version when the stock had no item of its own yet.
-struct Counted {
-    stock: Stock,
-    history: Option<u64>,
 }
 
 fn stock_of(pk: &str, data: &[u8]) -> Result<Stock, AppError> {
