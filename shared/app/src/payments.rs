@@ -132,9 +132,8 @@ pub trait SandboxLedger: Send + Sync + 'static {
         version: u64,
     ) -> impl Future<Output = Result<bool, PaymentError>> + Send;
 
-    /// Whether the entry is still at `version`, checked as a write would be but writing
-    /// nothing: an answer given from an entry read earlier holds only if nothing (a void)
-    /// came in between.
+    /// Whether the entry is still at `version`, writing nothing: an answer given from an
+    /// entry read earlier holds only if nothing (a void) came in between.
     fn unchanged(
         &self,
         order: &OrderId,
@@ -211,18 +210,11 @@ fn ledger_pk(order: &OrderId) -> String {
 }
 
 impl<T: crate::Table> SandboxLedger for TableLedger<T> {
+    /// A consistent read of the entry's version: a void committed since the first read moved
+    /// it, and one committed after this read comes after the answer too.
     async fn unchanged(&self, order: &OrderId, version: u64) -> Result<bool, PaymentError> {
-        let check = crate::Write::Check {
-            pk: ledger_pk(order),
-            sk: "head".into(),
-            condition: match version {
-                0 => crate::Condition::Absent,
-                v => crate::Condition::VersionIs(v),
-            },
-        };
-        match self.table.transact(vec![check]).await {
-            Ok(()) => Ok(true),
-            Err(crate::StoreError::ConditionFailed { .. }) => Ok(false),
+        match self.table.get(&ledger_pk(order), "head").await {
+            Ok(item) => Ok(item.map_or(0, |item| item.version) == version),
             Err(e) => Err(PaymentError::Unavailable(format!("sandbox ledger: {e}"))),
         }
     }

@@ -229,14 +229,21 @@ impl SqliteBus {
     /// The local publisher: moves up to `limit` events from the table's change feed onto the
     /// topic in one transaction, and forgets them from the feed in the same transaction, so
     /// each event is published exactly once. A feed row already holds its message's id and
-    /// attributes, and the message's body is the event item itself, so nothing is parsed or
-    /// copied here. Returns how many, per tenant.
+    /// attributes, and the message's body is the event item itself, so nothing is copied here.
+    /// As SNS does, a message no subscription's filter policy takes goes nowhere: most events
+    /// (a reservation's, say) interest no consumer, and copying them would only have every
+    /// queue read past them. Returns how many were published, per tenant.
     pub async fn publish_feed(&self, limit: usize) -> Result<Vec<(String, usize)>, BusError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let prune = self.prune.clone();
+        let filters: Vec<FilterPolicy> = self
+            .subscriptions
+            .iter()
+            .map(|s| s.filter.clone())
+            .collect();
         let routed: Arc<Mutex<Vec<String>>> = Arc::default();
         let out = routed.clone();
-        let published = self
+        let appended = self
             .table
             .run_task(Box::new(move |sp| {
                 let upto: Option<i64> = sp
@@ -245,27 +252,35 @@ impl SqliteBus {
                     )?
                     .query_row(params![limit], |row| row.get(0))?;
                 let Some(upto) = upto else { return Ok(0) };
-                let attributes: Vec<String> = sp
-                    .prepare_cached("SELECT coalesce(attributes, '{}') FROM feed WHERE seq <= ?1")?
-                    .query_map(params![upto], |row| row.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
-                let n = sp
+                let rows: Vec<(i64, String)> = sp
                     .prepare_cached(
-                        "INSERT INTO bus_log (message_id, attributes, body, pk, sk)
-                         SELECT coalesce(message_id, pk || '/' || sk), coalesce(attributes, '{}'),
-                                '', pk, sk FROM feed
-                         WHERE seq <= ?1 ORDER BY seq",
+                        "SELECT seq, coalesce(attributes, '{}') FROM feed WHERE seq <= ?1 ORDER BY seq",
                     )?
-                    .execute(params![upto])?;
+                    .query_map(params![upto], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                let mut append = sp.prepare_cached(
+                    "INSERT INTO bus_log (message_id, attributes, body, pk, sk)
+                     SELECT coalesce(message_id, pk || '/' || sk), coalesce(attributes, '{}'),
+                            '', pk, sk FROM feed WHERE seq = ?1",
+                )?;
+                let mut appended = 0;
+                for (seq, attributes) in &rows {
+                    // Unreadable attributes go out, so their consumers report the fault.
+                    let wanted = serde_json::from_str::<BTreeMap<String, String>>(attributes)
+                        .map_or(true, |a| filters.iter().any(|f| f.matches(&a)));
+                    if wanted {
+                        appended += append.execute(params![seq])?;
+                    }
+                }
                 sp.prepare_cached("DELETE FROM feed WHERE seq <= ?1")?
                     .execute(params![upto])?;
                 sp.prepare_cached(&prune)?.execute([])?;
-                *lock(&out) = attributes;
-                Ok(n)
+                *lock(&out) = rows.into_iter().map(|(_, a)| a).collect();
+                Ok(appended)
             }))
             .await
             .map_err(unavailable)?;
-        if published > 0 {
+        if appended > 0 {
             self.announce(self.subscriptions.iter().map(|s| s.queue.as_str()));
         }
         let mut per_tenant: BTreeMap<String, usize> = BTreeMap::new();

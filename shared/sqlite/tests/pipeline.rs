@@ -227,6 +227,47 @@ async fn the_local_publisher_moves_each_event_once() {
     );
 }
 
+/// As on SNS, an event no subscription's filter policy takes goes nowhere: it leaves the feed,
+/// counts as published, and no queue has it to read past.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_no_subscription_takes_leaves_the_feed_and_reaches_no_queue() {
+    use commerce_app::bus::Queue;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("shop.db");
+    let table = SqliteTable::open(&path).unwrap();
+    // The sales projection's subscription takes order events only.
+    let bus = SqliteBus::open(&table, commerce_app::projection::subscriptions())
+        .await
+        .unwrap();
+    stock_received(&table, "cup", 2).await;
+    assert_eq!(
+        bus.publish_feed(100).await.unwrap(),
+        vec![("acme".to_owned(), 1)]
+    );
+    assert!(
+        bus.publish_feed(100).await.unwrap().is_empty(),
+        "the feed is empty"
+    );
+    let rows = |table_name: &str| -> i64 {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row(&format!("SELECT count(*) FROM {table_name}"), [], |r| {
+                r.get(0)
+            })
+            .unwrap()
+    };
+    assert_eq!(rows("feed"), 0);
+    assert_eq!(rows("bus_log"), 0, "nothing on the log for no one");
+    assert!(
+        bus.queue("sales")
+            .unwrap()
+            .receive(10, Duration::from_secs(30), Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// An item written as an event that is no envelope is still published, with its key for an id
 /// and no attributes: its consumers refuse it (and dead-letter it), and the events after it go
 /// through. It never stops the publisher.
