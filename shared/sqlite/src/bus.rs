@@ -241,6 +241,7 @@ impl SqliteBus {
             .iter()
             .map(|s| s.filter.clone())
             .collect();
+        // Each event's tenant, for the count.
         let routed: Arc<Mutex<Vec<String>>> = Arc::default();
         let out = routed.clone();
         let appended = self
@@ -264,18 +265,27 @@ impl SqliteBus {
                             '', pk, sk FROM feed WHERE seq = ?1",
                 )?;
                 let mut appended = 0;
+                let mut tenants = Vec::with_capacity(rows.len());
                 for (seq, attributes) in &rows {
+                    let parsed = serde_json::from_str::<BTreeMap<String, String>>(attributes);
                     // Unreadable attributes go out, so their consumers report the fault.
-                    let wanted = serde_json::from_str::<BTreeMap<String, String>>(attributes)
-                        .map_or(true, |a| filters.iter().any(|f| f.matches(&a)));
+                    let wanted = parsed
+                        .as_ref()
+                        .map_or(true, |a| filters.iter().any(|f| f.matches(a)));
                     if wanted {
                         appended += append.execute(params![seq])?;
                     }
+                    tenants.push(
+                        parsed
+                            .ok()
+                            .and_then(|mut a| a.remove(commerce_app::bus::TENANT))
+                            .unwrap_or_default(),
+                    );
                 }
                 sp.prepare_cached("DELETE FROM feed WHERE seq <= ?1")?
                     .execute(params![upto])?;
                 sp.prepare_cached(&prune)?.execute([])?;
-                *lock(&out) = rows.into_iter().map(|(_, a)| a).collect();
+                *lock(&out) = tenants;
                 Ok(appended)
             }))
             .await
@@ -284,11 +294,7 @@ impl SqliteBus {
             self.announce(self.subscriptions.iter().map(|s| s.queue.as_str()));
         }
         let mut per_tenant: BTreeMap<String, usize> = BTreeMap::new();
-        for attributes in std::mem::take(&mut *lock(&routed)) {
-            let tenant = serde_json::from_str::<BTreeMap<String, String>>(&attributes)
-                .ok()
-                .and_then(|mut a| a.remove(commerce_app::bus::TENANT))
-                .unwrap_or_default();
+        for tenant in std::mem::take(&mut *lock(&routed)) {
             *per_tenant.entry(tenant).or_default() += 1;
         }
         Ok(per_tenant.into_iter().collect())
